@@ -1,0 +1,143 @@
+"""The converter's importable API; the CLI (``python -m convert``) is a thin layer over these functions."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+import ms_models
+import torch_ref
+from specs import get_model_cfg
+from specs.errors import CheckpointError
+
+from .io import read_checkpoint, write_checkpoint
+from .mapping import NameMap, build_name_map, ms_to_torch, naming_of, torch_to_ms
+
+
+def model_kwargs_for(name: str, state: Mapping[str, np.ndarray]) -> dict:
+    """Constructor kwargs a state dict implies (num_classes, deploy form), by the family's cfg rule."""
+    cfg = get_model_cfg(name)
+    return cfg.infer_kwargs({k: tuple(v.shape) for k, v in state.items()}) if cfg.infer_kwargs else {}
+
+
+def name_map(name: str, **kwargs: Any) -> NameMap:
+    """The name map of ``name`` built with ``kwargs``; both models are built without allocating weights."""
+    from mindspore.nn.utils import no_init_parameters
+    with torch.device("meta"):
+        tm = torch_ref.create_model(name, **kwargs)
+    with no_init_parameters():
+        mm = ms_models.create_model(name, **kwargs)
+    return build_name_map(tm, mm, name)
+
+
+def _model_name_map(model) -> NameMap:
+    cfg = model.pretrained_cfg
+    return name_map(cfg.name, num_classes=cfg.num_classes, **_form_kwargs(model))
+
+
+def _form_kwargs(model) -> dict:
+    return {"deploy": True} if getattr(model, "deploy", False) else {}
+
+
+def _load_torch_state(model: torch.nn.Module, state: Mapping[str, np.ndarray], nm: NameMap) -> torch.nn.Module:
+    if naming_of(state, nm) == "mindspore":
+        state = ms_to_torch(state, nm)
+    else:
+        torch_to_ms(state, nm)          # the strict key/shape check, with the one-line error
+        state = {**nm.torch_only, **state}
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=True)
+    return model
+
+
+def load_into_torch(model: torch.nn.Module, path: str | os.PathLike, key: str | None = None) -> torch.nn.Module:
+    """Strictly load a checkpoint of either naming into a torch_ref model."""
+    return _load_torch_state(model, read_checkpoint(path, key), _model_name_map(model))
+
+
+def _load_ms_state(model, state: Mapping[str, np.ndarray], nm: NameMap, source: str = "state"):
+    import mindspore as ms
+    state = torch_to_ms(state, nm) if naming_of(state, nm) == "torch" else ms_to_torch_check(state, nm)
+    params = {k: ms.Parameter(ms.Tensor(np.array(v)), name=k) for k, v in state.items()}
+    not_loaded, unused = ms.load_param_into_net(model, params, strict_load=True)
+    if not_loaded or unused:
+        raise CheckpointError(f"{source}: MindSpore refused {len(not_loaded)} parameter(s), ignored {len(unused)}")
+    return model
+
+
+def load_into_ms(model, path: str | os.PathLike, key: str | None = None):
+    """Strictly load a checkpoint of either naming into an ms_models model."""
+    return _load_ms_state(model, read_checkpoint(path, key), _model_name_map(model), str(path))
+
+
+def torch_model_from(name: str, checkpoint: str | os.PathLike, key: str | None = None, **kwargs: Any):
+    """A torch_ref model in the form and head size the checkpoint implies, loaded strictly."""
+    state = read_checkpoint(checkpoint, key)
+    kwargs = {**model_kwargs_for(name, state), **kwargs}
+    return _load_torch_state(torch_ref.create_model(name, **kwargs), state, name_map(name, **kwargs))
+
+
+def ms_twin(torch_model: torch.nn.Module, mode: int | None = None):
+    """The ms_models model with ``torch_model``'s name, form and weights, built in ``mode`` (default: current)."""
+    import mindspore as ms
+    cfg = torch_model.pretrained_cfg
+    kwargs = {"num_classes": cfg.num_classes, **_form_kwargs(torch_model)}
+    prev = ms.get_context("mode")
+    ms.set_context(mode=prev if mode is None else mode)
+    try:
+        model = ms_models.create_model(cfg.name, **kwargs)
+    finally:
+        ms.set_context(mode=prev)
+    return _load_ms_state(model, torch_state_of(torch_model), name_map(cfg.name, **kwargs))
+
+
+def ms_to_torch_check(state: Mapping[str, np.ndarray], nm: NameMap) -> dict[str, np.ndarray]:
+    """A MindSpore-named state, strictly checked, with MindSpore-only entries filled where absent."""
+    ms_to_torch(state, nm)
+    return {**nm.ms_only, **state}
+
+
+def torch_state_of(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+def ms_state_of(model) -> dict[str, np.ndarray]:
+    return {k: p.asnumpy() for k, p in model.parameters_and_names()}
+
+
+def _deploy_torch_state(name: str, state: dict[str, np.ndarray], kwargs: dict) -> tuple[dict, dict]:
+    """Fuse a torch-named train-form state through the torch model's ``switch_to_deploy``."""
+    if kwargs.get("deploy"):
+        return state, kwargs
+    model = torch_ref.create_model(name, **kwargs)
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=True)
+    model.eval().switch_to_deploy()
+    return torch_state_of(model), {**kwargs, "deploy": True}
+
+
+def convert_file(name: str, src: str | os.PathLike, dst: str | os.PathLike, direction: str = "torch2ms",
+                 deploy: bool = False, key: str | None = None, container: str | None = None) -> Path:
+    """Convert ``src`` to ``dst`` (format by extension) for model ``name``.
+
+    ``direction`` is 'torch2ms' or 'ms2torch'. The source naming must match the direction; keys and shapes
+    are checked strictly and nothing is written on error. ``deploy`` also fuses a train-form checkpoint.
+    """
+    if direction not in ("torch2ms", "ms2torch"):
+        raise ValueError(f"direction must be torch2ms or ms2torch, not {direction!r}")
+    get_model_cfg(name)
+    state = read_checkpoint(src, key)
+    kwargs = model_kwargs_for(name, state)
+    nm = name_map(name, **kwargs)
+    want = "torch" if direction == "torch2ms" else "mindspore"
+    if naming_of(state, nm) != want:
+        raise CheckpointError(f"{src}: holds {naming_of(state, nm)} parameter names, {direction} needs {want} ones")
+    torch_state = state if want == "torch" else ms_to_torch(state, nm)
+    if want == "torch":
+        torch_to_ms(state, nm)                      # strict check before any work
+    if deploy:
+        torch_state, kwargs = _deploy_torch_state(name, torch_state, kwargs)
+        nm = name_map(name, **kwargs)
+    out = torch_to_ms(torch_state, nm) if direction == "torch2ms" else torch_state
+    return write_checkpoint(out, dst, container=container)

@@ -1,0 +1,89 @@
+"""``python -m convert``: torch2ms, ms2torch, onnx, parity. Each subcommand wraps one function of
+:mod:`convert.api`, :mod:`convert.onnx` or :mod:`convert.parity`; bad input exits 1 with a one-line error."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Sequence
+
+from specs.errors import KeyMismatchError, ZooError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m convert", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for cmd, what in (("torch2ms", "torch checkpoint -> MindSpore .ckpt/.safetensors"),
+                      ("ms2torch", "MindSpore checkpoint -> torch .pth/.bin/.safetensors")):
+        s = sub.add_parser(cmd, help=what)
+        s.add_argument("--model", required=True, help="registered model name (see list_models())")
+        s.add_argument("--deploy", action="store_true", help="also fuse a train-form checkpoint to deploy form")
+        s.add_argument("--key", default=None, help="container key to read (default: EMA, then model weights)")
+        if cmd == "ms2torch":
+            s.add_argument("--container", default=None, help="wrap the torch output as {CONTAINER: state_dict}")
+        s.add_argument("src")
+        s.add_argument("dst")
+    s = sub.add_parser("onnx", help="export to ONNX, verified with onnxruntime")
+    s.add_argument("--model", required=True)
+    s.add_argument("--framework", choices=("torch", "mindspore"), default="torch")
+    s.add_argument("--input-size", type=int, default=None)
+    s.add_argument("--deploy", action="store_true", help="switch to deploy form before export")
+    s.add_argument("checkpoint")
+    s.add_argument("out")
+    s = sub.add_parser("parity", help="layer-by-layer torch vs MindSpore comparison")
+    s.add_argument("--model", required=True)
+    s.add_argument("--checkpoint", default=None, help="default: deterministic test weights")
+    s.add_argument("--input-size", type=int, default=None)
+    s.add_argument("--batch", type=int, default=2)
+    s.add_argument("--tol", type=float, default=None, help="max error relative to each layer's output scale")
+    s.add_argument("--deploy", action="store_true")
+    s.add_argument("--json", action="store_true")
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.cmd in ("torch2ms", "ms2torch"):
+        from .api import convert_file
+        t0 = time.perf_counter()
+        out = convert_file(args.model, args.src, args.dst, args.cmd, deploy=args.deploy, key=args.key,
+                           container=getattr(args, "container", None))
+        print(f"wrote {out} ({args.cmd}{', deploy form' if args.deploy else ''}) in {time.perf_counter() - t0:.2f} s")
+        return 0
+    if args.cmd == "onnx":
+        import mindspore as ms
+        from specs import check_input_size, get_model_cfg
+        from .api import ms_twin, torch_model_from
+        from .onnx import export_onnx
+        cfg = get_model_cfg(args.model)
+        size = check_input_size(cfg, args.input_size or cfg.input_size[-1])
+        model = torch_model_from(args.model, args.checkpoint).eval()
+        if args.deploy:
+            model.switch_to_deploy()
+        if args.framework == "mindspore":
+            model = ms_twin(model, ms.GRAPH_MODE)
+        print(export_onnx(model, args.out, args.framework, size))
+        return 0
+    from .parity import DEFAULT_TOL, run_parity
+    report = run_parity(args.model, args.checkpoint, args.input_size, args.batch, args.tol or DEFAULT_TOL,
+                        deploy=args.deploy)
+    print(report.to_json() if args.json else report.table())
+    return 0 if report.ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except KeyMismatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        for label, items in (("missing", exc.missing), ("unexpected", exc.unexpected),
+                             ("shape mismatch", [f"{k}: checkpoint {a} vs model {b}" for k, a, b in exc.mismatched])):
+            for item in items:
+                print(f"  {label}: {item}", file=sys.stderr)
+        return 1
+    except (ZooError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130

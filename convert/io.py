@@ -1,0 +1,169 @@
+"""Reading and writing checkpoint files as ``{name: numpy array}``, safely and atomically.
+
+Reads ``.pth``/``.pth.tar``/``.pt``/``.bin`` (``torch.load(weights_only=True)``: never unpickles code),
+``.safetensors`` and MindSpore ``.ckpt``; unwraps the containers the official repositories use. Writes to a
+temporary file in the destination folder and renames it, so an error or Ctrl-C leaves nothing half-written.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import numpy as np
+
+from specs.errors import CheckpointError
+
+# Checked in this order, like timm's ``load_state_dict(use_ema=True)`` (EMA weights are the released ones).
+CONTAINER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
+DROPPED_SUFFIXES = ("total_ops", "total_params")      # thop profiling buffers
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".tar")
+
+_ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.float64): "F64",
+              np.dtype(np.int64): "I64", np.dtype(np.int32): "I32", np.dtype(np.int8): "I8",
+              np.dtype(np.uint8): "U8", np.dtype(np.bool_): "BOOL"}
+
+
+def file_format(path: str | os.PathLike) -> str:
+    """'torch', 'safetensors' or 'ckpt', from the file name; anything else is a :class:`CheckpointError`."""
+    name = str(path).lower()
+    if name.endswith(".safetensors"):
+        return "safetensors"
+    if name.endswith(".ckpt"):
+        return "ckpt"
+    if name.endswith(TORCH_SUFFIXES):
+        return "torch"
+    raise CheckpointError(f"{path}: unknown checkpoint extension (use .pth, .pth.tar, .pt, .bin, "
+                          f".safetensors or .ckpt)")
+
+
+def _to_numpy(value) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "asnumpy"):          # mindspore Tensor / Parameter
+        return value.asnumpy()
+    if hasattr(value, "detach"):           # torch Tensor
+        import torch
+        value = value.detach()
+        if value.dtype == torch.bfloat16:
+            value = value.float()
+        return value.numpy()
+    raise TypeError(type(value).__name__)
+
+
+def unwrap(obj, source: str = "checkpoint", key: str | None = None) -> dict[str, np.ndarray]:
+    """The state dict inside a loaded file: container keys, ``module.`` prefixes and thop buffers removed."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{source}: not a checkpoint (holds a {type(obj).__name__}, not a state dict)")
+    if key is not None:
+        if key not in obj:
+            raise CheckpointError(f"{source}: no key {key!r} (top-level keys: {', '.join(map(str, list(obj)[:8]))})")
+        obj = obj[key]
+    else:
+        for k in CONTAINER_KEYS:
+            if isinstance(obj.get(k), Mapping):
+                obj = obj[k]
+                break
+    state: dict[str, np.ndarray] = {}
+    for k, v in obj.items():
+        if not isinstance(k, str) or k.endswith(DROPPED_SUFFIXES):
+            continue
+        try:
+            state[k[7:] if k.startswith("module.") else k] = _to_numpy(v)
+        except TypeError:
+            raise CheckpointError(f"{source}: not a state dict (entry {k!r} is a {type(v).__name__}, "
+                                  f"not a tensor; top-level keys: {', '.join(map(str, list(obj)[:8]))})") from None
+    if not state:
+        raise CheckpointError(f"{source}: holds no tensors")
+    return state
+
+
+def read_checkpoint(path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarray]:
+    """``{name: array}`` from any supported file; errors are one-line :class:`CheckpointError`."""
+    path = Path(path)
+    fmt = file_format(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        if fmt == "safetensors":
+            from safetensors.numpy import load_file
+            obj = load_file(str(path))
+        elif fmt == "ckpt":
+            import mindspore as ms
+            obj = ms.load_checkpoint(str(path))
+        else:
+            import torch
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc) and "zip" not in str(exc):
+                    raise
+                obj = torch.load(path, map_location="cpu", weights_only=True)   # legacy (non-zip) format
+    except CheckpointError:
+        raise
+    except Exception as exc:  # each library raises its own types for a corrupt or foreign file
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable {fmt} checkpoint ({first})") from None
+    return unwrap(obj, str(path), key)
+
+
+@contextlib.contextmanager
+def atomic_output(dst: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``dst``; rename it to ``dst`` only if the block finishes."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.parent / f".{dst.name}.{os.getpid()}.partial{suffix}"
+    try:
+        yield tmp
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_safetensors(state: Mapping[str, np.ndarray], path: Path, metadata: Mapping[str, str] | None) -> None:
+    """Stream a safetensors file tensor by tensor (no second copy of the whole state in memory)."""
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    arrays = {}
+    for name, value in state.items():
+        arr = np.asarray(value)
+        if arr.dtype not in _ST_DTYPES:
+            raise CheckpointError(f"{name}: dtype {arr.dtype} cannot be written to safetensors")
+        header[name] = {"dtype": _ST_DTYPES[arr.dtype], "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + arr.nbytes]}
+        offset += arr.nbytes
+        arrays[name] = arr
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for arr in arrays.values():
+            f.write(np.require(arr, requirements="C").data if arr.ndim else arr.tobytes())
+
+
+def write_checkpoint(state: Mapping[str, np.ndarray], dst: str | os.PathLike, container: str | None = None) -> Path:
+    """Write ``state`` in the format ``dst``'s extension names, atomically.
+
+    ``container`` wraps torch files as ``{container: state}`` (e.g. ``model``, like the official repos).
+    """
+    dst = Path(dst)
+    fmt = file_format(dst)
+    if fmt == "safetensors":
+        with atomic_output(dst) as tmp:
+            _write_safetensors(state, tmp, {"format": "pt"})
+    elif fmt == "ckpt":
+        import mindspore as ms
+        params = [{"name": k, "data": ms.Tensor.from_numpy(np.require(v, requirements="C"))} for k, v in state.items()]
+        with atomic_output(dst, suffix=".ckpt") as tmp:
+            ms.save_checkpoint(params, str(tmp))
+    else:
+        import torch
+        sd = {k: torch.from_numpy(np.require(v, requirements="C")) for k, v in state.items()}
+        with atomic_output(dst) as tmp:
+            torch.save({container: sd} if container else sd, tmp)
+    return dst

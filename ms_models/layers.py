@@ -1,0 +1,96 @@
+"""Layers and helpers shared by the MindSpore models (mirrors ``torch_ref/layers.py``).
+
+Every MindSpore layer here is built with explicit arguments, never defaults: MindSpore's ``Conv2d`` pads
+``'same'`` without bias by default, its BN momentum is ``1 - torch's`` (0.9 here = torch's 0.1).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import TruncatedNormal, initializer
+
+BN_MOMENTUM = 0.9  # == torch momentum 0.1
+
+
+def conv2d(in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int = 0, bias: bool = True,
+           group: int = 1, std: float = 0.02) -> nn.Conv2d:
+    """torch-equivalent ``Conv2d`` (zero padding ``padding`` on all sides), weights trunc-normal(std)."""
+    return nn.Conv2d(in_ch, out_ch, kernel, stride=stride, pad_mode="pad", padding=padding, group=group,
+                     has_bias=bias, weight_init=TruncatedNormal(sigma=std), bias_init="zeros")
+
+
+def batch_norm(ch: int, eps: float = 1e-5) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(ch, eps=eps, momentum=BN_MOMENTUM)
+
+
+def conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int = 0,
+            eps: float = 1e-5) -> nn.SequentialCell:
+    """``SequentialCell(Conv2d(bias), BatchNorm2d)``: names ``0.weight, 0.bias, 1.gamma, ...``."""
+    return nn.SequentialCell([conv2d(in_ch, out_ch, kernel, stride, padding), batch_norm(out_ch, eps)])
+
+
+def trunc_normal(shape: tuple, std: float = 0.02) -> Tensor:
+    return initializer(TruncatedNormal(sigma=std), shape, ms.float32)
+
+
+class GlobalAvgPool(nn.Cell):
+    """``AdaptiveAvgPool2d(1)`` as a mean (exports to ONNX, unlike MindSpore's AdaptiveAvgPool2D)."""
+
+    def construct(self, x):
+        return x.mean(axis=(2, 3), keep_dims=True)
+
+
+class Identity(nn.Cell):
+    def construct(self, x):
+        return x
+
+
+def bn_arrays(bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """(gamma, beta, moving mean, moving var, eps) as NumPy, the argument tail of ``specs.fusion.fold_bn``."""
+    return (bn.gamma.asnumpy(), bn.beta.asnumpy(), bn.moving_mean.asnumpy(), bn.moving_variance.asnumpy(),
+            float(bn.eps))
+
+
+def conv_arrays(conv: nn.Conv2d) -> tuple[np.ndarray, np.ndarray | None]:
+    return conv.weight.asnumpy(), None if conv.bias is None else conv.bias.asnumpy()
+
+
+def fused_conv(conv: nn.Conv2d, weight: np.ndarray, bias: np.ndarray) -> nn.Conv2d:
+    """A conv with ``conv``'s geometry, the given weight and a bias."""
+    out = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                    pad_mode=conv.pad_mode, padding=conv.padding, group=conv.group, has_bias=True,
+                    weight_init=Tensor(weight), bias_init=Tensor(bias))
+    return out
+
+
+def refresh_graph(cell: nn.Cell) -> nn.Cell:
+    """Make a structural change (deploy switch, new head) visible in GRAPH_MODE.
+
+    MindSpore caches a compiled graph per cell object and creation time and does not look at Python
+    attributes or child cells again (measured on 2.8.0: a swapped child still ran the old graph). This drops
+    the cached graphs of ``cell`` and its children and renames parameters to their structural names.
+    """
+    from mindspore.common.api import _cell_graph_executor
+    stamp = time.time_ns()
+    for _, sub in cell.cells_and_names():
+        if sub.compile_cache:
+            _cell_graph_executor.del_net_res(sub, sub.compile_cache)
+            sub.compile_cache.clear()
+        object.__setattr__(sub, "_create_time", stamp)
+        stamp += 1
+    for name, param in cell.parameters_and_names():
+        param.name = name
+    return cell
+
+
+def scalar_param(value: float, name: str) -> Parameter:
+    """A non-trainable float32 scalar that GRAPH_MODE reads at run time (a Python float is frozen at compile)."""
+    return Parameter(Tensor(value, ms.float32), name=name, requires_grad=False)
+
+
+def leaky_relu(x, slope):
+    """``torch.nn.functional.leaky_relu`` with a tensor slope: ``x if x > 0 else slope * x``."""
+    return ops.select(x > 0, x, x * slope)

@@ -1,0 +1,121 @@
+"""Framework-free model configs and the name registry both frameworks build from.
+
+A :class:`ModelCfg` is the analogue of timm's pretrained cfg: everything about a model that is not
+framework code (architecture arguments, preprocessing, head names, paper, official sources).
+``ms_models`` and ``torch_ref`` each keep a :class:`ModelRegistry` that maps the same names to their
+own model classes, so a name means the same network in both frameworks.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping, Sequence
+
+from .errors import InputSizeError, UnknownModelError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelCfg:
+    """What a user needs to know about one registered model, besides its code."""
+
+    name: str
+    family: str
+    arch: Mapping[str, Any]                      # constructor kwargs of the family's model class
+    paper: str                                   # arXiv id
+    official_code: str                           # repository and file the implementation follows
+    urls: tuple[str, ...] = ()                   # official checkpoint URLs (not downloaded here)
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    test_input_size: tuple[int, int, int] = (3, 64, 64)   # the small size the test suite uses
+    min_input_size: tuple[int, int, int] = (3, 32, 32)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+    num_classes: int = 1000
+    first_conv: str = ""
+    classifier: tuple[str, ...] = ()
+    notes: str = ""
+    # (state-dict key -> shape) -> model kwargs the checkpoint implies (num_classes, deploy form, ...)
+    infer_kwargs: Callable[[Mapping[str, tuple]], dict] | None = field(default=None, compare=False)
+
+    def to_dict(self) -> dict:
+        """Plain-data view (for printing and JSON), without the callable."""
+        out = {k: v for k, v in self.__dict__.items() if k != "infer_kwargs"}
+        out["arch"] = dict(self.arch)
+        return out
+
+
+_CFGS: dict[str, ModelCfg] = {}
+
+
+def register_cfgs(cfgs: Sequence[ModelCfg]) -> None:
+    for cfg in cfgs:
+        if cfg.name in _CFGS:
+            raise ValueError(f"model {cfg.name!r} registered twice")
+        _CFGS[cfg.name] = cfg
+
+
+def _unknown(name: str, known: Sequence[str]) -> UnknownModelError:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known models: {', '.join(sorted(known)[:8])} ..."
+    return UnknownModelError(f"unknown model {name!r}{hint}")
+
+
+def get_model_cfg(name: str) -> ModelCfg:
+    """The cfg of a registered model; an unknown name raises :class:`UnknownModelError` with close matches."""
+    _load_families()
+    if name not in _CFGS:
+        raise _unknown(name, list(_CFGS))
+    return _CFGS[name]
+
+
+def list_cfgs(pattern: str = "*") -> list[str]:
+    _load_families()
+    return sorted(n for n in _CFGS if fnmatch.fnmatch(n, pattern))
+
+
+def check_input_size(cfg: ModelCfg, size: int | Sequence[int]) -> tuple[int, int]:
+    """Validate an image size (int or (H, W)) against ``cfg.min_input_size``; returns (H, W)."""
+    h, w = (size, size) if isinstance(size, int) else tuple(size)[-2:]
+    mh, mw = cfg.min_input_size[-2:]
+    if h < mh or w < mw:
+        raise InputSizeError(f"{cfg.name} needs an input of at least {mh}x{mw}, got {h}x{w}")
+    return h, w
+
+
+def _load_families() -> None:
+    from . import vanillanet  # noqa: F401  (each family module registers its cfgs on import)
+
+
+class ModelRegistry:
+    """Name -> model class for one framework; the cfgs come from :mod:`specs`."""
+
+    def __init__(self, framework: str):
+        self.framework = framework
+        self._classes: dict[str, type] = {}
+
+    def register_family(self, family: str, model_cls: type) -> type:
+        _load_families()
+        names = [n for n, c in _CFGS.items() if c.family == family]
+        if not names:
+            raise ValueError(f"no cfgs for family {family!r}")
+        for n in names:
+            self._classes[n] = model_cls
+        return model_cls
+
+    def names(self, pattern: str = "*") -> list[str]:
+        return sorted(n for n in self._classes if fnmatch.fnmatch(n, pattern))
+
+    def build(self, name: str, num_classes: int = 1000, **kwargs: Any):
+        """Instantiate ``name`` with the cfg's architecture; kwargs override it (``deploy=True``, ...)."""
+        if name not in self._classes:
+            raise _unknown(name, list(self._classes))
+        cfg = get_model_cfg(name)
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        model = self._classes[name](**{**cfg.arch, **kwargs}, num_classes=num_classes)
+        model.pretrained_cfg = replace(cfg, num_classes=num_classes)
+        return model

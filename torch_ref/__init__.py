@@ -1,0 +1,38 @@
+"""PyTorch reference implementations whose state_dict keys equal the official repositories'."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from torch import nn
+
+from specs import ModelCfg, get_model_cfg
+from specs.errors import UnknownModelError
+
+from . import vanillanet  # noqa: F401  (registers the family)
+from ._registry import registry
+
+__all__ = ["create_model", "list_models", "get_model_cfg", "load_checkpoint"]
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style ``pattern``."""
+    return registry.names(pattern)
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike, key: str | None = None) -> nn.Module:
+    """Load any supported checkpoint file (torch or MindSpore naming) into ``model`` strictly."""
+    from convert.api import load_into_torch
+    return load_into_torch(model, path, key=key)
+
+
+def create_model(name: str, num_classes: int = 1000, checkpoint: str | os.PathLike | None = None,
+                 **kwargs: Any) -> nn.Module:
+    """Build a registered model; with ``checkpoint``, load it strictly (any supported format).
+
+    Raises :class:`specs.UnknownModelError` (a ``ValueError``) with close matches for an unknown name.
+    """
+    model = registry.build(name, num_classes=num_classes, **kwargs)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    return model
