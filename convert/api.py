@@ -84,10 +84,12 @@ def ms_twin(torch_model: torch.nn.Module, mode: int | None = None):
     import mindspore as ms
     cfg = torch_model.pretrained_cfg
     kwargs = {"num_classes": cfg.num_classes, **_form_kwargs(torch_model)}
+    from mindspore.nn.utils import no_init_parameters
     prev = ms.get_context("mode")
     ms.set_context(mode=prev if mode is None else mode)
     try:
-        model = ms_models.create_model(cfg.name, **kwargs)
+        with no_init_parameters():      # every weight is overwritten below: skip the random init
+            model = ms_models.create_model(cfg.name, **kwargs)
     finally:
         ms.set_context(mode=prev)
     return _load_ms_state(model, torch_state_of(torch_model), name_map(cfg.name, **kwargs))

@@ -35,7 +35,9 @@ def create_model(name: str, num_classes: int = 1000, checkpoint: str | os.PathLi
 
     Raises :class:`specs.UnknownModelError` (a ``ValueError``) with close matches for an unknown name.
     """
-    model = registry.build(name, num_classes=num_classes, **kwargs)
-    if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
-    return model
+    if checkpoint is None:
+        return registry.build(name, num_classes=num_classes, **kwargs)
+    from mindspore.nn.utils import no_init_parameters
+    with no_init_parameters():          # every weight comes from the checkpoint: skip the random init
+        model = registry.build(name, num_classes=num_classes, **kwargs)
+    return load_checkpoint(model, checkpoint)

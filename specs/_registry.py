@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
@@ -73,9 +74,13 @@ def get_model_cfg(name: str) -> ModelCfg:
     return _CFGS[name]
 
 
+def _natural(name: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
 def list_cfgs(pattern: str = "*") -> list[str]:
     _load_families()
-    return sorted(n for n in _CFGS if fnmatch.fnmatch(n, pattern))
+    return sorted((n for n in _CFGS if fnmatch.fnmatch(n, pattern)), key=_natural)
 
 
 def check_input_size(cfg: ModelCfg, size: int | Sequence[int]) -> tuple[int, int]:
@@ -108,7 +113,7 @@ class ModelRegistry:
         return model_cls
 
     def names(self, pattern: str = "*") -> list[str]:
-        return sorted(n for n in self._classes if fnmatch.fnmatch(n, pattern))
+        return sorted((n for n in self._classes if fnmatch.fnmatch(n, pattern)), key=_natural)
 
     def build(self, name: str, num_classes: int = 1000, **kwargs: Any):
         """Instantiate ``name`` with the cfg's architecture; kwargs override it (``deploy=True``, ...)."""

@@ -1,0 +1,54 @@
+"""Helpers shared by the tests (weights, inputs, error measure)."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import torch_ref
+from torch_ref.testing import deterministic_weights
+
+DATA = Path(__file__).parent / "data"
+
+HEAVY_PARAMS = 100e6
+
+
+@functools.lru_cache(maxsize=None)
+def is_heavy(name: str) -> bool:
+    """Models above 100 M parameters (train form) are too slow to train-step and gradient-check on a 2-core
+    CI machine; for them the registry tests check keys and shapes against the official ones, forward and
+    torch/MindSpore parity at the cfg's small test size, and skip the backward tests."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in torch_ref.create_model(name).parameters()) > HEAVY_PARAMS
+
+
+@functools.lru_cache(maxsize=None)
+def cached_state(name: str) -> dict[str, np.ndarray]:
+    """Deterministic, BN-calibrated weights of ``name`` (torch keys), built once per session."""
+    model = make_torch(name)
+    return {k: v.numpy().copy() for k, v in model.state_dict().items()}
+
+
+def make_torch(name: str, **kwargs) -> torch.nn.Module:
+    cfg = torch_ref.get_model_cfg(name)
+    torch.manual_seed(0)
+    model = torch_ref.create_model(name, **kwargs)
+    return deterministic_weights(model, seed=0, input_size=cfg.test_input_size[-1], batches=1, batch_size=2)
+
+
+def torch_with_state(name: str) -> torch.nn.Module:
+    model = torch_ref.create_model(name)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in cached_state(name).items()})
+    return model.eval()
+
+
+def sample_input(name: str, batch: int = 2, seed: int = 0) -> np.ndarray:
+    size = torch_ref.get_model_cfg(name).test_input_size
+    return np.random.RandomState(seed).randn(batch, *size).astype(np.float32)
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| relative to the output scale max |a| (the project's parity measure)."""
+    return float(np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(a).max(), 1e-12))
