@@ -20,6 +20,7 @@ from specs.fusion import fold_bn, merge_1x1
 from specs.vanillanet import ACT_NUM, BN_EPS
 
 from ._registry import registry
+from .kernels import relu_dwconv
 from .layers import (GlobalAvgPool, Identity, batch_norm, bn_arrays, conv2d, conv_arrays, conv_bn, fused_conv,
                      leaky_relu, refresh_graph, scalar_param, trunc_normal)
 
@@ -36,12 +37,17 @@ class Activation(nn.Cell):
         self.conv = ops.Conv2D(out_channel=dim, kernel_size=(k, k), mode=1, pad_mode="pad", pad=(act_num,) * 4,
                                group=dim)
         self.relu = nn.ReLU()
+        self.fused = relu_dwconv(has_bias=deploy)     # compiled CPU kernel, or None: native ops
         if deploy:
             self.bias = Parameter(ops.zeros(dim, ms.float32), name="bias")
         else:
             self.bn = batch_norm(dim, BN_EPS)
 
     def construct(self, x):
+        if self.fused is not None and x.dtype == ms.float32:
+            if self.deploy:
+                return self.fused(x, self.weight, self.bias)
+            return self.bn(self.fused(x, self.weight))
         x = self.conv(self.relu(x), self.weight)
         if self.deploy:
             return ops.bias_add(x, self.bias)
@@ -52,6 +58,7 @@ class Activation(nn.Cell):
         self.weight.set_data(Tensor(w))
         self.bias = Parameter(Tensor(b), name="bias")
         del self.bn
+        self.fused = relu_dwconv(has_bias=True)
         self.deploy = True
 
 
@@ -141,7 +148,9 @@ class VanillaNet(nn.Cell):
         refresh_graph(self)
 
     def change_act(self, m: float) -> None:
-        """Set the deep-training leaky-ReLU slope; no recompilation needed in GRAPH_MODE."""
+        """Set the deep-training leaky-ReLU slope in [0, 1]; no recompilation needed in GRAPH_MODE."""
+        if not 0.0 <= m <= 1.0:
+            raise ValueError(f"the deep-training slope must lie in [0, 1], got {m}")
         self.act_learn.set_data(Tensor(m, ms.float32))
 
     def forward_features(self, x):

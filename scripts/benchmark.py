@@ -1,0 +1,195 @@
+"""Speed benchmark: MindSpore GRAPH_MODE and PyNative vs torch eager vs onnxruntime, in one run.
+
+For each model, form (train/deploy) and batch size it prints the median latency of each runtime, the
+ratio MindSpore graph / torch and the fraction of this machine's measured fp32 matmul peak that the
+fastest runtime reaches. ``--convert`` also times ``torch2ms`` of a checkpoint against a plain
+``torch.load`` + ``torch.save`` of the same file and records peak memory (each in a fresh process).
+Not a test: run it with ``make bench`` or ``python scripts/benchmark.py --help``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch  # noqa: F401  (before mindspore)
+import mindspore as ms
+import numpy as np
+
+import torch_ref
+from convert.api import ms_twin
+from specs import check_input_size, get_model_cfg
+from torch_ref.testing import deterministic_weights
+
+
+def median_time(fn, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_peak(threads: int) -> float:
+    """The machine's practical fp32 peak: the best FLOP/s of torch and NumPy square matmuls (1024-4096)."""
+    torch.set_num_threads(threads)
+    best = 0.0
+    for n in (1024, 2048, 4096):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        an, bn = a.numpy(), b.numpy()
+        for fn in (lambda: torch.mm(a, b), lambda: an @ bn):
+            best = max(best, 2 * n ** 3 / median_time(fn, 3, 1))
+    return best
+
+
+def model_flops(model, x) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops()
+
+
+def bench_model(name: str, form: str, batch: int, size: int, repeats: int, warmup: int, threads: int,
+                use_ort: bool) -> dict:
+    torch.manual_seed(0)
+    tm = deterministic_weights(torch_ref.create_model(name), input_size=64, batches=1, batch_size=2).eval()
+    if form == "deploy":
+        tm.switch_to_deploy()
+    x = np.random.RandomState(0).randn(batch, 3, size, size).astype(np.float32)
+    xt = torch.from_numpy(x)
+    row = {"model": name, "form": form, "batch": batch, "size": size, "flops": model_flops(tm, xt)}
+    with torch.no_grad():
+        row["torch"] = median_time(lambda: tm(xt), repeats, warmup)
+    xm = ms.Tensor(x)
+    for mode, key in ((ms.GRAPH_MODE, "ms_graph"), (ms.PYNATIVE_MODE, "ms_pynative")):
+        ms.set_context(mode=mode)
+        mm = ms_twin(tm, mode)
+        mm.set_train(False)
+        row[key] = median_time(lambda: mm(xm).asnumpy(), repeats, warmup)
+    if use_ort:
+        import onnxruntime as ort
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "m.onnx")
+            with torch.no_grad():
+                torch.onnx.export(tm, (xt,), path, dynamo=False, opset_version=17)
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+            feed = {sess.get_inputs()[0].name: x}
+            row["onnxruntime"] = median_time(lambda: sess.run(None, feed), repeats, warmup)
+    return row
+
+
+def _peak_rss_child(code: str) -> tuple[float, float, float]:
+    """Run ``code`` in a fresh interpreter; (seconds of the timed part, baseline RSS, peak RSS) in bytes."""
+    wrapper = f"""
+import resource, time, json, sys
+import torch, mindspore
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+{code}
+dt = time.perf_counter() - t0
+print(json.dumps([dt, base * 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024]))
+"""
+    out = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, check=True)
+    return tuple(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def bench_convert(name: str, workdir: Path) -> dict:
+    """torch2ms of a train-form checkpoint vs torch.load + torch.save of the same file."""
+    src = workdir / f"{name}.pth"
+    if not src.exists():
+        torch.manual_seed(0)
+        model = torch_ref.create_model(name)
+        torch.save({"model_ema": model.state_dict()}, src)
+        del model
+    size = src.stat().st_size
+    base = _peak_rss_child(f"sd = torch.load({str(src)!r}, map_location='cpu', weights_only=True)\n"
+                           f"torch.save(sd, {str(workdir / 'resaved.pth')!r})")
+    conv = {}
+    for ext in (".ckpt", ".safetensors"):
+        conv[ext] = _peak_rss_child(f"from convert.api import convert_file\n"
+                                    f"convert_file({name!r}, {str(src)!r}, {str(workdir / ('out' + ext))!r})")
+    row = {"model": name, "file_bytes": size, "load_save_s": base[0], "load_save_peak_above_base": base[2] - base[1]}
+    for ext, (t, b, p) in conv.items():
+        row[f"torch2ms{ext}_s"] = t
+        row[f"torch2ms{ext}_peak_above_base"] = p - b
+        row[f"torch2ms{ext}_peak_total"] = p
+    return row
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", nargs="+", default=["vanillanet_5"])
+    p.add_argument("--forms", nargs="+", default=["train", "deploy"], choices=["train", "deploy"])
+    p.add_argument("--batch", nargs="+", type=int, default=[1, 8])
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--no-ort", action="store_true", help="skip onnxruntime")
+    p.add_argument("--convert", nargs="*", default=None, metavar="MODEL",
+                   help="also benchmark torch2ms on these models' train-form checkpoints "
+                        "(no name: vanillanet_13_x1_5)")
+    p.add_argument("--workdir", default=None, help="where --convert writes its checkpoints (default: a temp dir)")
+    p.add_argument("--json", default=None, help="also write the rows to this file")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    for name in args.models:
+        check_input_size(get_model_cfg(name), args.size)
+    peak = matmul_peak(args.threads)
+    print(f"fp32 matmul peak (best torch/NumPy square matmul, {args.threads} threads): {peak / 1e9:.1f} GFLOP/s; "
+          f"%peak = model FLOPs (torch FlopCounterMode, 2 per MAC) / fastest runtime's time / peak")
+    rows = []
+    head = (f"{'model':<28}{'form':<8}{'batch':>6}{'GFLOP':>8}{'ms graph':>11}{'ms pynat':>11}{'torch':>11}{'onnxrt':>11}"
+            f"{'ms/torch':>10}{'%peak':>8}")
+    print(head + "\n" + "-" * len(head))
+    for name in args.models:
+        for form in args.forms:
+            for batch in args.batch:
+                r = bench_model(name, form, batch, args.size, args.repeats, args.warmup, args.threads,
+                                not args.no_ort)
+                r["ms_over_torch"] = r["ms_graph"] / r["torch"]
+                best = min(r[k] for k in ("ms_graph", "ms_pynative", "torch", "onnxruntime") if k in r)
+                r["peak_fraction"] = r["flops"] / best / peak
+                rows.append(r)
+                ort_s = f"{r['onnxruntime'] * 1e3:>9.1f}ms" if "onnxruntime" in r else f"{'-':>11}"
+                print(f"{name:<28}{form:<8}{batch:>6}{r['flops'] / 1e9:>8.1f}{r['ms_graph'] * 1e3:>9.1f}ms{r['ms_pynative'] * 1e3:>9.1f}ms"
+                      f"{r['torch'] * 1e3:>9.1f}ms{ort_s}{r['ms_over_torch']:>10.2f}{100 * r['peak_fraction']:>7.1f}%",
+                      flush=True)
+    by_key = {(r["model"], r["form"], r["batch"]): r for r in rows}
+    for name in args.models:
+        for batch in args.batch:
+            tr, de = by_key.get((name, "train", batch)), by_key.get((name, "deploy", batch))
+            if tr and de:
+                print(f"{name} batch {batch}: deploy speed-up torch {tr['torch'] / de['torch']:.2f}x, "
+                      f"MindSpore graph {tr['ms_graph'] / de['ms_graph']:.2f}x")
+    if args.convert is not None:
+        with tempfile.TemporaryDirectory(dir=args.workdir) as d:
+            for name in args.convert or ["vanillanet_13_x1_5"]:
+                c = bench_convert(name, Path(d))
+                rows.append(c)
+                gib = c["file_bytes"] / 2 ** 30
+                print(f"\nconvert {name}: file {gib:.2f} GiB; torch.load+torch.save {c['load_save_s']:.2f} s")
+                for ext in (".ckpt", ".safetensors"):
+                    t, above, total = (c[f"torch2ms{ext}_s"], c[f"torch2ms{ext}_peak_above_base"],
+                                       c[f"torch2ms{ext}_peak_total"])
+                    print(f"  torch2ms -> {ext:<12} {t:6.2f} s = {t / c['load_save_s']:.2f}x load+save; peak RSS "
+                          f"{above / c['file_bytes']:.2f}x file above the imports, {total / c['file_bytes']:.2f}x in all")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
