@@ -146,6 +146,44 @@ def _write_safetensors(state: Mapping[str, np.ndarray], path: Path, metadata: Ma
             f.write(np.require(arr, requirements="C").data if arr.ndim else arr.tobytes())
 
 
+_MS_DTYPES = {np.dtype(np.float32): "Float32", np.dtype(np.float16): "Float16", np.dtype(np.float64): "Float64",
+              np.dtype(np.int64): "Int64", np.dtype(np.int32): "Int32", np.dtype(np.int8): "Int8",
+              np.dtype(np.uint8): "UInt8", np.dtype(np.bool_): "Bool"}
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, payload_len: int) -> bytes:
+    """Key and length of a length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(payload_len)
+
+
+def _write_ms_ckpt(state: Mapping[str, np.ndarray], path: Path) -> None:
+    """Stream MindSpore's ``.ckpt`` (protobuf ``Checkpoint``, ``mindspore/train/checkpoint.proto``) tensor by
+    tensor: each entry is one ``Checkpoint.value`` ``{tag, tensor {dims, tensor_type, tensor_content}}``,
+    byte-identical to what ``mindspore.save_checkpoint`` writes, without its second in-memory copy."""
+    with open(path, "wb") as f:
+        for name, value in state.items():
+            arr = np.asarray(value)
+            if arr.dtype not in _MS_DTYPES:
+                raise CheckpointError(f"{name}: dtype {arr.dtype} cannot be written to a MindSpore checkpoint")
+            tag = name.encode()
+            ttype = _MS_DTYPES[arr.dtype].encode()
+            dims = b"".join(b"\x08" + _varint(d) for d in arr.shape)
+            tensor_head = dims + _field(2, len(ttype)) + ttype + _field(3, arr.nbytes)
+            tensor_len = len(tensor_head) + arr.nbytes
+            value_head = _field(1, len(tag)) + tag + _field(2, tensor_len)
+            f.write(_field(1, len(value_head) + tensor_len) + value_head + tensor_head)
+            f.write(np.require(arr, requirements="C").data if arr.ndim else arr.tobytes())
+
+
 def write_checkpoint(state: Mapping[str, np.ndarray], dst: str | os.PathLike, container: str | None = None) -> Path:
     """Write ``state`` in the format ``dst``'s extension names, atomically.
 
@@ -157,10 +195,8 @@ def write_checkpoint(state: Mapping[str, np.ndarray], dst: str | os.PathLike, co
         with atomic_output(dst) as tmp:
             _write_safetensors(state, tmp, {"format": "pt"})
     elif fmt == "ckpt":
-        import mindspore as ms
-        params = [{"name": k, "data": ms.Tensor.from_numpy(np.require(v, requirements="C"))} for k, v in state.items()]
-        with atomic_output(dst, suffix=".ckpt") as tmp:
-            ms.save_checkpoint(params, str(tmp))
+        with atomic_output(dst) as tmp:
+            _write_ms_ckpt(state, tmp)
     else:
         import torch
         sd = {k: torch.from_numpy(np.require(v, requirements="C")) for k, v in state.items()}

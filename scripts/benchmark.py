@@ -91,15 +91,26 @@ def bench_model(name: str, form: str, batch: int, size: int, repeats: int, warmu
 
 
 def _peak_rss_child(code: str) -> tuple[float, float, float]:
-    """Run ``code`` in a fresh interpreter; (seconds of the timed part, baseline RSS, peak RSS) in bytes."""
+    """Run ``code`` in a fresh interpreter after importing torch and mindspore; returns (seconds of ``code``,
+    RSS before it, peak RSS during it) in bytes. The peak counter (VmHWM) is reset to the current RSS just
+    before ``code`` (``/proc/self/clear_refs``), so the imports' own transient peak is not counted."""
     wrapper = f"""
-import resource, time, json, sys
+import time, json
 import torch, mindspore
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+import convert.api
+
+def status(key):
+    for line in open('/proc/self/status'):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
+with open('/proc/self/clear_refs', 'w') as f:
+    f.write('5')
+base = status('VmRSS:')
 t0 = time.perf_counter()
 {code}
 dt = time.perf_counter() - t0
-print(json.dumps([dt, base * 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024]))
+print(json.dumps([dt, base, status('VmHWM:')]))
 """
     out = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, check=True)
     return tuple(json.loads(out.stdout.strip().splitlines()[-1]))

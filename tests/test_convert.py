@@ -226,3 +226,14 @@ def test_python_m_convert_exit_code(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
     assert _only(tmp_path, "x.pth")
+
+
+def test_ckpt_writer_is_byte_identical_to_mindspore(tmp_path):
+    import mindspore as ms
+    state = {"w": np.random.RandomState(0).randn(3, 4, 1, 1).astype(np.float32), "s": np.array(1.5, np.float32),
+             "n": np.arange(6, dtype=np.int64).reshape(2, 3), "h": np.ones((2, 2), np.float16)}
+    write_checkpoint(state, tmp_path / "ours.ckpt")
+    ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in state.items()], str(tmp_path / "ms.ckpt"))
+    assert (tmp_path / "ours.ckpt").read_bytes() == (tmp_path / "ms.ckpt").read_bytes()
+    back = ms.load_checkpoint(str(tmp_path / "ours.ckpt"))
+    assert all(np.array_equal(back[k].asnumpy(), v) and back[k].shape == v.shape for k, v in state.items())
