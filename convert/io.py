@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 import numpy as np
+from tqdm import tqdm
 
 from specs.errors import CheckpointError
 
@@ -124,6 +125,11 @@ def atomic_output(dst: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             tmp.unlink()
 
 
+def _progress(items, path: Path):
+    """A progress bar over the tensors being written (shown on a terminal only)."""
+    return tqdm(list(items), desc=f"writing {path.name}", unit="tensor", disable=None, leave=False)
+
+
 def _write_safetensors(state: Mapping[str, np.ndarray], path: Path, metadata: Mapping[str, str] | None) -> None:
     """Stream a safetensors file tensor by tensor (no second copy of the whole state in memory)."""
     header: dict = {"__metadata__": dict(metadata)} if metadata else {}
@@ -142,7 +148,7 @@ def _write_safetensors(state: Mapping[str, np.ndarray], path: Path, metadata: Ma
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
-        for arr in arrays.values():
+        for arr in _progress(arrays.values(), path):
             f.write(np.require(arr, requirements="C").data if arr.ndim else arr.tobytes())
 
 
@@ -170,7 +176,7 @@ def _write_ms_ckpt(state: Mapping[str, np.ndarray], path: Path) -> None:
     tensor: each entry is one ``Checkpoint.value`` ``{tag, tensor {dims, tensor_type, tensor_content}}``,
     byte-identical to what ``mindspore.save_checkpoint`` writes, without its second in-memory copy."""
     with open(path, "wb") as f:
-        for name, value in state.items():
+        for name, value in _progress(state.items(), path):
             arr = np.asarray(value)
             if arr.dtype not in _MS_DTYPES:
                 raise CheckpointError(f"{name}: dtype {arr.dtype} cannot be written to a MindSpore checkpoint")

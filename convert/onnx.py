@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from specs.errors import ZooError
+
 from .io import atomic_output
 
 
@@ -43,11 +45,11 @@ def _export_torch(model, x: np.ndarray, path: Path) -> np.ndarray:
 
 def _export_ms(model, x: np.ndarray, path: Path) -> np.ndarray:
     import mindspore as ms
-    from ms_models.kernels import native_kernels
+    from ms_models.layers import export_mode
     model.set_train(False)
     inp = ms.Tensor(x)
     ref = model(inp).asnumpy()
-    with native_kernels(model):      # the exporter cannot write the compiled CPU kernels (custom ops)
+    with export_mode(model):         # custom CPU kernels and adaptive pools the exporter cannot write
         ms.export(model, inp, file_name=str(path)[: -len(".onnx")], file_format="ONNX")
     return ref
 
@@ -59,7 +61,6 @@ def export_onnx(model, dst: str | os.PathLike, framework: str, input_size: tuple
     The file is renamed into place only if onnxruntime's output matches the framework's own output within
     ``tol`` relative to the output scale (float32 kernels of two runtimes: ~1e-6 observed).
     """
-    from specs.errors import ZooError
     x = np.random.RandomState(seed).randn(batch, 3, *input_size).astype(np.float32)
     dst = Path(dst)
     if not str(dst).endswith(".onnx"):

@@ -11,7 +11,6 @@ never if ``MS_MODELS_NATIVE_KERNELS=1`` is set, the compiler is missing or the b
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import os
@@ -80,19 +79,3 @@ def relu_dwconv(has_bias: bool):
             return grad_input(x, w, dout), grad_weight(x, dout, w)
     return ops.Custom(f"{lib}:ReluDwConv", out_shape=_same, out_dtype=_same, func_type="aot", bprop=bprop)
 
-
-@contextlib.contextmanager
-def native_kernels(model):
-    """Run ``model`` with MindSpore's native ops inside the block (e.g. for ONNX export, which cannot
-    write custom ops); the compiled graph is refreshed on entry and exit."""
-    from .layers import refresh_graph
-    saved = [(cell, cell.fused) for _, cell in model.cells_and_names() if getattr(cell, "fused", None) is not None]
-    for cell, _ in saved:
-        cell.fused = None
-    refresh_graph(model)
-    try:
-        yield model
-    finally:
-        for cell, op in saved:
-            cell.fused = op
-        refresh_graph(model)

@@ -5,12 +5,15 @@ Every MindSpore layer here is built with explicit arguments, never defaults: Min
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
+
+from specs.pooling import adaptive_bins
 
 BN_MOMENTUM = 0.9  # == torch momentum 0.1
 
@@ -98,3 +101,52 @@ def leaky_relu(x, slope):
     and 5x faster than ``ops.select`` on the 2.8.0 CPU backend.
     """
     return ops.maximum(x, x * slope)
+
+
+class AdaptiveMaxPool2d(nn.Cell):
+    """PyTorch's adaptive max pooling (overlapping non-divisible windows, e.g. 75 -> 38).
+
+    Runs MindSpore's native kernel; under :func:`export_mode` it takes the same windows as static slices,
+    rows then columns, because MindSpore's ONNX exporter cannot write ``AdaptiveMaxPool2D``.
+    """
+
+    def __init__(self, output_size: tuple[int, int]):
+        super().__init__()
+        self.output_size = tuple(output_size)
+        self.pool = nn.AdaptiveMaxPool2d(self.output_size)
+        self.for_export = False
+
+    def construct(self, x):
+        if not self.for_export:
+            return self.pool(x)
+        rows = ()
+        for a, b in adaptive_bins(x.shape[2], self.output_size[0]):
+            rows = rows + (x[:, :, a:b, :].max(axis=2, keepdims=True),)
+        x = ops.concat(rows, 2)
+        cols = ()
+        for a, b in adaptive_bins(x.shape[3], self.output_size[1]):
+            cols = cols + (x[:, :, :, a:b].max(axis=3, keepdims=True),)
+        return ops.concat(cols, 3)
+
+
+@contextlib.contextmanager
+def export_mode(model: nn.Cell):
+    """Inside the block ``model`` runs only ops MindSpore's ONNX exporter can write: compiled custom kernels
+    are replaced by native ops and adaptive pools by static slices. The compiled graph is refreshed on entry
+    and on exit."""
+    cells = [cell for _, cell in model.cells_and_names()]
+    kernels = [(cell, cell.fused) for cell in cells if getattr(cell, "fused", None) is not None]
+    pools = [cell for cell in cells if hasattr(cell, "for_export")]
+    for cell, _ in kernels:
+        cell.fused = None
+    for cell in pools:
+        cell.for_export = True
+    refresh_graph(model)
+    try:
+        yield model
+    finally:
+        for cell, op in kernels:
+            cell.fused = op
+        for cell in pools:
+            cell.for_export = False
+        refresh_graph(model)

@@ -21,7 +21,7 @@ from specs.vanillanet import ACT_NUM, BN_EPS
 
 from ._registry import registry
 from .kernels import relu_dwconv
-from .layers import (GlobalAvgPool, Identity, batch_norm, bn_arrays, conv2d, conv_arrays, conv_bn, fused_conv,
+from .layers import (AdaptiveMaxPool2d, GlobalAvgPool, Identity, batch_norm, bn_arrays, conv2d, conv_arrays, conv_bn, fused_conv,
                      leaky_relu, refresh_graph, scalar_param, trunc_normal)
 
 
@@ -66,7 +66,7 @@ def _pool(stride: int, ada_pool: int | None) -> nn.Cell:
     if stride == 1:
         return Identity()
     if ada_pool:
-        return nn.AdaptiveMaxPool2d((ada_pool, ada_pool))
+        return AdaptiveMaxPool2d((ada_pool, ada_pool))
     return nn.MaxPool2d(kernel_size=stride, stride=stride, pad_mode="valid")
 
 

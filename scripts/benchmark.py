@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+os.environ.setdefault("GLOG_v", "3")   # MindSpore: errors only on the console
+
 import torch  # noqa: F401  (before mindspore)
 import mindspore as ms
 import numpy as np

@@ -8,9 +8,12 @@ ONNX from both, verified with onnxruntime. Exits 1 if any check fails.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
+
+os.environ.setdefault("GLOG_v", "3")   # MindSpore: errors only on the console
 
 import torch  # noqa: F401  (before mindspore)
 import mindspore as ms

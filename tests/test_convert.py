@@ -211,11 +211,36 @@ def test_onnx_export_checked_by_onnxruntime(tmp_path, src, framework):
         assert rel_err(ref[:1], ort_run(out, x[:1])) <= 1e-4      # MindSpore exports a fixed batch size
 
 
-def test_onnx_failure_leaves_nothing(tmp_path):
-    with pytest.raises(Exception):
-        export_onnx(torch_ref.create_model("vanillanet_13_x1_5_ada_pool", num_classes=10).eval(),
-                    tmp_path / "ada.onnx", "torch", (113, 113))
+def test_onnx_that_disagrees_is_not_kept(tmp_path, monkeypatch):
+    import convert.onnx as conv_onnx
+    monkeypatch.setattr(conv_onnx, "ort_run", lambda path, x: np.zeros((len(x), 1000), np.float32))
+    with pytest.raises(conv_onnx.ZooError, match="disagrees"):
+        export_onnx(torch_ref.create_model(NAME).eval(), tmp_path / "v5.onnx", "torch", (32, 32))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("framework", ["torch", "mindspore"])
+def test_onnx_export_of_non_divisible_adaptive_pools(tmp_path, framework, graph_mode):
+    """The ada-pool design (stem stride 3, adaptive max pools 21 -> 10 -> 5 here) exports from both frameworks."""
+    from torch_ref.testing import deterministic_weights
+    from torch_ref.vanillanet import VanillaNet
+    kwargs = dict(dims=(16, 16, 32, 64), strides=(1, 2, 2), ada_pool=(0, 10, 5), num_classes=10)
+    torch.manual_seed(0)
+    tm = deterministic_weights(VanillaNet(**kwargs), input_size=64)
+    if framework == "mindspore":
+        from convert.mapping import build_name_map, torch_to_ms
+        from ms_models.vanillanet import VanillaNet as MsVanillaNet
+        model = MsVanillaNet(**kwargs)
+        state = torch_to_ms({k: v.numpy() for k, v in tm.state_dict().items()}, build_name_map(tm, model))
+        ms.load_param_into_net(model, {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in state.items()})
+    else:
+        model = tm
+    result = export_onnx(model, tmp_path / "ada.onnx", framework, (64, 64))
+    assert result.max_abs_err <= 1e-4 * result.ref_scale and result.ref_scale > 0.1
+    from convert.onnx import ort_run
+    x = np.random.RandomState(0).randn(1, 3, 64, 64).astype(np.float32)
+    with torch.no_grad():
+        assert rel_err(tm(torch.from_numpy(x)).numpy(), ort_run(tmp_path / "ada.onnx", x)) <= 1e-4
 
 
 def test_python_m_convert_exit_code(tmp_path):

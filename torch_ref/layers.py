@@ -5,6 +5,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from specs.pooling import adaptive_bins
+
 
 def conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int = 0,
             eps: float = 1e-5) -> nn.Sequential:
@@ -38,3 +40,16 @@ def trunc_normal_init(module: nn.Module, std: float = 0.02) -> None:
         nn.init.trunc_normal_(module.weight, std=std)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+class AdaptiveMaxPool2d(nn.AdaptiveMaxPool2d):
+    """``nn.AdaptiveMaxPool2d`` that ONNX export can write: while exporting, the same windows are taken as
+    static slices, rows then columns (max is separable), since the exporter refuses non-divisible sizes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.onnx.is_in_onnx_export():
+            return super().forward(x)
+        oh, ow = (self.output_size, self.output_size) if isinstance(self.output_size, int) else self.output_size
+        h, w = int(x.shape[2]), int(x.shape[3])   # Python ints: traced shapes would floor-divide wrongly
+        x = torch.cat([x[:, :, a:b].amax(2, keepdim=True) for a, b in adaptive_bins(h, oh)], 2)
+        return torch.cat([x[:, :, :, a:b].amax(3, keepdim=True) for a, b in adaptive_bins(w, ow)], 3)

@@ -18,7 +18,7 @@ from specs.fusion import fold_bn, merge_1x1
 from specs.vanillanet import ACT_NUM, BN_EPS
 
 from ._registry import registry
-from .layers import bn_arrays, conv_arrays, conv_bn, set_conv, trunc_normal_init
+from .layers import AdaptiveMaxPool2d, bn_arrays, conv_arrays, conv_bn, set_conv, trunc_normal_init
 
 
 class Activation(nn.ReLU):
@@ -55,7 +55,7 @@ class Activation(nn.ReLU):
 def _pool(stride: int, ada_pool: int | None) -> nn.Module:
     if stride == 1:
         return nn.Identity()
-    return nn.AdaptiveMaxPool2d((ada_pool, ada_pool)) if ada_pool else nn.MaxPool2d(stride)
+    return AdaptiveMaxPool2d((ada_pool, ada_pool)) if ada_pool else nn.MaxPool2d(stride)
 
 
 class Block(nn.Module):
