@@ -10,17 +10,18 @@ torch.set_num_threads(2)
 ms.set_device("CPU")
 
 
-@pytest.fixture
-def graph_mode():
+def _in_mode(mode):
     prev = ms.get_context("mode")
-    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_context(mode=mode)
     yield
     ms.set_context(mode=prev)
+
+
+@pytest.fixture
+def graph_mode():
+    yield from _in_mode(ms.GRAPH_MODE)
 
 
 @pytest.fixture
 def pynative_mode():
-    prev = ms.get_context("mode")
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    yield
-    ms.set_context(mode=prev)
+    yield from _in_mode(ms.PYNATIVE_MODE)
