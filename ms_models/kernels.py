@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -31,6 +32,16 @@ def _cache_dir() -> Path:
     return Path(root) / "ms_models"
 
 
+def _cpu_id() -> bytes:
+    """The CPU's instruction-set flags: a ``-march=native`` build is cached per CPU kind (shared home dirs)."""
+    try:
+        with open("/proc/cpuinfo", "rb") as f:
+            flags = next((line for line in f if line.startswith((b"flags", b"Features"))), b"")
+    except OSError:
+        flags = b""
+    return platform.machine().encode() + flags
+
+
 @functools.lru_cache(maxsize=None)
 def library() -> str | None:
     """Path of the compiled kernel library, building it if needed; None where it cannot be used."""
@@ -39,19 +50,20 @@ def library() -> str | None:
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         return None
-    digest = hashlib.sha256(_SRC.read_bytes() + " ".join(_FLAGS).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(_SRC.read_bytes() + " ".join(_FLAGS).encode() + _cpu_id()).hexdigest()[:16]
     out = _cache_dir() / f"relu_dwconv-{digest}.so"
     if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-        os.close(fd)
+        tmp = None
         try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+            os.close(fd)
             subprocess.run([cxx, *_FLAGS, str(_SRC), "-o", tmp], check=True, capture_output=True, timeout=300)
             os.replace(tmp, out)
         except (OSError, subprocess.SubprocessError):
             return None
         finally:
-            if os.path.exists(tmp):
+            if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
     return str(out)
 
