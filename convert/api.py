@@ -79,8 +79,9 @@ def torch_model_from(name: str, checkpoint: str | os.PathLike, key: str | None =
     return _load_torch_state(torch_ref.create_model(name, **kwargs), state, name_map(name, **kwargs))
 
 
-def ms_twin(torch_model: torch.nn.Module, mode: int | None = None):
-    """The ms_models model with ``torch_model``'s name, form and weights, built in ``mode`` (default: current)."""
+def ms_twin(torch_model: torch.nn.Module, mode: int | None = None, **model_kwargs: Any):
+    """The ms_models model with ``torch_model``'s name, form and weights, built in ``mode`` (default: current);
+    ``model_kwargs`` that leave the parameters alone (``drop_rate``, ...) go to the MindSpore constructor."""
     import mindspore as ms
     cfg = torch_model.pretrained_cfg
     kwargs = {"num_classes": cfg.num_classes, **_form_kwargs(torch_model)}
@@ -89,7 +90,7 @@ def ms_twin(torch_model: torch.nn.Module, mode: int | None = None):
     ms.set_context(mode=prev if mode is None else mode)
     try:
         with no_init_parameters():      # every weight is overwritten below: skip the random init
-            model = ms_models.create_model(cfg.name, **kwargs)
+            model = ms_models.create_model(cfg.name, **kwargs, **model_kwargs)
     finally:
         ms.set_context(mode=prev)
     return _load_ms_state(model, torch_state_of(torch_model), name_map(cfg.name, **kwargs))
