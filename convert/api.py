@@ -79,8 +79,9 @@ def torch_model_from(name: str, checkpoint: str | os.PathLike, key: str | None =
     return _load_torch_state(torch_ref.create_model(name, **kwargs), state, name_map(name, **kwargs))
 
 
-def ms_twin(torch_model: torch.nn.Module, mode: int | None = None):
-    """The ms_models model with ``torch_model``'s name, form and weights, built in ``mode`` (default: current)."""
+def ms_twin(torch_model: torch.nn.Module, mode: int | None = None, **model_kwargs: Any):
+    """The ms_models model with ``torch_model``'s name, form and weights, built in ``mode`` (default: current);
+    ``model_kwargs`` that leave the parameters alone (``drop_rate``, ...) go to the MindSpore constructor."""
     import mindspore as ms
     cfg = torch_model.pretrained_cfg
     kwargs = {"num_classes": cfg.num_classes, **_form_kwargs(torch_model)}
@@ -89,7 +90,7 @@ def ms_twin(torch_model: torch.nn.Module, mode: int | None = None):
     ms.set_context(mode=prev if mode is None else mode)
     try:
         with no_init_parameters():      # every weight is overwritten below: skip the random init
-            model = ms_models.create_model(cfg.name, **kwargs)
+            model = ms_models.create_model(cfg.name, **kwargs, **model_kwargs)
     finally:
         ms.set_context(mode=prev)
     return _load_ms_state(model, torch_state_of(torch_model), name_map(cfg.name, **kwargs))
@@ -119,18 +120,35 @@ def _deploy_torch_state(name: str, state: dict[str, np.ndarray], kwargs: dict) -
     return torch_state_of(model), {**kwargs, "deploy": True}
 
 
+SOURCES = ("ours", "mindspore-official")
+
+
 def convert_file(name: str, src: str | os.PathLike, dst: str | os.PathLike, direction: str = "torch2ms",
-                 deploy: bool = False, key: str | None = None, container: str | None = None) -> Path:
+                 deploy: bool = False, key: str | None = None, container: str | None = None,
+                 source: str = "ours") -> Path:
     """Convert ``src`` to ``dst`` (format by extension) for model ``name``.
 
-    ``direction`` is 'torch2ms' or 'ms2torch'. The source naming must match the direction; keys and shapes
-    are checked strictly and nothing is written on error. ``deploy`` also fuses a train-form checkpoint.
+    ``direction`` is 'torch2ms', 'ms2torch' or 'ms2ms' (MindSpore names in and out). The source naming must
+    match the direction; keys and shapes are checked strictly and nothing is written on error. ``deploy``
+    also fuses a train-form checkpoint. ``source='mindspore-official'`` first renames an official
+    mindspore-ai/models checkpoint by its declared map (:mod:`convert.official_ms`; MindSpore directions).
     """
-    if direction not in ("torch2ms", "ms2torch"):
-        raise ValueError(f"direction must be torch2ms or ms2torch, not {direction!r}")
+    if direction not in ("torch2ms", "ms2torch", "ms2ms"):
+        raise ValueError(f"direction must be torch2ms, ms2torch or ms2ms, not {direction!r}")
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, not {source!r}")
     get_model_cfg(name)
     state = read_checkpoint(src, key)
-    kwargs = model_kwargs_for(name, state)
+    if source == "mindspore-official":
+        if direction == "torch2ms":
+            raise CheckpointError("an official MindSpore checkpoint converts with ms2torch or ms2ms, not torch2ms")
+        from .official_ms import official_ms_to_ours
+        state = official_ms_to_ours(name, state)
+        kwargs = get_model_cfg(name).infer_kwargs(
+            {t: tuple(state[m].shape) for t, m in name_map(name).torch_to_ms.items() if m in state}) \
+            if get_model_cfg(name).infer_kwargs else {}
+    else:
+        kwargs = model_kwargs_for(name, state)
     nm = name_map(name, **kwargs)
     want = "torch" if direction == "torch2ms" else "mindspore"
     if naming_of(state, nm) != want:
@@ -141,5 +159,5 @@ def convert_file(name: str, src: str | os.PathLike, dst: str | os.PathLike, dire
     if deploy:
         torch_state, kwargs = _deploy_torch_state(name, torch_state, kwargs)
         nm = name_map(name, **kwargs)
-    out = torch_to_ms(torch_state, nm) if direction == "torch2ms" else torch_state
+    out = torch_state if direction == "ms2torch" else torch_to_ms(torch_state, nm)
     return write_checkpoint(out, dst, container=container)

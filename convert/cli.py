@@ -1,4 +1,4 @@
-"""``python -m convert``: torch2ms, ms2torch, onnx, parity. Each subcommand wraps one function of
+"""``python -m convert``: torch2ms, ms2torch, ms2ms, onnx, parity. Each subcommand wraps one function of
 :mod:`convert.api`, :mod:`convert.onnx` or :mod:`convert.parity`; bad input exits 1 with a one-line error."""
 from __future__ import annotations
 
@@ -14,11 +14,17 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m convert", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     for cmd, what in (("torch2ms", "torch checkpoint -> MindSpore .ckpt/.safetensors"),
-                      ("ms2torch", "MindSpore checkpoint -> torch .pth/.bin/.safetensors")):
+                      ("ms2torch", "MindSpore checkpoint -> torch .pth/.bin/.safetensors"),
+                      ("ms2ms", "official MindSpore checkpoint -> our MindSpore names (.ckpt/.safetensors)")):
         s = sub.add_parser(cmd, help=what)
         s.add_argument("--model", required=True, help="registered model name (see list_models())")
         s.add_argument("--deploy", action="store_true", help="also fuse a train-form checkpoint to deploy form")
         s.add_argument("--key", default=None, help="container key to read (default: EMA, then model weights)")
+        if cmd != "torch2ms":
+            s.add_argument("--source", choices=("ours", "mindspore-official"),
+                           default="mindspore-official" if cmd == "ms2ms" else "ours",
+                           help="naming of the MindSpore source: ours, or an official mindspore-ai/models "
+                                "checkpoint (e.g. ghostnetv2_1x.ckpt; build with dfc_upsample='bilinear')")
         if cmd == "ms2torch":
             s.add_argument("--container", default=None, help="wrap the torch output as {CONTAINER: state_dict}")
         s.add_argument("src")
@@ -42,11 +48,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.cmd in ("torch2ms", "ms2torch"):
+    if args.cmd in ("torch2ms", "ms2torch", "ms2ms"):
         from .api import convert_file
         t0 = time.perf_counter()
         out = convert_file(args.model, args.src, args.dst, args.cmd, deploy=args.deploy, key=args.key,
-                           container=getattr(args, "container", None))
+                           container=getattr(args, "container", None), source=getattr(args, "source", "ours"))
         print(f"wrote {out} ({args.cmd}{', deploy form' if args.deploy else ''}) in {time.perf_counter() - t0:.2f} s")
         return 0
     if args.cmd == "onnx":

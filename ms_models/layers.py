@@ -6,14 +6,15 @@ Every MindSpore layer here is built with explicit arguments, never defaults: Min
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 
 import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
-from mindspore.common.initializer import TruncatedNormal, initializer
+from mindspore.common.initializer import TruncatedNormal, Uniform, initializer
 
-from specs.pooling import adaptive_bins
+from specs.pooling import adaptive_bins, linear_taps, nearest_indices
 
 BN_MOMENTUM = 0.9  # == torch momentum 0.1
 
@@ -23,6 +24,22 @@ def conv2d(in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int =
     """torch-equivalent ``Conv2d`` (zero padding ``padding`` on all sides), weights trunc-normal(std)."""
     return nn.Conv2d(in_ch, out_ch, kernel, stride=stride, pad_mode="pad", padding=padding, group=group,
                      has_bias=bias, weight_init=TruncatedNormal(sigma=std), bias_init="zeros")
+
+
+def torch_init_conv2d(in_ch: int, out_ch: int, kernel: int | tuple[int, int], stride: int = 1, padding: int = 0,
+                      bias: bool = False, group: int = 1, pad_mode: str = "pad") -> nn.Conv2d:
+    """``Conv2d`` with PyTorch's default initialisation (weight and bias ``U(+-1/sqrt(fan_in))``, the bound of
+    ``kaiming_uniform_(a=sqrt(5))``); zero padding ``padding`` on all sides, or ``pad_mode='same'``."""
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    bound = 1.0 / math.sqrt(in_ch // group * kh * kw)
+    return nn.Conv2d(in_ch, out_ch, (kh, kw), stride=stride, pad_mode=pad_mode, padding=padding, group=group,
+                     has_bias=bias, weight_init=Uniform(bound), bias_init=Uniform(bound) if bias else "zeros")
+
+
+def torch_init_dense(in_ch: int, out_ch: int) -> nn.Dense:
+    """``nn.Dense`` (same weight layout as ``torch.nn.Linear``) with PyTorch's default initialisation."""
+    bound = 1.0 / math.sqrt(in_ch)
+    return nn.Dense(in_ch, out_ch, weight_init=Uniform(bound), bias_init=Uniform(bound), has_bias=True)
 
 
 def batch_norm(ch: int, eps: float = 1e-5) -> nn.BatchNorm2d:
@@ -49,6 +66,34 @@ class GlobalAvgPool(nn.Cell):
 class Identity(nn.Cell):
     def construct(self, x):
         return x
+
+
+def hard_sigmoid(x):
+    """``relu6(x + 3) / 6`` (GhostNet's SE gate; the official MindSpore port multiplies by 0.16666667)."""
+    return ops.relu6(x + 3.0) / 6.0
+
+
+def _take(x, index: tuple, axis: int):
+    return ops.gather(x, Tensor(index, ms.int32), axis)
+
+
+def _resize_axis(x, size: int, axis: int, mode: str):
+    if x.shape[axis] == size:
+        return x
+    if mode == "nearest":
+        return _take(x, nearest_indices(x.shape[axis], size), axis)
+    lo, hi, w = linear_taps(x.shape[axis], size)
+    shape = (size, 1) if axis == 2 else (size,)
+    w = Tensor(w, ms.float32).reshape(shape).astype(x.dtype)
+    return _take(x, lo, axis) * (1.0 - w) + _take(x, hi, axis) * w
+
+
+def resize(x, size: tuple[int, int], mode: str = "nearest"):
+    """Resize an NCHW tensor to ``size`` (static shapes) like ``torch_ref.layers.resize``: legacy ``nearest``
+    (source ``floor(i * in / out)``) or ``bilinear`` with ``align_corners=True``, as explicit gathers along H
+    then W with index (and weight) constants computed from the static shapes, so GRAPH_MODE and the ONNX
+    exporter see plain ``Gather``/arithmetic ops."""
+    return _resize_axis(_resize_axis(x, size[0], 2, mode), size[1], 3, mode)
 
 
 def bn_arrays(bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:

@@ -177,7 +177,11 @@ def main(argv=None) -> int:
             f"{'ms/torch':>10}{'%peak ms':>9}{'best':>6}")
     print(head + "\n" + "-" * len(head))
     for name in args.models:
-        for form in args.forms:
+        forms = args.forms
+        if "deploy" in forms and not hasattr(torch_ref.registry.model_class(name), "switch_to_deploy"):
+            print(f"{name}: no deploy form (no switch_to_deploy); benchmarking train form only")
+            forms = [f for f in forms if f != "deploy"]
+        for form in forms:
             for batch in args.batch:
                 r = bench_model(name, form, batch, args.size, args.repeats, args.warmup, args.threads,
                                 not args.no_ort)

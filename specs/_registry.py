@@ -93,7 +93,7 @@ def check_input_size(cfg: ModelCfg, size: int | Sequence[int]) -> tuple[int, int
 
 
 def _load_families() -> None:
-    from . import vanillanet  # noqa: F401  (each family module registers its cfgs on import)
+    from . import ghostnetv2, vanillanet  # noqa: F401  (each family module registers its cfgs on import)
 
 
 class ModelRegistry:
@@ -114,6 +114,12 @@ class ModelRegistry:
 
     def names(self, pattern: str = "*") -> list[str]:
         return sorted((n for n in self._classes if fnmatch.fnmatch(n, pattern)), key=_natural)
+
+    def model_class(self, name: str) -> type:
+        """The class ``name`` builds (e.g. to ask whether the family has ``switch_to_deploy``)."""
+        if name not in self._classes:
+            raise _unknown(name, list(self._classes))
+        return self._classes[name]
 
     def build(self, name: str, num_classes: int = 1000, **kwargs: Any):
         """Instantiate ``name`` with the cfg's architecture; kwargs override it (``deploy=True``, ...)."""

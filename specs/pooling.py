@@ -1,4 +1,4 @@
-"""Framework-free pooling geometry shared by both frameworks."""
+"""Framework-free pooling and resampling geometry shared by both frameworks."""
 from __future__ import annotations
 
 
@@ -8,3 +8,28 @@ def adaptive_bins(in_size: int, out_size: int) -> list[tuple[int, int]]:
     Non-divisible sizes give overlapping windows of unequal length (75 -> 38: lengths 2 and 3).
     """
     return [((i * in_size) // out_size, -((-(i + 1) * in_size) // out_size)) for i in range(out_size)]
+
+
+def nearest_indices(in_size: int, out_size: int) -> tuple[int, ...]:
+    """Source index of each output position of PyTorch's legacy ``interpolate(mode='nearest')``:
+    ``floor(i * in / out)`` (3 -> 7: 0, 0, 0, 1, 1, 2, 2).
+
+    PyTorch computes ``floorf(i * (float)(in / out))``; the exact integer form here equals it whenever no
+    ``i * in / out`` lands within float rounding of an integer it does not equal (true for the DFC sizes,
+    ``out`` in ``(2 * in, 2 * in + 1)``, and checked against torch in the tests).
+    """
+    return tuple(min((i * in_size) // out_size, in_size - 1) for i in range(out_size))
+
+
+def linear_taps(in_size: int, out_size: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...]]:
+    """``align_corners=True`` linear resampling: output i reads ``(1 - w) * x[lo] + w * x[hi]`` at source
+    position ``i * (in - 1) / (out - 1)`` (MindSpore 1.x ``ResizeBilinear`` / torch ``align_corners=True``)."""
+    scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+    lo, hi, w = [], [], []
+    for i in range(out_size):
+        src = i * scale
+        a = min(int(src), in_size - 1)
+        lo.append(a)
+        hi.append(min(a + 1, in_size - 1))
+        w.append(src - a)
+    return tuple(lo), tuple(hi), tuple(w)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from specs.pooling import adaptive_bins
@@ -53,3 +54,18 @@ class AdaptiveMaxPool2d(nn.AdaptiveMaxPool2d):
         h, w = int(x.shape[2]), int(x.shape[3])   # Python ints: traced shapes would floor-divide wrongly
         x = torch.cat([x[:, :, a:b].amax(2, keepdim=True) for a, b in adaptive_bins(h, oh)], 2)
         return torch.cat([x[:, :, :, a:b].amax(3, keepdim=True) for a, b in adaptive_bins(w, ow)], 3)
+
+
+def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """``relu6(x + 3) / 6`` (GhostNet's SE gate, official ``hard_sigmoid``)."""
+    return F.relu6(x + 3.0) / 6.0
+
+
+def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "nearest") -> torch.Tensor:
+    """``F.interpolate`` to ``size``: legacy ``nearest`` (``floor(i * in / out)``) or ``bilinear`` with
+    ``align_corners=True`` (mirrors ``ms_models.layers.resize``)."""
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest")
+    if mode == "bilinear":
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+    raise ValueError(f"resize mode must be 'nearest' or 'bilinear', not {mode!r}")
