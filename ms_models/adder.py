@@ -164,6 +164,8 @@ def quantize(model: nn.Cell, batches: Callable[[], Iterable[np.ndarray]], bits: 
     as ``torch_ref.adder.quantize``. Returns the calibrated input ranges."""
     check_bits(bits)
     ranges = calibrate(model, batches(), progress)
+    if hasattr(model, "quant_groups"):         # the model-level record the converter reads
+        model.quant_groups, model.quant_bits = groups, bits
     for name, layer in adder_layers(model).items():
         layer.set_quant(layer_quant(layer.adder.asnumpy(), ranges[name], bits, groups, seed, clamp), bits)
     refresh_graph(model)

@@ -68,6 +68,7 @@ class AdderResNet(nn.Cell):
                  num_classes: int = 10, quant_groups: int = 0, quant_bits: int = 8):
         super().__init__()
         self.cifar_stem = cifar_stem
+        self.quant_groups, self.quant_bits = quant_groups, quant_bits
         block = BasicBlock if cifar_stem else Bottleneck
         q = dict(quant_groups=quant_groups, quant_bits=quant_bits)
         self.inplanes = width

@@ -166,6 +166,8 @@ def quantize(model: nn.Module, batches: Callable[[], Iterable[np.ndarray]], bits
     (called twice: calibration, BN). Returns the calibrated input ranges."""
     check_bits(bits)
     ranges = calibrate(model, batches(), progress)
+    if hasattr(model, "quant_groups"):         # the model-level record the converter reads
+        model.quant_groups, model.quant_bits = groups, bits
     for name, layer in adder_layers(model).items():
         layer.set_quant(layer_quant(layer.adder.detach().numpy(), ranges[name], bits, groups, seed, clamp), bits)
     reestimate_bn(model, batches(), progress)
