@@ -91,6 +91,8 @@ class Adder2d(nn.Cell):
         self.qbias.set_data(Tensor(q.bias))
 
     def _quantized(self, x):
+        # every group's input against all weights, then the group's channels selected by a mask: static
+        # shapes for GRAPH_MODE (the group sizes are data); G x the adder work of torch_ref's gather, same values
         m = float(2 ** self.quant_bits - 1)
         out = None
         for g in range(self.quant_groups):

@@ -68,7 +68,8 @@ class Adder2d(nn.Module):
     arXiv 2212.10200: ``scale_para`` (G,) group scales, ``group`` (O,) group of each output channel and
     ``qbias`` (O,) the lossless-clamp bias; ``adder`` then holds the quantized weights and the input is
     quantized per group with that group's scale (official ``QAdder2dKmeansGroupShare.construct``, with the
-    concatenation over *all* groups the official code skips by an indentation slip).
+    concatenation over *all* groups the official code skips by an indentation slip): each group's channels
+    are computed on their own and written back in the original channel order.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
@@ -105,11 +106,13 @@ class Adder2d(nn.Module):
         m = float(2 ** self.quant_bits - 1)
         out = None
         for g in range(self.quant_groups):
+            idx = torch.nonzero(self.group == g).flatten()      # this group's output channels
             s = self.scale_para[g]
             a = torch.clamp(torch.round(x * m / s), 0, m) * s / m
-            y = adder2d(a, self.adder, self.stride, self.padding)
-            y = y * (self.group == g).to(y.dtype).view(1, -1, 1, 1)
-            out = y if out is None else out + y
+            y = adder2d(a, self.adder[idx], self.stride, self.padding)
+            if out is None:
+                out = y.new_zeros((y.shape[0], self.out_channels) + y.shape[2:])
+            out[:, idx] = y
         return out + self.qbias.view(1, -1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
