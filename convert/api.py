@@ -39,7 +39,30 @@ def _model_name_map(model) -> NameMap:
 
 
 def _form_kwargs(model) -> dict:
-    return {"deploy": True} if getattr(model, "deploy", False) else {}
+    out = {"deploy": True} if getattr(model, "deploy", False) else {}
+    if getattr(model, "quant_groups", 0):          # a post-training-quantized AdderNet
+        out.update(quant_groups=model.quant_groups, quant_bits=model.quant_bits)
+    return out
+
+
+# the official MindSpore AdderQuant ResNet-20 (research/cv/AdderQuant/adder_quant.py) saves per adder layer a
+# copy ``adder_new`` and a placeholder ``scale_para`` next to ``adder``; optimizer state may come along too
+_ADDERQUANT_EXTRA = (".adder_new", ".scale_para")
+_OPTIMIZER_KEYS = ("learning_rate", "global_step", "momentum")
+
+
+def official_adderquant_state(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A state in the official MindSpore AdderQuant layout with its extra entries dropped (float weights are
+    ``adder``; ``adder_new``/``scale_para`` are only filled by its quantization step); other states unchanged."""
+    if not any(k.endswith(".adder_new") for k in state):
+        return dict(state)
+    return {k: v for k, v in state.items() if not k.endswith(_ADDERQUANT_EXTRA)
+            and not k.startswith(("moments.", "accum.")) and k not in _OPTIMIZER_KEYS}
+
+
+def read_state(path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarray]:
+    """:func:`convert.io.read_checkpoint` plus the official AdderQuant layout (see above)."""
+    return official_adderquant_state(read_checkpoint(path, key))
 
 
 def _load_torch_state(model: torch.nn.Module, state: Mapping[str, np.ndarray], nm: NameMap) -> torch.nn.Module:
@@ -54,7 +77,7 @@ def _load_torch_state(model: torch.nn.Module, state: Mapping[str, np.ndarray], n
 
 def load_into_torch(model: torch.nn.Module, path: str | os.PathLike, key: str | None = None) -> torch.nn.Module:
     """Strictly load a checkpoint of either naming into a torch_ref model."""
-    return _load_torch_state(model, read_checkpoint(path, key), _model_name_map(model))
+    return _load_torch_state(model, read_state(path, key), _model_name_map(model))
 
 
 def _load_ms_state(model, state: Mapping[str, np.ndarray], nm: NameMap, source: str = "state"):
@@ -69,12 +92,12 @@ def _load_ms_state(model, state: Mapping[str, np.ndarray], nm: NameMap, source: 
 
 def load_into_ms(model, path: str | os.PathLike, key: str | None = None):
     """Strictly load a checkpoint of either naming into an ms_models model."""
-    return _load_ms_state(model, read_checkpoint(path, key), _model_name_map(model), str(path))
+    return _load_ms_state(model, read_state(path, key), _model_name_map(model), str(path))
 
 
 def torch_model_from(name: str, checkpoint: str | os.PathLike, key: str | None = None, **kwargs: Any):
     """A torch_ref model in the form and head size the checkpoint implies, loaded strictly."""
-    state = read_checkpoint(checkpoint, key)
+    state = read_state(checkpoint, key)
     kwargs = {**model_kwargs_for(name, state), **kwargs}
     return _load_torch_state(torch_ref.create_model(name, **kwargs), state, name_map(name, **kwargs))
 
@@ -138,7 +161,7 @@ def convert_file(name: str, src: str | os.PathLike, dst: str | os.PathLike, dire
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, not {source!r}")
     get_model_cfg(name)
-    state = read_checkpoint(src, key)
+    state = read_state(src, key)
     if source == "mindspore-official":
         if direction == "torch2ms":
             raise CheckpointError("an official MindSpore checkpoint converts with ms2torch or ms2ms, not torch2ms")

@@ -1,5 +1,6 @@
-"""``python -m convert``: torch2ms, ms2torch, ms2ms, onnx, parity. Each subcommand wraps one function of
-:mod:`convert.api`, :mod:`convert.onnx` or :mod:`convert.parity`; bad input exits 1 with a one-line error."""
+"""``python -m convert``: torch2ms, ms2torch, ms2ms, onnx, parity, quantize. Each subcommand wraps one function of
+:mod:`convert.api`, :mod:`convert.onnx`, :mod:`convert.parity` or :mod:`convert.quantize`; bad input exits 1
+with a one-line error."""
 from __future__ import annotations
 
 import argparse
@@ -44,6 +45,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--tol", type=float, default=None, help="max error relative to each layer's output scale")
     s.add_argument("--deploy", action="store_true")
     s.add_argument("--json", action="store_true")
+    s = sub.add_parser("quantize", help="AdderNet post-training quantization (arXiv 2212.10200)")
+    s.add_argument("--model", required=True)
+    s.add_argument("--bits", type=int, required=True, help="4, 5, 6 or 8")
+    s.add_argument("--groups", type=int, required=True, help="k-means groups of output kernels per layer")
+    s.add_argument("--framework", choices=("torch", "mindspore"), default="torch")
+    s.add_argument("--calib-batches", type=int, default=8, help="calibration (and BN re-estimation) batches")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--source", choices=("digits", "synthetic"), default=None,
+                   help="calibration images (default: digits at 32 px, synthetic otherwise)")
+    s.add_argument("checkpoint")
+    s.add_argument("out")
     return p
 
 
@@ -68,6 +80,14 @@ def _run(args: argparse.Namespace) -> int:
         if args.framework == "mindspore":
             model = ms_twin(model, ms.GRAPH_MODE)
         print(export_onnx(model, args.out, args.framework, size))
+        return 0
+    if args.cmd == "quantize":
+        from .quantize import quantize_file
+        t0 = time.perf_counter()
+        out = quantize_file(args.model, args.checkpoint, args.out, args.bits, args.groups, args.framework,
+                            args.calib_batches, args.batch_size, args.source)
+        print(f"wrote {out} ({args.bits}-bit, {args.groups} groups, {args.framework}) in "
+              f"{time.perf_counter() - t0:.2f} s")
         return 0
     from .parity import DEFAULT_TOL, run_parity
     report = run_parity(args.model, args.checkpoint, args.input_size, args.batch, args.tol or DEFAULT_TOL,

@@ -12,7 +12,7 @@ from mindspore import nn  # noqa: E402
 
 from specs import get_model_cfg  # noqa: E402
 
-from . import ghostnetv2, vanillanet  # noqa: E402,F401  (registers the families)
+from . import addernet, ghostnetv2, vanillanet  # noqa: E402,F401  (registers the families)
 from ._registry import registry  # noqa: E402
 
 __all__ = ["create_model", "list_models", "get_model_cfg", "load_checkpoint"]
@@ -29,7 +29,7 @@ def load_checkpoint(model: nn.Cell, path: str | os.PathLike, key: str | None = N
     return load_into_ms(model, path, key=key)
 
 
-def create_model(name: str, num_classes: int = 1000, checkpoint: str | os.PathLike | None = None,
+def create_model(name: str, num_classes: int | None = None, checkpoint: str | os.PathLike | None = None,
                  **kwargs: Any) -> nn.Cell:
     """Build a registered model; with ``checkpoint``, load it strictly (any supported format).
 

@@ -93,7 +93,7 @@ def check_input_size(cfg: ModelCfg, size: int | Sequence[int]) -> tuple[int, int
 
 
 def _load_families() -> None:
-    from . import ghostnetv2, vanillanet  # noqa: F401  (each family module registers its cfgs on import)
+    from . import addernet, ghostnetv2, vanillanet  # noqa: F401  (each family module registers its cfgs on import)
 
 
 class ModelRegistry:
@@ -121,11 +121,13 @@ class ModelRegistry:
             raise _unknown(name, list(self._classes))
         return self._classes[name]
 
-    def build(self, name: str, num_classes: int = 1000, **kwargs: Any):
-        """Instantiate ``name`` with the cfg's architecture; kwargs override it (``deploy=True``, ...)."""
+    def build(self, name: str, num_classes: int | None = None, **kwargs: Any):
+        """Instantiate ``name`` with the cfg's architecture; kwargs override it (``deploy=True``, ...).
+        ``num_classes`` defaults to the cfg's (1000 for ImageNet models, 10 for CIFAR ones)."""
         if name not in self._classes:
             raise _unknown(name, list(self._classes))
         cfg = get_model_cfg(name)
+        num_classes = cfg.num_classes if num_classes is None else num_classes
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         model = self._classes[name](**{**cfg.arch, **kwargs}, num_classes=num_classes)
         model.pretrained_cfg = replace(cfg, num_classes=num_classes)

@@ -122,8 +122,9 @@ def test_mindspore_gradients_equal_torch(name, pynative_mode):
     the largest gradient for tensors whose exact gradient is zero. Train mode must run and give torch's
     cross-entropy loss (without dropout: the frameworks draw different masks).
     """
-    x, y = sample_input(name), np.array([3, 917], dtype=np.int64)
-    proj = np.random.RandomState(5).randn(len(x), torch_ref.get_model_cfg(name).num_classes).astype(np.float32)
+    classes = torch_ref.get_model_cfg(name).num_classes
+    x, y = sample_input(name), np.array([3, 917], dtype=np.int64) % classes
+    proj = np.random.RandomState(5).randn(len(x), classes).astype(np.float32)
     grads_t = {}
     for dtype in (torch.float64, torch.float32):
         tm = torch_with_state(name).eval().to(dtype)

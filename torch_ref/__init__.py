@@ -9,7 +9,7 @@ from torch import nn
 from specs import ModelCfg, get_model_cfg
 from specs.errors import UnknownModelError
 
-from . import ghostnetv2, vanillanet  # noqa: F401  (registers the families)
+from . import addernet, ghostnetv2, vanillanet  # noqa: F401  (registers the families)
 from ._registry import registry
 
 __all__ = ["create_model", "list_models", "get_model_cfg", "load_checkpoint"]
@@ -26,7 +26,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, key: str | None =
     return load_into_torch(model, path, key=key)
 
 
-def create_model(name: str, num_classes: int = 1000, checkpoint: str | os.PathLike | None = None,
+def create_model(name: str, num_classes: int | None = None, checkpoint: str | os.PathLike | None = None,
                  **kwargs: Any) -> nn.Module:
     """Build a registered model; with ``checkpoint``, load it strictly (any supported format).
 

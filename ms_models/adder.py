@@ -1,0 +1,175 @@
+"""Adder layer of AdderNet (arXiv 1912.13200; official huawei-noah/AdderNet ``adder.py``), MindSpore, and the
+post-training quantization pipeline of arXiv 2212.10200 (official mindspore-ai/models
+``research/cv/AdderQuant``); mirrors ``torch_ref/adder.py`` name for name.
+
+The core op is a Cell with a custom ``bprop`` (GRAPH_MODE and PyNative): forward ``-cdist_1(W_col, X_rows)``;
+weight gradient ``g @ X - W * sum g`` rescaled by ``sqrt(numel(W)) * 0.2 / max(||.||_2, 1e-12)``; input
+gradient ``sum_o clamp(W - X, -1, 1) * g`` accumulated over chunks of output channels (bounded memory). The
+im2col (``ops.unfold``) around it is differentiated by MindSpore.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import Normal, initializer
+from tqdm import tqdm
+
+from specs.addernet import GRAD_ETA, LayerQuant, calib_batch_max, check_bits, layer_quant
+
+from .layers import refresh_graph
+
+CHUNK_BYTES = 64 << 20      # working-memory bound of the input-gradient intermediate (as torch_ref)
+
+
+class AdderCore(nn.Cell):
+    """(O, K) weights, (M, K) input rows -> (O, M) negative L1 distances, AdderNet gradients."""
+
+    def construct(self, w_col, x_rows):
+        return -ops.cdist(w_col, x_rows, 1.0)
+
+    def bprop(self, w_col, x_rows, out, dout):
+        grad_w = ops.matmul(dout, x_rows) - w_col * dout.sum(axis=1, keepdims=True)
+        norm = ops.sqrt((grad_w * grad_w).sum())
+        grad_w = grad_w * (math.sqrt(w_col.shape[0] * w_col.shape[1]) * GRAD_ETA / ops.maximum(norm, 1e-12))
+        o, k = w_col.shape
+        step = max(1, min(o, CHUNK_BYTES // max(1, k * x_rows.shape[0] * 4)))
+        grad_x = ops.zeros_like(x_rows)
+        for start in range(0, o, step):
+            diff = ops.clamp(w_col[start:start + step].expand_dims(1) - x_rows.expand_dims(0), -1.0, 1.0)
+            grad_x = grad_x + (diff * dout[start:start + step].expand_dims(2)).sum(axis=0)
+        return grad_w, grad_x
+
+
+def adder2d(core: AdderCore, x, weight, stride: int, padding: int):
+    """Functional adder convolution through ``core`` (official ``adder2d_function``)."""
+    n, _, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+    cols = ops.unfold(x, (kh, kw), 1, padding, stride)                          # (N, K, L)
+    rows = cols.transpose(0, 2, 1).reshape(n * ho * wo, -1)                     # (N*L, K)
+    out = core(weight.reshape(o, -1), rows)                                     # (O, N*L)
+    return out.reshape(o, n, ho, wo).transpose(1, 0, 2, 3)
+
+
+class Adder2d(nn.Cell):
+    """Adder convolution, weight ``adder`` ~ N(0, 1), optional bias ``b``; quantized form as in torch_ref:
+    ``scale_para`` (G,), ``group`` (O,), ``qbias`` (O,), non-trainable."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 padding: int = 0, bias: bool = False, quant_groups: int = 0, quant_bits: int = 8):
+        super().__init__()
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.stride, self.padding = stride, padding
+        self.adder = Parameter(initializer(Normal(sigma=1.0), (out_channels, in_channels, kernel_size, kernel_size),
+                                           ms.float32), name="adder")
+        self.bias = bias
+        if bias:
+            self.b = Parameter(initializer("uniform", (out_channels,), ms.float32), name="b")
+        self.core = AdderCore()
+        self.quant_groups, self.quant_bits = 0, quant_bits
+        if quant_groups:
+            self._add_quant_params(quant_groups, quant_bits)
+
+    def _add_quant_params(self, groups: int, bits: int) -> None:
+        self.quant_groups, self.quant_bits = groups, check_bits(bits)
+        self.scale_para = Parameter(Tensor(np.ones(groups, np.float32)), name="scale_para", requires_grad=False)
+        self.group = Parameter(Tensor(np.zeros(self.out_channels, np.int64)), name="group", requires_grad=False)
+        self.qbias = Parameter(Tensor(np.zeros(self.out_channels, np.float32)), name="qbias", requires_grad=False)
+
+    def set_quant(self, q: LayerQuant, bits: int) -> None:
+        """Switch to quantized inference (call ``refresh_graph`` on the model afterwards, as :func:`quantize` does)."""
+        if self.quant_groups != len(q.scale):
+            self._add_quant_params(len(q.scale), bits)
+        self.quant_bits = check_bits(bits)
+        self.adder.set_data(Tensor(q.weight))
+        self.scale_para.set_data(Tensor(q.scale))
+        self.group.set_data(Tensor(q.group))
+        self.qbias.set_data(Tensor(q.bias))
+
+    def _quantized(self, x):
+        # every group's input against all weights, then the group's channels selected by a mask: static
+        # shapes for GRAPH_MODE (the group sizes are data); G x the adder work of torch_ref's gather, same values
+        m = float(2 ** self.quant_bits - 1)
+        out = None
+        for g in range(self.quant_groups):
+            s = self.scale_para[g]
+            a = ops.clamp(ops.round(x * m / s), 0.0, m) * s / m
+            y = adder2d(self.core, a, self.adder, self.stride, self.padding)
+            y = y * (self.group == g).astype(y.dtype).reshape(1, -1, 1, 1)
+            out = y if out is None else out + y
+        return out + self.qbias.reshape(1, -1, 1, 1)
+
+    def construct(self, x):
+        if self.quant_groups:
+            out = self._quantized(x)
+        else:
+            out = adder2d(self.core, x, self.adder, self.stride, self.padding)
+        if self.bias:
+            out = out + self.b.reshape(1, -1, 1, 1)
+        return out
+
+
+def adder_layers(model: nn.Cell) -> dict[str, Adder2d]:
+    return {n: c for n, c in model.cells_and_names() if isinstance(c, Adder2d)}
+
+
+def _pynative(fn: Callable) -> Callable:
+    def run(*args, **kwargs):
+        prev = ms.get_context("mode")
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            ms.set_context(mode=prev)
+    run.__doc__ = fn.__doc__
+    return run
+
+
+@_pynative
+def calibrate(model: nn.Cell, batches: Iterable[np.ndarray], progress: bool = True) -> dict[str, float]:
+    """Running max over batches of each adder layer's outlier-clamped input range (official ``count_scale``;
+    eval mode; forward pre-hooks, so it runs in PyNative); the per-batch rule is
+    :func:`specs.addernet.calib_batch_max`."""
+    ranges: dict[str, float] = {}
+
+    def hook(name: str) -> Callable:
+        def record(_cell, inputs):
+            ranges[name] = max(ranges.get(name, -1000.0), calib_batch_max(inputs[0].asnumpy()))
+        return record
+
+    model.set_train(False)
+    handles = [c.register_forward_pre_hook(hook(n)) for n, c in adder_layers(model).items()]
+    try:
+        for x in tqdm(batches, desc="calibrating", unit="batch", disable=not progress or None, leave=False):
+            model(Tensor(np.asarray(x, np.float32)))
+    finally:
+        for h in handles:
+            h.remove()
+    return ranges
+
+
+def reestimate_bn(model: nn.Cell, batches: Iterable[np.ndarray], progress: bool = True) -> None:
+    """Re-estimate BN moving statistics in train mode (official ``adjust_BN``); ends in eval mode."""
+    model.set_train(True)
+    for x in tqdm(batches, desc="re-estimating BN", unit="batch", disable=not progress or None, leave=False):
+        model(Tensor(np.asarray(x, np.float32)))
+    model.set_train(False)
+
+
+def quantize(model: nn.Cell, batches: Callable[[], Iterable[np.ndarray]], bits: int, groups: int,
+             seed: int = 0, clamp: bool = True, progress: bool = True) -> dict[str, float]:
+    """Post-training quantization of every adder layer (arXiv 2212.10200), same steps and shared NumPy math
+    as ``torch_ref.adder.quantize``. Returns the calibrated input ranges."""
+    check_bits(bits)
+    ranges = calibrate(model, batches(), progress)
+    if hasattr(model, "quant_groups"):         # the model-level record the converter reads
+        model.quant_groups, model.quant_bits = groups, bits
+    for name, layer in adder_layers(model).items():
+        layer.set_quant(layer_quant(layer.adder.asnumpy(), ranges[name], bits, groups, seed, clamp), bits)
+    refresh_graph(model)
+    reestimate_bn(model, batches(), progress)
+    return ranges

@@ -1,0 +1,177 @@
+"""Adder layer of AdderNet (arXiv 1912.13200; official huawei-noah/AdderNet ``adder.py``), PyTorch, and the
+post-training quantization pipeline of arXiv 2212.10200 (mirrors ``ms_models/adder.py``).
+
+``Y[n, o] = -sum_{c,i,j} |X[n, c, s*h+i-p, s*w+j-p] - W[o, c, i, j]|``. The weight is named ``adder`` like
+the official code (optional bias ``b``). Differences from the official ``adder2d_function``:
+- the forward distance is ``torch.cdist(p=1)`` on the im2col matrix (no (O, K, L*N) intermediate);
+- the weight gradient ``sum_l (X - W) * g`` is computed as ``g @ X^T - W * sum_l g`` (same value, one matmul);
+- the input gradient ``sum_o clamp(W - X, -1, 1) * g`` is accumulated over chunks of output channels so its
+  intermediate stays below :data:`CHUNK_BYTES`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from specs.addernet import GRAD_ETA, LayerQuant, calib_batch_max, check_bits, layer_quant
+
+CHUNK_BYTES = 64 << 20      # working-memory bound of the input-gradient intermediate
+
+
+def _chunk(out_ch: int, k: int, m: int, itemsize: int) -> int:
+    return max(1, min(out_ch, CHUNK_BYTES // max(1, k * m * itemsize)))
+
+
+class AdderFunction(torch.autograd.Function):
+    """``-cdist_1(W_col, X_col^T)`` with AdderNet's full-precision, adaptively scaled gradients."""
+
+    @staticmethod
+    def forward(ctx, w_col: torch.Tensor, x_rows: torch.Tensor) -> torch.Tensor:
+        """w_col (O, K), x_rows (M, K) -> (O, M)."""
+        ctx.save_for_backward(w_col, x_rows)
+        return -torch.cdist(w_col.unsqueeze(0), x_rows.unsqueeze(0), p=1).squeeze(0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        w_col, x_rows = ctx.saved_tensors
+        grad_w = grad @ x_rows - w_col * grad.sum(1, keepdim=True)          # sum_m (X - W) g
+        grad_w = grad_w * (math.sqrt(w_col.numel()) * GRAD_ETA / grad_w.norm(p=2).clamp(min=1e-12))
+        grad_x = torch.zeros_like(x_rows)
+        step = _chunk(w_col.shape[0], w_col.shape[1], x_rows.shape[0], x_rows.element_size())
+        for o in range(0, w_col.shape[0], step):
+            diff = (w_col[o:o + step].unsqueeze(1) - x_rows.unsqueeze(0)).clamp_(-1, 1)   # (c, M, K)
+            grad_x += (diff * grad[o:o + step].unsqueeze(2)).sum(0)
+        return grad_w, grad_x
+
+
+def adder2d(x: torch.Tensor, weight: torch.Tensor, stride: int = 1, padding: int = 0) -> torch.Tensor:
+    """Functional adder convolution (official ``adder2d_function``) with the gradients described above."""
+    n, _, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+    cols = F.unfold(x, (kh, kw), padding=padding, stride=stride)                 # (N, K, L)
+    rows = cols.transpose(1, 2).reshape(n * ho * wo, -1)                          # (N*L, K)
+    out = AdderFunction.apply(weight.reshape(o, -1), rows)                       # (O, N*L)
+    return out.reshape(o, n, ho, wo).transpose(0, 1)
+
+
+class Adder2d(nn.Module):
+    """Adder convolution (official ``adder2d``): stride/padding like ``Conv2d``, weight ``adder`` ~ N(0, 1).
+
+    After :func:`quantize` (or when built with ``quant_groups``) it also holds the quantized state of
+    arXiv 2212.10200: ``scale_para`` (G,) group scales, ``group`` (O,) group of each output channel and
+    ``qbias`` (O,) the lossless-clamp bias; ``adder`` then holds the quantized weights and the input is
+    quantized per group with that group's scale (official ``QAdder2dKmeansGroupShare.construct``, with the
+    concatenation over *all* groups the official code skips by an indentation slip): each group's channels
+    are computed on their own and written back in the original channel order.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 padding: int = 0, bias: bool = False, quant_groups: int = 0, quant_bits: int = 8):
+        super().__init__()
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.stride, self.padding = stride, padding
+        self.adder = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = bias
+        if bias:
+            self.b = nn.Parameter(torch.rand(out_channels))
+        self.quant_groups, self.quant_bits = 0, quant_bits
+        if quant_groups:
+            self._add_quant_buffers(quant_groups, quant_bits)
+
+    def _add_quant_buffers(self, groups: int, bits: int) -> None:
+        self.quant_groups, self.quant_bits = groups, check_bits(bits)
+        self.register_buffer("scale_para", torch.ones(groups))
+        self.register_buffer("group", torch.zeros(self.out_channels, dtype=torch.int64))
+        self.register_buffer("qbias", torch.zeros(self.out_channels))
+
+    @torch.no_grad()
+    def set_quant(self, q: LayerQuant, bits: int) -> None:
+        """Switch to quantized inference with the state computed by :func:`specs.addernet.layer_quant`."""
+        if self.quant_groups != len(q.scale):
+            self._add_quant_buffers(len(q.scale), bits)
+        self.quant_bits = check_bits(bits)
+        self.adder.copy_(torch.from_numpy(q.weight))
+        self.scale_para.copy_(torch.from_numpy(q.scale))
+        self.group.copy_(torch.from_numpy(q.group))
+        self.qbias.copy_(torch.from_numpy(q.bias))
+
+    def _quantized(self, x: torch.Tensor) -> torch.Tensor:
+        m = float(2 ** self.quant_bits - 1)
+        out = None
+        for g in range(self.quant_groups):
+            idx = torch.nonzero(self.group == g).flatten()      # this group's output channels
+            s = self.scale_para[g]
+            a = torch.clamp(torch.round(x * m / s), 0, m) * s / m
+            y = adder2d(a, self.adder[idx], self.stride, self.padding)
+            if out is None:
+                out = y.new_zeros((y.shape[0], self.out_channels) + y.shape[2:])
+            out[:, idx] = y
+        return out + self.qbias.view(1, -1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._quantized(x) if self.quant_groups else adder2d(x, self.adder, self.stride, self.padding)
+        if self.bias:
+            out = out + self.b.view(1, -1, 1, 1)
+        return out
+
+    def extra_repr(self) -> str:
+        q = f", quant {self.quant_bits} bit x {self.quant_groups} groups" if self.quant_groups else ""
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, bias={self.bias}{q}")
+
+
+def adder_layers(model: nn.Module) -> dict[str, Adder2d]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, Adder2d)}
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable[np.ndarray], progress: bool = True) -> dict[str, float]:
+    """Running max over batches of each adder layer's outlier-clamped input range (official ``count_scale``,
+    model in eval mode); the per-batch rule is :func:`specs.addernet.calib_batch_max`."""
+    ranges: dict[str, float] = {}
+
+    def hook(name: str) -> Callable:
+        def record(_m, inputs):
+            ranges[name] = max(ranges.get(name, -1000.0), calib_batch_max(inputs[0].numpy()))
+        return record
+
+    model.eval()
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in adder_layers(model).items()]
+    try:
+        for x in tqdm(batches, desc="calibrating", unit="batch", disable=not progress or None, leave=False):
+            model(torch.from_numpy(np.asarray(x, np.float32)))
+    finally:
+        for h in handles:
+            h.remove()
+    return ranges
+
+
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, batches: Iterable[np.ndarray], progress: bool = True) -> None:
+    """Re-estimate BN running statistics in train mode (official ``adjust_BN``); ends in eval mode."""
+    model.train()
+    for x in tqdm(batches, desc="re-estimating BN", unit="batch", disable=not progress or None, leave=False):
+        model(torch.from_numpy(np.asarray(x, np.float32)))
+    model.eval()
+
+
+def quantize(model: nn.Module, batches: Callable[[], Iterable[np.ndarray]], bits: int, groups: int,
+             seed: int = 0, clamp: bool = True, progress: bool = True) -> dict[str, float]:
+    """Post-training quantization of every adder layer (arXiv 2212.10200, official ``eval.py``): calibrate,
+    k-means groups, scales + lossless clamp, quantize, re-estimate BN. ``batches()`` yields NumPy batches
+    (called twice: calibration, BN). Returns the calibrated input ranges."""
+    check_bits(bits)
+    ranges = calibrate(model, batches(), progress)
+    if hasattr(model, "quant_groups"):         # the model-level record the converter reads
+        model.quant_groups, model.quant_bits = groups, bits
+    for name, layer in adder_layers(model).items():
+        layer.set_quant(layer_quant(layer.adder.detach().numpy(), ranges[name], bits, groups, seed, clamp), bits)
+    reestimate_bn(model, batches(), progress)
+    return ranges
