@@ -5,6 +5,7 @@ time; every other test runs them at the cfg's small ``test_input_size``.
 """
 from __future__ import annotations
 
+import inspect
 import json
 
 import mindspore as ms
@@ -110,6 +111,12 @@ def test_torch_backward_reaches_every_parameter(name):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+def _no_dropout(name: str) -> dict:
+    """Constructor kwargs that switch dropout off, for the families that have a ``drop_rate``."""
+    params = inspect.signature(torch_ref._registry.registry.model_class(name)).parameters
+    return {"drop_rate": 0.0} if "drop_rate" in params else {}
+
+
 @pytest.mark.parametrize("name", LIGHT)
 def test_mindspore_gradients_equal_torch(name, pynative_mode):
     """``ms.value_and_grad`` gives torch's parameter gradients on the same weights and input.
@@ -130,7 +137,7 @@ def test_mindspore_gradients_equal_torch(name, pynative_mode):
         tm = torch_with_state(name).eval().to(dtype)
         (tm(torch.from_numpy(x).to(dtype)) * torch.from_numpy(proj).to(dtype)).sum().backward()
         grads_t[dtype] = {k: p.grad.double().numpy() for k, p in tm.named_parameters()}
-    mm = ms_twin(torch_with_state(name), drop_rate=0.0)
+    mm = ms_twin(torch_with_state(name), **_no_dropout(name))
     params = mm.trainable_params()
     grad_fn = ms.value_and_grad(lambda a: (mm(a) * ms.Tensor(proj)).sum(), None, params)
     to_torch = name_map(name).ms_to_torch
@@ -145,7 +152,7 @@ def test_mindspore_gradients_equal_torch(name, pynative_mode):
     mm.set_train(True)
     ce = ms.value_and_grad(lambda a, b: ms.ops.cross_entropy(mm(a), b), None, params)
     loss, grads = ce(ms.Tensor(x), ms.Tensor(y.astype(np.int32)))
-    no_drop = torch_ref.create_model(name, drop_rate=0.0)
+    no_drop = torch_ref.create_model(name, **_no_dropout(name))
     no_drop.load_state_dict({k: torch.from_numpy(v) for k, v in cached_state(name).items()})
     loss_t = _ce_loss_torch(no_drop.train(), x, y).item()
     assert abs(float(loss.asnumpy()) - loss_t) <= 1e-4 * max(1.0, abs(loss_t))
