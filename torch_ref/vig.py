@@ -110,7 +110,7 @@ class Grapher(nn.Module):
         self.graph_conv = DyGraphConv(channels, 2 * channels, plan.k, plan.d, plan.r)
         self.fc2 = conv_bn(2 * channels, channels)
         if plan.relative_pos:
-            self.register_buffer("relative_pos", torch.from_numpy(relative_pos(channels, plan.n, plan.r)))
+            self.register_buffer("relative_pos", torch.tensor(relative_pos(channels, plan.n, plan.r)))
         else:
             self.relative_pos = None
 
