@@ -4,8 +4,10 @@ with a one-line error."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from dataclasses import asdict
 from typing import Sequence
 
 from specs.errors import KeyMismatchError, ZooError
@@ -44,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=int, default=2)
     s.add_argument("--tol", type=float, default=None, help="max error relative to each layer's output scale")
     s.add_argument("--deploy", action="store_true")
+    s.add_argument("--graph", choices=("shared", "free"), default="shared",
+                   help="graph models (ViG): feed torch's neighbour indices to MindSpore (shared) or not (free)")
+    s.add_argument("--float64", action="store_true",
+                   help="float64 mode: torch f64 vs its float32 graph, MindSpore f64 where its kernels allow")
     s.add_argument("--json", action="store_true")
     s = sub.add_parser("quantize", help="AdderNet post-training quantization (arXiv 2212.10200)")
     s.add_argument("--model", required=True)
@@ -89,9 +95,13 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {out} ({args.bits}-bit, {args.groups} groups, {args.framework}) in "
               f"{time.perf_counter() - t0:.2f} s")
         return 0
-    from .parity import DEFAULT_TOL, run_parity
+    from .parity import DEFAULT_TOL, F64_TOL, float64_check, run_parity
+    if args.float64:
+        report = float64_check(args.model, args.checkpoint, args.input_size, args.batch, tol=args.tol or F64_TOL)
+        print(json.dumps(asdict(report) | {"ok": report.ok}, indent=1) if args.json else report.table())
+        return 0 if report.ok else 1
     report = run_parity(args.model, args.checkpoint, args.input_size, args.batch, args.tol or DEFAULT_TOL,
-                        deploy=args.deploy)
+                        deploy=args.deploy, graph_mode=args.graph)
     print(report.to_json() if args.json else report.table())
     return 0 if report.ok else 1
 

@@ -4,6 +4,18 @@ Forward hooks on every named module/cell (same structural names on both sides) r
 output; the table lists them in torch execution order with max abs error, the error relative to the
 layer's output scale (``max|a-b| / max|a|``) and cosine similarity. MindSpore hooks only fire in PyNative,
 so the per-layer run uses PyNative; the final output is also compared in GRAPH_MODE.
+
+Graph models (ViG: the torch model has ``graph_indices``) get three extra views, because a kNN graph is a
+discontinuous function of the features:
+
+* neighbour agreement: per Grapher, the fraction of torch's neighbour indices that MindSpore's own kNN also
+  selects (order-insensitive); in shared mode on the very features torch's kNN saw (MindSpore's kNN is rerun
+  on its recorded inputs), in free mode along MindSpore's own run (flips compound with depth there);
+* ``graph='shared'``: torch's neighbour indices are fed to MindSpore through the models' ``graph`` argument, so
+  every layer downstream is compared exactly in float32 (``graph='free'`` compares the free-running models);
+* :func:`float64_check`: torch in float64 must reproduce itself fed with the float32 graph to 1e-9 relative
+  (so the float32 graph is the exact one); MindSpore runs in float64 where its CPU kernels allow, and the ops
+  that lack float64 are listed.
 """
 from __future__ import annotations
 
@@ -35,6 +47,8 @@ class ParityReport:
     output: LayerDiff | None = None
     graph_output: LayerDiff | None = None
     unmatched: list[str] = field(default_factory=list)
+    graph_mode: str = "free"
+    agreement: dict[str, float] = field(default_factory=dict)   # Grapher kNN layer -> neighbour agreement
 
     @property
     def first_failure(self) -> str | None:
@@ -57,6 +71,9 @@ class ParityReport:
             mark = "" if d.ok else "  <-- over tolerance"
             rows.append(f"{d.name:<34} {d.kind:<18} {str(tuple(d.shape)):<20} {d.max_abs:>10.3g} "
                         f"{d.max_rel:>10.3g} {d.cosine:>10.7f}{mark}")
+        if self.agreement:
+            rows.append(f"neighbour agreement (MindSpore's own kNN vs torch's), graph mode {self.graph_mode}:")
+            rows += [f"  {k:<48} {v:8.2%}" for k, v in self.agreement.items()]
         verdict = (f"PASS: every layer within {self.tol:g} of its output scale" if self.ok
                    else f"FAIL: first layer over tolerance {self.tol:g}: {self.first_failure}")
         return "\n".join(rows + [verdict])
@@ -80,13 +97,25 @@ def compare(name: str, kind: str, ref: np.ndarray, got: np.ndarray, tol: float) 
     return LayerDiff(name, kind, tuple(ref.shape), err, rel, cos, bool(rel <= tol and np.isfinite(got).all()))
 
 
+def neighbour_agreement(ref: np.ndarray, got: np.ndarray) -> float:
+    """Fraction of the (B, N, k) neighbour indices ``ref`` that ``got`` also holds for the same node (any order)."""
+    ref, got = np.asarray(ref), np.asarray(got)
+    if ref.shape != got.shape:
+        return 0.0
+    return float((ref[..., :, None] == got[..., None, :]).any(-1).mean())
+
+
+def _is_graph(out) -> bool:
+    return np.issubdtype(np.asarray(out).dtype, np.integer)
+
+
 def _first_tensor(out):
     if isinstance(out, (tuple, list)):
         return out[0] if out else None
     return out
 
 
-def _capture_torch(model, x: np.ndarray):
+def _capture_torch(model, x: np.ndarray, graph=None):
     import torch
     records, handles = {}, []
     for name, mod in model.named_modules():
@@ -99,16 +128,24 @@ def _capture_torch(model, x: np.ndarray):
         handles.append(mod.register_forward_hook(hook))
     try:
         with torch.no_grad():
-            out = model(torch.from_numpy(x)).numpy()
+            xt = torch.from_numpy(x)
+            out = (model(xt) if graph is None else model(xt, graph)).numpy()
     finally:
         for h in handles:
             h.remove()
     return records, out
 
 
-def _capture_ms(model, x: np.ndarray):
+def _is_knn(cell) -> bool:
+    """kNN graph cells (ViG ``DilatedKnnGraph``): they carry ``k`` and ``dilation``."""
+    return hasattr(cell, "k") and hasattr(cell, "dilation")
+
+
+def _capture_ms(model, x: np.ndarray, graph=None):
+    """Per-cell outputs and the final output; kNN cells also record their own graph on the inputs they get
+    (when ``graph`` is given they return it, so their own choice is recomputed from the same features)."""
     import mindspore as ms
-    records, handles = {}, []
+    records, handles, knn_args = {}, [], {}
     for name, cell in model.cells_and_names():
         if not name:
             continue
@@ -117,34 +154,58 @@ def _capture_ms(model, x: np.ndarray):
             if isinstance(t, ms.Tensor) and name not in records:
                 records[name] = t.asnumpy().copy()
         handles.append(cell.register_forward_hook(hook))
+        if _is_knn(cell):
+            def pre(_c, args, name=name):       # returns None: a returned value would replace the inputs
+                knn_args.setdefault(name, tuple(args[:3]))
+            handles.append(cell.register_forward_pre_hook(pre))
     try:
-        out = model(ms.Tensor(x)).asnumpy()
+        out = (model(ms.Tensor(x)) if graph is None else model(ms.Tensor(x), graph)).asnumpy()
     finally:
         for h in handles:
             h.remove()
-    return records, out
+    cells = dict(model.cells_and_names())
+    own = {name: cells[name](*args).asnumpy() for name, args in knn_args.items()}
+    return records, out, own
+
+
+def shared_graph(torch_model, x: np.ndarray):
+    """torch's neighbour indices on ``x`` as (torch list, MindSpore tuple), or (None, None) for other models."""
+    import mindspore as ms
+    import torch
+    if not hasattr(torch_model, "graph_indices"):
+        return None, None
+    graph = torch_model.graph_indices(torch.from_numpy(x))
+    return graph, tuple(ms.Tensor(g.numpy()) for g in graph)
 
 
 def compare_models(torch_model, ms_model, x: np.ndarray, tol: float = DEFAULT_TOL, model_name: str = "model",
-                   ms_graph_model=None) -> ParityReport:
+                   ms_graph_model=None, graph: str = "shared") -> ParityReport:
     """Compare two models holding the same weights on input ``x``, layer by layer.
 
     ``ms_model`` must have been built in PYNATIVE_MODE (hooks); ``ms_graph_model``, if given, is a copy
-    built in GRAPH_MODE whose final output is compared as well.
+    built in GRAPH_MODE whose final output is compared as well. For graph models, ``graph='shared'`` feeds
+    torch's neighbour indices to MindSpore, ``'free'`` lets it build its own graph; the per-Grapher
+    neighbour agreement is reported in both cases (see the module docstring).
     """
     import mindspore as ms
+    if graph not in ("shared", "free"):
+        raise ValueError(f"graph must be 'shared' or 'free', not {graph!r}")
     torch_model.eval()
     ms_model.set_train(False)
+    _, graph_m = shared_graph(torch_model, x)
+    feed = graph_m if graph == "shared" else None
     mode = ms.get_context("mode")
     ms.set_context(mode=ms.PYNATIVE_MODE)
     try:
         t_rec, t_out = _capture_torch(torch_model, x)
-        m_rec, m_out = _capture_ms(ms_model, x)
+        m_rec, m_out, m_own = _capture_ms(ms_model, x, feed)
     finally:
         ms.set_context(mode=mode)
-    report = ParityReport(model_name, tuple(x.shape), tol)
+    report = ParityReport(model_name, tuple(x.shape), tol, graph_mode=graph if graph_m is not None else "none")
     for name, (kind, ref) in t_rec.items():
-        if name in m_rec:
+        if _is_graph(ref):
+            report.agreement[name] = neighbour_agreement(ref, m_own.get(name, np.empty(0)))
+        elif name in m_rec:
             report.layers.append(compare(name, kind, ref, m_rec[name], tol))
         else:
             report.unmatched.append(name)
@@ -153,23 +214,22 @@ def compare_models(torch_model, ms_model, x: np.ndarray, tol: float = DEFAULT_TO
         ms.set_context(mode=ms.GRAPH_MODE)
         try:
             ms_graph_model.set_train(False)
-            g_out = ms_graph_model(ms.Tensor(x)).asnumpy()
+            xm = ms.Tensor(x)
+            g_out = (ms_graph_model(xm) if feed is None else ms_graph_model(xm, feed)).asnumpy()
         finally:
             ms.set_context(mode=mode)
         report.graph_output = compare("output (GRAPH_MODE)", "logits", t_out, g_out, tol)
     return report
 
 
-def run_parity(name: str, checkpoint: str | None = None, input_size: int | None = None, batch: int = 2,
-               tol: float = DEFAULT_TOL, seed: int = 0, deploy: bool = False, graph: bool = True) -> ParityReport:
-    """Build ``name`` in both frameworks with the same weights (``checkpoint``, or deterministic test weights)
-    and compare them with :func:`compare_models`; ``deploy`` switches both to deploy form first."""
-    import mindspore as ms
+def _build_pair(name: str, checkpoint: str | None, input_size: int | None, batch: int, seed: int,
+                deploy: bool = False):
+    """(torch model with the given or deterministic weights, input batch) for the parity checks."""
     import torch
     import torch_ref
     from specs import check_input_size, get_model_cfg
     from torch_ref.testing import deterministic_weights
-    from .api import ms_twin, torch_model_from
+    from .api import torch_model_from
 
     cfg = get_model_cfg(name)
     h, w = check_input_size(cfg, input_size or cfg.input_size[-1])
@@ -181,6 +241,138 @@ def run_parity(name: str, checkpoint: str | None = None, input_size: int | None 
     tm.eval()
     if deploy:
         tm.switch_to_deploy()
-    x = np.random.RandomState(seed).randn(batch, 3, h, w).astype(np.float32)
+    return tm, np.random.RandomState(seed).randn(batch, 3, h, w).astype(np.float32)
+
+
+def run_parity(name: str, checkpoint: str | None = None, input_size: int | None = None, batch: int = 2,
+               tol: float = DEFAULT_TOL, seed: int = 0, deploy: bool = False, graph: bool = True,
+               graph_mode: str = "shared") -> ParityReport:
+    """Build ``name`` in both frameworks with the same weights (``checkpoint``, or deterministic test weights)
+    and compare them with :func:`compare_models`; ``deploy`` switches both to deploy form first; ``graph``
+    also compares the GRAPH_MODE output; ``graph_mode`` is the kNN graph handling of graph models."""
+    import mindspore as ms
+    from .api import ms_twin
+
+    tm, x = _build_pair(name, checkpoint, input_size, batch, seed, deploy)
     graph_model = ms_twin(tm, ms.GRAPH_MODE) if graph else None
-    return compare_models(tm, ms_twin(tm, ms.PYNATIVE_MODE), x, tol, name, graph_model)
+    return compare_models(tm, ms_twin(tm, ms.PYNATIVE_MODE), x, tol, name, graph_model, graph_mode)
+
+
+F64_TOL = 1e-9   # float64 end to end: rounding alone gives ~1e-15; 1e-9 catches any float32 step or graph change
+
+
+@dataclass
+class Float64Report:
+    """:func:`float64_check` result: torch float64 against itself fed with the float32 graph, the float32 vs
+    float64 neighbour agreement per Grapher, and MindSpore float64 (or the ops its CPU kernels lack)."""
+
+    model: str
+    tol: float
+    torch_rel: float                          # torch f64 (own graph) vs torch f64 fed torch f32's graph
+    agreement_32_64: dict[str, float] = field(default_factory=dict)
+    ms_missing: dict[str, str] = field(default_factory=dict)   # cell type -> primitive without float64
+    ms_rel: float | None = None               # MindSpore f64 vs torch f64, shared graph (if it could run)
+
+    @property
+    def ok(self) -> bool:
+        return self.torch_rel <= self.tol and (self.ms_rel is None or self.ms_rel <= self.tol)
+
+    def table(self) -> str:
+        rows = [f"{self.model}: float64 mode (tolerance {self.tol:g} relative)",
+                f"  torch float64, own graph vs float32 graph: {self.torch_rel:.3g}"]
+        rows += [f"  graph agreement float32 vs float64 {k:<40} {v:8.2%}" for k, v in self.agreement_32_64.items()]
+        if self.ms_missing:
+            rows.append("  MindSpore CPU float64 unavailable; ops without float64 kernels:")
+            rows += [f"    {cell:<24} {prim}" for cell, prim in self.ms_missing.items()]
+        else:
+            rows.append(f"  MindSpore float64 vs torch float64 (shared graph): {self.ms_rel:.3g}")
+        return "\n".join(rows + ["PASS" if self.ok else "FAIL"])
+
+
+def _to64(value):
+    import mindspore as ms
+    if isinstance(value, ms.Tensor) and value.dtype == ms.float32:
+        return value.astype(ms.float64)
+    if isinstance(value, tuple):
+        return tuple(_to64(v) for v in value)
+    return value
+
+
+def _probe_ms_float64(ms_model, x: np.ndarray, feed) -> dict[str, str]:
+    """Run one cell of every type in float64 on the input it saw in a float32 run (its parameters cast to
+    float64 and back); cell type -> the primitive without a float64 kernel."""
+    import re
+    import mindspore as ms
+    seen, handles = {}, []
+    for _, cell in ms_model.cells_and_names():
+        kind = type(cell).__name__
+        if kind not in seen:
+            def pre(c, args, kind=kind):
+                if seen.get(kind) is None:
+                    seen[kind] = (c, args)
+            seen[kind] = None
+            handles.append(cell.register_forward_pre_hook(pre))
+    try:
+        ms_model(ms.Tensor(x)) if feed is None else ms_model(ms.Tensor(x), feed)
+    finally:
+        for h in handles:
+            h.remove()
+    missing, leaves = {}, set()
+    for kind, entry in seen.items():
+        if entry is None:
+            continue
+        cell, args = entry
+        if not cell.name_cells():
+            leaves.add(kind)
+        saved = {p.name: p.asnumpy().copy() for p in cell.get_parameters()}
+        for p in cell.get_parameters():
+            p.set_data(ms.Tensor(saved[p.name].astype(np.float64)))
+        try:
+            cell(*_to64(tuple(args)))
+        except (TypeError, ValueError, RuntimeError) as exc:
+            m = re.search(r"primitive\[(\w+)\]", str(exc))
+            missing[kind] = m.group(1) if m else str(exc).splitlines()[0][:80]
+        finally:
+            for p in cell.get_parameters():
+                p.set_data(ms.Tensor(saved[p.name]))
+    # a container failing on a primitive one of its leaf cells already lacks adds nothing: keep leaves, and
+    # containers whose own ops (not their children's) lack float64
+    leaf_prims = {missing[k] for k in missing if k in leaves}
+    return {k: v for k, v in missing.items() if k in leaves or v not in leaf_prims}
+
+
+def float64_check(name: str, checkpoint: str | None = None, input_size: int | None = None, batch: int = 2,
+                  seed: int = 0, tol: float = F64_TOL) -> Float64Report:
+    """Float64 mode of the parity tool (graph models; any model for the MindSpore part)."""
+    import copy
+    import mindspore as ms
+    import torch
+    from .api import ms_twin
+
+    tm, x = _build_pair(name, checkpoint, input_size, batch, seed)
+    graph_t, graph_m = shared_graph(tm, x)
+    t64 = copy.deepcopy(tm).double().eval()
+    x64 = torch.from_numpy(x.astype(np.float64))
+    with torch.no_grad():
+        own = t64(x64).numpy()
+        fed = t64(x64, graph_t).numpy() if graph_t is not None else own
+    report = Float64Report(name, tol, float(np.abs(own - fed).max() / max(np.abs(own).max(), 1e-300)))
+    if graph_t is not None:
+        for (gname, _), g32, g64 in zip(((n, m) for n, m in tm.named_modules() if type(m).__name__ == "DilatedKnnGraph"),
+                                         graph_t, t64.graph_indices(x64)):
+            report.agreement_32_64[gname] = neighbour_agreement(g32.numpy(), g64.numpy())
+    mode = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        mm = ms_twin(tm, ms.PYNATIVE_MODE)
+        mm.set_train(False)
+        report.ms_missing = _probe_ms_float64(mm, x, None)
+        if not report.ms_missing:
+            for p in mm.get_parameters():
+                p.set_data(p.astype(ms.float64))
+            xm = ms.Tensor(x.astype(np.float64))
+            out = (mm(xm) if graph_m is None else mm(xm, _to64(graph_m))).asnumpy()
+            report.ms_rel = float(np.abs(own - out).max() / max(np.abs(own).max(), 1e-300))
+    finally:
+        ms.set_context(mode=mode)
+    return report

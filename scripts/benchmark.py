@@ -70,9 +70,14 @@ def model_flops(model, x) -> int:
 
 
 def bench_model(name: str, form: str, batch: int, size: int, repeats: int, warmup: int, threads: int,
-                use_ort: bool) -> dict:
+                use_ort: bool, knn_share: bool = False) -> dict | None:
+    """One row of timings; None for the deploy form of a model without one (no ``switch_to_deploy``)."""
     torch.manual_seed(0)
-    tm = deterministic_weights(torch_ref.create_model(name), input_size=64, batches=1, batch_size=2).eval()
+    tm = torch_ref.create_model(name)
+    if form == "deploy" and not hasattr(tm, "switch_to_deploy"):
+        return None
+    calib = max(64, get_model_cfg(name).test_input_size[-1])
+    tm = deterministic_weights(tm, input_size=calib, batches=1, batch_size=2).eval()
     if form == "deploy":
         tm.switch_to_deploy()
     x = np.random.RandomState(0).randn(batch, 3, size, size).astype(np.float32)
@@ -86,18 +91,45 @@ def bench_model(name: str, form: str, batch: int, size: int, repeats: int, warmu
         mm = ms_twin(tm, mode)
         mm.set_train(False)
         row[key] = median_time(lambda: mm(xm).asnumpy(), repeats, warmup)
+        if knn_share and key == "ms_graph":
+            row.update(knn_times(tm, mm, x, repeats, warmup))
     if use_ort:
         import onnxruntime as ort
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "m.onnx")
-            with torch.no_grad():
-                torch.onnx.export(tm, (xt,), path, dynamo=False, opset_version=17)
+            try:
+                with torch.no_grad():
+                    torch.onnx.export(tm, (xt,), path, dynamo=False, opset_version=17)
+            except Exception as exc:  # noqa: BLE001  (report and go on: the other runtimes are measured)
+                print(f"  {name}: onnx export failed ({type(exc).__name__}); onnxruntime skipped", flush=True)
+                return row
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads
             sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
             feed = {sess.get_inputs()[0].name: x}
             row["onnxruntime"] = median_time(lambda: sess.run(None, feed), repeats, warmup)
     return row
+
+
+def knn_times(tm, mm, x: np.ndarray, repeats: int, warmup: int) -> dict:
+    """Time of graph construction (normalisation, distance, top-k, dilation) summed over the Graphers, each
+    kNN module/cell run alone on the inputs it sees in the model: torch eager and MindSpore GRAPH_MODE."""
+    inputs, handles = {}, []
+    knn_t = {n: m for n, m in tm.named_modules() if type(m).__name__ == "DilatedKnnGraph"}
+    knn_m = {n: c for n, c in mm.cells_and_names() if type(c).__name__ == "DilatedKnnGraph"}
+    for n, m in knn_t.items():
+        handles.append(m.register_forward_pre_hook(lambda mod, args, n=n: inputs.setdefault(n, args[:3])))
+    with torch.no_grad():
+        tm(torch.from_numpy(x))
+    for h in handles:
+        h.remove()
+    t_torch = t_ms = 0.0
+    for n, args in inputs.items():
+        with torch.no_grad():
+            t_torch += median_time(lambda: knn_t[n](*args), repeats, warmup)
+        margs = tuple(None if a is None else ms.Tensor(a.numpy()) for a in args)
+        t_ms += median_time(lambda: knn_m[n](*margs).asnumpy(), repeats, warmup)
+    return {"knn_torch": t_torch, "knn_ms_graph": t_ms}
 
 
 def _peak_rss_child(code: str) -> tuple[float, float, float]:
@@ -159,6 +191,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--no-ort", action="store_true", help="skip onnxruntime")
+    p.add_argument("--knn-share", action="store_true",
+                   help="graph models: also time graph construction (kNN) alone, torch and MindSpore graph")
     p.add_argument("--convert", nargs="*", default=None, metavar="MODEL",
                    help="also benchmark torch2ms on these models' train-form checkpoints "
                         "(no name: vanillanet_13_x1_5)")
@@ -184,7 +218,10 @@ def main(argv=None) -> int:
         for form in forms:
             for batch in args.batch:
                 r = bench_model(name, form, batch, args.size, args.repeats, args.warmup, args.threads,
-                                not args.no_ort)
+                                not args.no_ort, args.knn_share)
+                if r is None:
+                    print(f"{name:<28}{form:<8}{batch:>6}  skipped: no deploy form", flush=True)
+                    continue
                 r["ms_over_torch"] = r["ms_graph"] / r["torch"]
                 r["peak_fraction"] = r["flops"] / r["ms_graph"] / peak
                 r["peak_fraction_best"] = r["flops"] / min(r[k] for k in ("ms_graph", "ms_pynative", "torch",
@@ -195,6 +232,11 @@ def main(argv=None) -> int:
                       f"{r['torch'] * 1e3:>9.1f}ms{ort_s}{r['ms_over_torch']:>10.2f}{100 * r['peak_fraction']:>8.1f}%"
                       f"{100 * r['peak_fraction_best']:>5.0f}%",
                       flush=True)
+    for r in rows:
+        if "knn_torch" in r:
+            print(f"{r['model']} batch {r['batch']}: graph construction (kNN alone, summed over Graphers) torch "
+                  f"{r['knn_torch'] * 1e3:.1f} ms = {r['knn_torch'] / r['torch']:.0%} of torch; MindSpore graph "
+                  f"{r['knn_ms_graph'] * 1e3:.1f} ms = {r['knn_ms_graph'] / r['ms_graph']:.0%} of MindSpore graph")
     by_key = {(r["model"], r["form"], r["batch"]): r for r in rows}
     for name in args.models:
         for batch in args.batch:
