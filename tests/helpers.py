@@ -65,3 +65,13 @@ def sample_input(name: str, batch: int = 2, seed: int = 0) -> np.ndarray:
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     """max |a - b| relative to the output scale max |a| (the project's parity measure)."""
     return float(np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(a).max(), 1e-12))
+
+
+def run_eval(framework: str, model, x: np.ndarray) -> np.ndarray:
+    """Eval-mode output of a torch_ref ("torch") or ms_models ("mindspore") model on ``x``."""
+    if framework == "torch":
+        with torch.no_grad():
+            return model.eval()(torch.from_numpy(x)).numpy()
+    import mindspore as ms
+    model.set_train(False)
+    return model(ms.Tensor(x)).asnumpy()

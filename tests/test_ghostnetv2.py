@@ -27,7 +27,7 @@ from convert.io import read_checkpoint, write_checkpoint
 from convert.mapping import build_name_map, torch_to_ms
 from convert.official_ms import official_ms_to_ours
 from convert.onnx import export_onnx, ort_run
-from helpers import DATA, cached_state, rel_err, torch_with_state
+from helpers import DATA, cached_state, rel_err, run_eval, torch_with_state
 from ms_models.ghostnetv2 import GhostModuleV2 as MsGhostModule, GhostNetV2 as MsGhostNetV2
 from ms_models.layers import resize
 from specs import check_input_size, get_model_cfg
@@ -242,11 +242,7 @@ def test_reset_classifier_and_headless(framework, graph_mode):
     x = np.random.RandomState(0).randn(2, 3, 64, 48).astype(np.float32)
 
     def run(model):
-        if framework == "torch":
-            with torch.no_grad():
-                return model.eval()(torch.from_numpy(x)).numpy()
-        model.set_train(False)
-        return model(ms.Tensor(x)).asnumpy()
+        return run_eval(framework, model, x)
 
     model = create("ghostnetv2_100", num_classes=10)
     assert run(model).shape == (2, 10)

@@ -19,7 +19,7 @@ from safetensors.numpy import load_file
 
 from convert.api import convert_file, ms_state_of, ms_twin, torch_state_of
 from convert.io import read_checkpoint, write_checkpoint
-from helpers import DATA, rel_err
+from helpers import DATA, rel_err, run_eval
 from ms_models.vanillanet import VanillaNet as MsVanillaNet
 from specs.vanillanet import deep_training_lambda
 from torch_ref.vanillanet import VanillaNet as TorchVanillaNet
@@ -204,11 +204,7 @@ def test_reset_classifier_and_headless(framework, graph_mode):
     x = np.random.RandomState(0).randn(2, 3, 64, 64).astype(np.float32)
 
     def run(model):
-        if framework == "torch":
-            with torch.no_grad():
-                return model.eval()(torch.from_numpy(x)).numpy()
-        model.set_train(False)
-        return model(ms.Tensor(x)).asnumpy()
+        return run_eval(framework, model, x)
 
     model = create("vanillanet_5", num_classes=10)
     assert run(model).shape == (2, 10)
