@@ -75,3 +75,63 @@ def run_eval(framework: str, model, x: np.ndarray) -> np.ndarray:
     import mindspore as ms
     model.set_train(False)
     return model(ms.Tensor(x)).asnumpy()
+
+
+def separated_graph(model: torch.nn.Module, x: np.ndarray, margin: float) -> list[torch.Tensor]:
+    """The neighbour indices a ViG ``model`` computes on ``x`` (like ``graph_indices``), with no near-tied
+    max-relative maximum.
+
+    A max-relative graph conv takes, per node and channel, the largest of its neighbours' key values; where
+    the two largest are closer than float32 rounding, frameworks (or two valid torch kernels) pick different
+    neighbours and the gradient routed back jumps by percents (``test_models``' gradient test). Here every
+    node whose two largest neighbour keys in some channel differ by less than ``margin`` times the largest key
+    magnitude of that Grapher gets the runner-up replaced by other key nodes until every channel of its row is
+    separated; later Graphers compute their kNN on features produced with the edited earlier rows. Any index
+    tensor is a valid shared graph; this one makes every maximum unambiguous.
+    """
+    from torch_ref.vig import DilatedKnnGraph
+    edited: list[torch.Tensor] = []
+
+    def hook(_module, args, idx):
+        keys = args[1].numpy()                                     # (B, C, M)
+        tol = margin * np.abs(keys).max()
+        edited.append(torch.from_numpy(np.stack([_separate_rows(i, k.T, tol) for i, k in zip(idx.numpy(), keys)])))
+        return edited[-1]
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, DilatedKnnGraph)]
+    try:
+        with torch.no_grad():
+            model.forward_features(torch.from_numpy(x))
+    finally:
+        for h in handles:
+            h.remove()
+    return edited
+
+
+def _gaps(keys: np.ndarray, row: np.ndarray) -> np.ndarray:
+    """Per channel: largest minus second-largest key value among the neighbours ``row``."""
+    top = np.sort(keys[row], axis=0)
+    return top[-1] - top[-2]
+
+
+def _separate_rows(idx: np.ndarray, keys: np.ndarray, tol: float) -> np.ndarray:
+    """``idx`` (N, k) neighbour rows into ``keys`` (M, C): in every row with near ties, the runner-up of the
+    closest one is replaced by the first other key node that leaves fewer near-tied channels, until none."""
+    idx = idx.copy()
+    top = np.sort(keys[idx], axis=1)                               # (N, k, C)
+    for n in np.flatnonzero((top[:, -1] - top[:, -2]).min(axis=1) < tol):
+        row = idx[n]
+        gaps = _gaps(keys, row)
+        while gaps.min() < tol:
+            second = int(np.argsort(keys[row, gaps.argmin()])[-2])
+            for cand in np.setdiff1d(np.arange(len(keys)), row):
+                trial = row.copy()
+                trial[second] = cand
+                trial_gaps = _gaps(keys, trial)
+                if (trial_gaps < tol).sum() < (gaps < tol).sum():
+                    row, gaps = trial, trial_gaps
+                    break
+            else:
+                raise AssertionError(f"no replacement separates node {n}'s neighbour maxima by {tol:.1e}")
+        idx[n] = row
+    return idx
