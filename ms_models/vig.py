@@ -16,11 +16,11 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import HeNormal
 
-from specs.vig import (CUBIC_A, FFN_RATIO, HEAD_DIM, ISO_GRID, NORM_EPS, PYR_GRID, GrapherPlan, iso_plan, pyr_plan,
-                       relative_pos)
+from specs.vig import (CUBIC_A, FFN_RATIO, HEAD_DIM, ISO_GRID, NORM_EPS, PYR_GRID, GrapherPlan, drop_path_rates,
+                       iso_plan, pyr_plan, relative_pos)
 
 from ._registry import registry
-from .layers import GlobalAvgPool, Identity, batch_norm, refresh_graph
+from .layers import DropPath, GlobalAvgPool, Identity, batch_norm, refresh_graph
 
 
 def _conv(in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1, group: int = 1) -> nn.Conv2d:
@@ -123,14 +123,15 @@ class DyGraphConv(nn.Cell):
 
 
 class Grapher(nn.Cell):
-    """``fc1 -> DyGraphConv (C -> 2C) -> fc2 -> + shortcut`` (official ``Grapher``)."""
+    """``fc1 -> DyGraphConv (C -> 2C) -> fc2 -> DropPath -> + shortcut`` (official ``Grapher``)."""
 
-    def __init__(self, channels: int, plan: GrapherPlan):
+    def __init__(self, channels: int, plan: GrapherPlan, drop_path: float = 0.0):
         super().__init__()
         self.n, self.r = plan.n, plan.r
         self.fc1 = conv_bn(channels, channels)
         self.graph_conv = DyGraphConv(channels, 2 * channels, plan.k, plan.d, plan.r)
         self.fc2 = conv_bn(2 * channels, channels)
+        self.drop_path = DropPath(drop_path)
         self.relative_pos = Parameter(Tensor(relative_pos(channels, plan.n, plan.r)), name="relative_pos",
                                       requires_grad=False) if plan.relative_pos else None
 
@@ -142,27 +143,28 @@ class Grapher(nn.Cell):
         if rel is not None and h * w != self.n:
             rel = resize_bicubic(rel.expand_dims(0), h * w, h * w // (self.r * self.r)).squeeze(0)
         x = self.graph_conv(x, rel, graph)
-        return self.fc2(x) + shortcut
+        return self.drop_path(self.fc2(x)) + shortcut
 
 
 class FFN(nn.Cell):
-    """``fc1 -> GELU -> fc2 -> + shortcut`` (official ``FFN``)."""
+    """``fc1 -> GELU -> fc2 -> DropPath -> + shortcut`` (official ``FFN``)."""
 
-    def __init__(self, channels: int, hidden: int):
+    def __init__(self, channels: int, hidden: int, drop_path: float = 0.0):
         super().__init__()
         self.fc1 = conv_bn(channels, hidden)
         self.act = nn.GELU(approximate=False)
         self.fc2 = conv_bn(hidden, channels)
+        self.drop_path = DropPath(drop_path)
 
     def construct(self, x):
-        return self.fc2(self.act(self.fc1(x))) + x
+        return self.drop_path(self.fc2(self.act(self.fc1(x)))) + x
 
 
 class Block(nn.SequentialCell):
     """``(Grapher, FFN)`` under names ``0``, ``1``; ``slot`` picks this block's indices from a given graph."""
 
-    def __init__(self, channels: int, plan: GrapherPlan, slot: int):
-        super().__init__([Grapher(channels, plan), FFN(channels, channels * FFN_RATIO)])
+    def __init__(self, channels: int, plan: GrapherPlan, slot: int, drop_path: float = 0.0):
+        super().__init__([Grapher(channels, plan, drop_path), FFN(channels, channels * FFN_RATIO, drop_path)])
         self.slot = slot
 
     def construct(self, x, graph=None):
@@ -198,7 +200,11 @@ class Stem(nn.Cell):
 
 
 class _GraphNet(nn.Cell):
-    """Shared body of ViG and Pyramid ViG; same API as the torch reference."""
+    """Shared body of ViG and Pyramid ViG; same API as the torch reference.
+
+    ``drop_path_rate``: stochastic depth of every Grapher and FFN branch, rising linearly from 0 over the blocks
+    (official ``dpr``, ``specs.vig.drop_path_rates``); 0 (the official default) switches it off.
+    """
 
     def _finish(self, num_classes: int, drop_rate: float) -> None:
         self.num_classes, self.drop_rate = num_classes, drop_rate
@@ -240,12 +246,14 @@ class ViG(_GraphNet):
     """Isotropic ViG (official ``vig.py`` ``DeepGCN``)."""
 
     def __init__(self, num_classes: int = 1000, channels: int = 192, n_blocks: int = 12, k: int = 9,
-                 drop_rate: float = 0.0):
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0):
         super().__init__()
         self.num_features = channels
         self.stem = Stem([channels // 8, channels // 4, channels // 2, channels, channels], [2, 2, 2, 2, 1])
         self.pos_embed = Parameter(ops.zeros((1, channels, ISO_GRID, ISO_GRID), ms.float32), name="pos_embed")
-        self.backbone = nn.SequentialCell([Block(channels, p, i) for i, p in enumerate(iso_plan(channels, n_blocks, k))])
+        dpr = drop_path_rates(drop_path_rate, n_blocks)
+        self.backbone = nn.SequentialCell([Block(channels, p, i, dpr[i])
+                                           for i, p in enumerate(iso_plan(channels, n_blocks, k))])
         self._finish(num_classes, drop_rate)
 
 
@@ -253,18 +261,20 @@ class PyramidViG(_GraphNet):
     """Pyramid ViG (official ``pyramid_vig.py`` ``DeepGCN``): Downsample entries interleaved in ``backbone``."""
 
     def __init__(self, num_classes: int = 1000, channels: Sequence[int] = (48, 96, 240, 384),
-                 blocks: Sequence[int] = (2, 2, 6, 2), k: int = 9, drop_rate: float = 0.0):
+                 blocks: Sequence[int] = (2, 2, 6, 2), k: int = 9, drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0):
         super().__init__()
         self.num_features = channels[-1]
         self.stem = Stem([channels[0] // 2, channels[0], channels[0]], [2, 2, 1])
         self.pos_embed = Parameter(ops.zeros((1, channels[0], PYR_GRID, PYR_GRID), ms.float32), name="pos_embed")
+        dpr = drop_path_rates(drop_path_rate, sum(blocks))
         entries: list[nn.Cell] = []
         slot = 0
         for s, stage in enumerate(pyr_plan(tuple(channels), tuple(blocks), k)):
             if s > 0:
                 entries.append(Downsample(channels[s - 1], channels[s]))
             for p in stage:
-                entries.append(Block(channels[s], p, slot))
+                entries.append(Block(channels[s], p, slot, dpr[slot]))
                 slot += 1
         self.backbone = nn.SequentialCell(entries)
         self._finish(num_classes, drop_rate)

@@ -70,6 +70,19 @@ def pyr_plan(channels: tuple[int, ...], blocks: tuple[int, ...], k: int = 9) -> 
     return plan
 
 
+def drop_path_rates(rate: float, n_blocks: int) -> list[float]:
+    """The official stochastic-depth schedule ``[x.item() for x in torch.linspace(0, rate, n_blocks)]`` (block i's
+    Grapher and FFN share rate i; pyramid: i counts blocks over all stages), in torch's float32 arithmetic:
+    ``step = rate / (n - 1)``, then ``i * step`` for the first half and ``rate - (n - 1 - i) * step`` (one
+    rounding, as torch's fused kernel) for the second."""
+    if n_blocks == 1:
+        return [0.0]
+    end = np.float32(rate)
+    step = float(end / np.float32(n_blocks - 1))
+    return [float(np.float32(i * step if i < n_blocks // 2 else float(end) - (n_blocks - 1 - i) * step))
+            for i in range(n_blocks)]
+
+
 def _conv_out(size: int) -> int:
     return (size - 1) // 2 + 1          # 3x3, stride 2, padding 1
 

@@ -14,10 +14,12 @@ import torch_ref
 from convert.parity import compare_models, float64_check, neighbour_agreement
 from convert.api import ms_twin
 from convert.mapping import build_name_map, torch_to_ms
-from helpers import DATA, cached_state, rel_err, sample_input, torch_with_state
+from helpers import DATA, _separate_rows, cached_state, rel_err, sample_input, torch_with_state
 from ms_models import vig as ms_vig
+from ms_models.layers import DropPath as MsDropPath
 from specs import vig as spec
 from torch_ref import vig as pt_vig
+from torch_ref.layers import DropPath as PtDropPath
 
 # trainable parameters counted from the official code (equal to the notes' recount), and with the frozen
 # relative_pos tables (pyramid). README/paper: ViG 7.1/22.7/86.8 M, PViG 10.7/27.3/51.7/82.6 M.
@@ -166,3 +168,128 @@ def test_reset_classifier_and_graph_argument(pynative_mode):
     mm.reset_classifier(0)
     mm.set_train(False)
     assert mm(ms.Tensor(x), tuple(ms.Tensor(g.numpy()) for g in graph)).shape == (1, 1024)
+
+
+def test_separated_rows_remove_near_ties():
+    """The gradient test's graph editing (helpers.separated_graph): a row whose two largest keys tie in a channel
+    gets its runner-up replaced by a node outside the row; separated rows are kept as they are."""
+    keys = np.random.RandomState(0).randn(40, 6)
+    idx = np.stack([np.arange(9), np.arange(9, 18)])
+    keys[3, 2] = keys[:9, 2].max() + 1.0                   # row 0: node 3 leads channel 2 ...
+    keys[5, 2] = keys[3, 2] + 1e-9                        # ... and node 5 ties it: node 3 is the runner-up
+    out = _separate_rows(idx, keys, 1e-3)
+    assert np.array_equal(out[1], idx[1]) and 3 not in out[0] and 5 in out[0]
+    assert all(len(set(row)) == 9 for row in out)
+    for row in out:
+        top = np.sort(keys[row], axis=0)
+        assert (top[-1] - top[-2]).min() >= 1e-3
+
+
+def test_drop_path_schedule_equals_official():
+    """``dpr = [x.item() for x in torch.linspace(0, rate, n_blocks)]`` exactly (float32, torch's rounding), and
+    every block's Grapher and FFN get rate i in both frameworks (pyramid: i over all stages); no new keys."""
+    for rate in (0.1, 0.2, 0.3, 1 / 3):
+        for n in (1, 12, 16, 22, 24):
+            assert spec.drop_path_rates(rate, n) == [v.item() for v in torch.linspace(0, rate, n)]
+    from mindspore.nn.utils import no_init_parameters
+    name = "pvig_ti_224_gelu"
+    with torch.device("meta"):
+        tm, plain = torch_ref.create_model(name, drop_path_rate=0.3), torch_ref.create_model(name)
+    with no_init_parameters():
+        mm = ms_models.create_model(name, drop_path_rate=0.3)
+    want = [p for p in spec.drop_path_rates(0.3, sum(spec.PYR_VARIANTS["ti"][1])) for _ in range(2)]
+    assert [m.p for m in tm.modules() if isinstance(m, PtDropPath)] == want
+    assert [c.p for _, c in mm.cells_and_names() if isinstance(c, MsDropPath)] == want
+    assert list(tm.state_dict()) == list(plain.state_dict())
+
+
+def _ms_train(cell, x):
+    cell.set_train(True)
+    return cell(ms.Tensor(x)).asnumpy()
+
+
+@pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE])
+def test_drop_path_layer(mode):
+    """timm semantics in both frameworks: identity in eval and at p = 0; in training each sample is either
+    dropped (exactly 0) or kept and scaled by exactly float32(1 / (1 - p)), kept with probability 1 - p
+    (4000 samples: within 5 binomial standard deviations), independently per call."""
+    prev = ms.get_context("mode")
+    ms.set_context(mode=mode)
+    try:
+        x = np.random.RandomState(0).randn(4000, 2, 3, 3).astype(np.float32)
+        torch.manual_seed(0)
+        ms.set_seed(0)
+        t = PtDropPath(0.25)
+        with torch.no_grad():
+            t_out = [t.train()(torch.from_numpy(x)).numpy() for _ in range(2)]
+            assert np.array_equal(t.eval()(torch.from_numpy(x)).numpy(), x)
+            assert np.array_equal(PtDropPath(0.0).train()(torch.from_numpy(x)).numpy(), x)
+        m = MsDropPath(0.25)
+        m_out = [_ms_train(m, x) for _ in range(2)]
+        m.set_train(False)
+        assert np.array_equal(m(ms.Tensor(x)).asnumpy(), x)
+        assert np.array_equal(_ms_train(MsDropPath(0.0), x), x)
+        scaled = x * (np.float32(1) / np.float32(0.75))
+        for a, b in (t_out, m_out):
+            for out in (a, b):
+                kept = (out == scaled).all(axis=(1, 2, 3))
+                assert ((out == 0).all(axis=(1, 2, 3)) | kept).all()
+                assert abs(kept.sum() - 3000) <= 5 * np.sqrt(4000 * 0.75 * 0.25)
+            assert ((a == 0).all(axis=(1, 2, 3)) != (b == 0).all(axis=(1, 2, 3))).any()
+    finally:
+        ms.set_context(mode=prev)
+
+
+def _block_pair(kind: str, p: float, state: dict | None = None):
+    """A torch and a MindSpore Grapher ("grapher", official test weights) or FFN (C = 16) with drop path p."""
+    plan = GRAPHERS["grapher_r1_d3"]
+    tm = pt_vig.Grapher(16, plan, p) if kind == "grapher" else pt_vig.FFN(16, 64, p)
+    mm = ms_vig.Grapher(16, plan, p) if kind == "grapher" else ms_vig.FFN(16, 64, p)
+    if state is not None:
+        tm.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    params = dict(mm.parameters_and_names())
+    for k, v in torch_to_ms({k: v.numpy() for k, v in tm.state_dict().items()}, build_name_map(tm, mm, kind)).items():
+        params[k].set_data(ms.Tensor(v))
+    return tm, mm
+
+
+def _branch_off(fw: str, module, x: np.ndarray) -> np.ndarray:
+    """Training-mode output of ``module`` with its DropPath switched to eval (the undropped branch + shortcut)."""
+    if fw == "torch":
+        module.train().drop_path.eval()
+        with torch.no_grad():
+            return module(torch.from_numpy(x)).numpy()
+    module.set_train(True)
+    module.drop_path.set_train(False)
+    return module(ms.Tensor(x)).asnumpy()
+
+
+def test_drop_path_in_blocks(pynative_mode):
+    """Grapher and FFN, both frameworks: eval output equals the drop-path-free module's (torch bit for bit,
+    MindSpore to 1e-5 as in ``test_grapher_equals_official``); in training with drop path 1 the block returns its
+    input exactly; with 0.5 (FFN, 16 samples) dropped samples equal the shortcut exactly and kept ones equal
+    ``shortcut + branch / 0.5`` (branch from the same module with its DropPath off; 1e-6 relative)."""
+    state, x, _, idx = _official_grapher("grapher_r1_d3")
+    tm, mm = _block_pair("grapher", 0.5, state)
+    t0, _ = _block_pair("grapher", 0.0, state)
+    mm.set_train(False)
+    with torch.no_grad():
+        ref = t0.eval()(torch.from_numpy(x)).numpy()
+        assert np.array_equal(tm.eval()(torch.from_numpy(x)).numpy(), ref)
+    assert rel_err(ref, mm(ms.Tensor(x), ms.Tensor(idx)).asnumpy()) <= 1e-5
+    x16 = np.random.RandomState(1).randn(16, 16, 8, 8).astype(np.float32)
+    for kind, inp in (("grapher", x), ("ffn", x16)):
+        tm, mm = _block_pair(kind, 1.0, state if kind == "grapher" else None)
+        with torch.no_grad():
+            assert np.array_equal(tm.train()(torch.from_numpy(inp)).numpy(), inp)
+        assert np.array_equal(_ms_train(mm, inp), inp)
+    torch.manual_seed(0)
+    ms.set_seed(0)
+    tm, mm = _block_pair("ffn", 0.5)
+    with torch.no_grad():
+        outs = {"torch": (tm, tm.train()(torch.from_numpy(x16)).numpy()), "mindspore": (mm, _ms_train(mm, x16))}
+    for fw, (module, out) in outs.items():
+        dropped = (out == x16).all(axis=(1, 2, 3))
+        assert 0 < dropped.sum() < len(x16), fw
+        full = _branch_off(fw, module, x16)
+        assert rel_err(x16[~dropped] + (full - x16)[~dropped] / 0.5, out[~dropped]) <= 1e-6, fw

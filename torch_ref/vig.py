@@ -18,9 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specs.vig import FFN_RATIO, HEAD_DIM, ISO_GRID, NORM_EPS, PYR_GRID, GrapherPlan, iso_plan, pyr_plan, relative_pos
+from specs.vig import (FFN_RATIO, HEAD_DIM, ISO_GRID, NORM_EPS, PYR_GRID, GrapherPlan, drop_path_rates, iso_plan,
+                       pyr_plan, relative_pos)
 
 from ._registry import registry
+from .layers import DropPath
 
 Graph = Sequence[torch.Tensor] | None
 
@@ -101,14 +103,15 @@ class DyGraphConv(nn.Module):
 
 
 class Grapher(nn.Module):
-    """``fc1 -> DyGraphConv (C -> 2C) -> fc2 -> + shortcut`` (official ``Grapher``, drop path 0)."""
+    """``fc1 -> DyGraphConv (C -> 2C) -> fc2 -> DropPath -> + shortcut`` (official ``Grapher``)."""
 
-    def __init__(self, channels: int, plan: GrapherPlan):
+    def __init__(self, channels: int, plan: GrapherPlan, drop_path: float = 0.0):
         super().__init__()
         self.n, self.r = plan.n, plan.r
         self.fc1 = conv_bn(channels, channels)
         self.graph_conv = DyGraphConv(channels, 2 * channels, plan.k, plan.d, plan.r)
         self.fc2 = conv_bn(2 * channels, channels)
+        self.drop_path = DropPath(drop_path)
         if plan.relative_pos:
             self.register_buffer("relative_pos", torch.tensor(relative_pos(channels, plan.n, plan.r)))
         else:
@@ -124,27 +127,28 @@ class Grapher(nn.Module):
         shortcut = x
         x = self.fc1(x)
         x = self.graph_conv(x, self._relative_pos(x.shape[2], x.shape[3]), graph)
-        return self.fc2(x) + shortcut
+        return self.drop_path(self.fc2(x)) + shortcut
 
 
 class FFN(nn.Module):
-    """``fc1 -> GELU -> fc2 -> + shortcut`` (official ``FFN``)."""
+    """``fc1 -> GELU -> fc2 -> DropPath -> + shortcut`` (official ``FFN``)."""
 
-    def __init__(self, channels: int, hidden: int):
+    def __init__(self, channels: int, hidden: int, drop_path: float = 0.0):
         super().__init__()
         self.fc1 = conv_bn(channels, hidden)
         self.act = nn.GELU()
         self.fc2 = conv_bn(hidden, channels)
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x))) + x
+        return self.drop_path(self.fc2(self.act(self.fc1(x)))) + x
 
 
 class Block(nn.Sequential):
     """``Seq(Grapher, FFN)`` (keys ``0.*``, ``1.*``); ``slot`` picks this block's indices from a given graph."""
 
-    def __init__(self, channels: int, plan: GrapherPlan, slot: int):
-        super().__init__(Grapher(channels, plan), FFN(channels, channels * FFN_RATIO))
+    def __init__(self, channels: int, plan: GrapherPlan, slot: int, drop_path: float = 0.0):
+        super().__init__(Grapher(channels, plan, drop_path), FFN(channels, channels * FFN_RATIO, drop_path))
         self.slot = slot
 
     def forward(self, x: torch.Tensor, graph: Graph = None) -> torch.Tensor:
@@ -182,7 +186,11 @@ class Stem(nn.Module):
 
 
 class _GraphNet(nn.Module):
-    """Shared body of ViG and Pyramid ViG: stem + pos_embed, ``backbone`` entries, ``prediction`` head."""
+    """Shared body of ViG and Pyramid ViG: stem + pos_embed, ``backbone`` entries, ``prediction`` head.
+
+    ``drop_path_rate``: stochastic depth of every Grapher and FFN branch, rising linearly from 0 over the blocks
+    (official ``dpr``, ``specs.vig.drop_path_rates``); 0 (the official default) switches it off.
+    """
 
     grid: int
 
@@ -238,12 +246,14 @@ class ViG(_GraphNet):
     """Isotropic ViG (official ``vig.py`` ``DeepGCN``): 1/16 stem, ``n_blocks`` x (Grapher, FFN) at width C."""
 
     def __init__(self, num_classes: int = 1000, channels: int = 192, n_blocks: int = 12, k: int = 9,
-                 drop_rate: float = 0.0):
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0):
         super().__init__()
         self.num_features = channels
         self.stem = Stem([channels // 8, channels // 4, channels // 2, channels, channels], [2, 2, 2, 2, 1])
         self.pos_embed = nn.Parameter(torch.zeros(1, channels, ISO_GRID, ISO_GRID))
-        self.backbone = nn.Sequential(*[Block(channels, p, i) for i, p in enumerate(iso_plan(channels, n_blocks, k))])
+        dpr = drop_path_rates(drop_path_rate, n_blocks)
+        self.backbone = nn.Sequential(*[Block(channels, p, i, dpr[i])
+                                        for i, p in enumerate(iso_plan(channels, n_blocks, k))])
         self._finish(num_classes, drop_rate)
 
 
@@ -251,16 +261,19 @@ class PyramidViG(_GraphNet):
     """Pyramid ViG (official ``pyramid_vig.py`` ``DeepGCN``): 1/4 stem, four stages, Downsample between."""
 
     def __init__(self, num_classes: int = 1000, channels: Sequence[int] = (48, 96, 240, 384),
-                 blocks: Sequence[int] = (2, 2, 6, 2), k: int = 9, drop_rate: float = 0.0):
+                 blocks: Sequence[int] = (2, 2, 6, 2), k: int = 9, drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0):
         super().__init__()
         self.num_features = channels[-1]
         self.stem = Stem([channels[0] // 2, channels[0], channels[0]], [2, 2, 1])
         self.pos_embed = nn.Parameter(torch.zeros(1, channels[0], PYR_GRID, PYR_GRID))
+        dpr = drop_path_rates(drop_path_rate, sum(blocks))
         entries: list[nn.Module] = []
         for s, stage in enumerate(pyr_plan(tuple(channels), tuple(blocks), k)):
             if s > 0:
                 entries.append(Downsample(channels[s - 1], channels[s]))
-            entries += [Block(channels[s], p, len(entries) - s + i) for i, p in enumerate(stage)]
+            entries += [Block(channels[s], p, len(entries) - s + i, dpr[len(entries) - s + i])
+                        for i, p in enumerate(stage)]
         self.backbone = nn.Sequential(*entries)
         self._finish(num_classes, drop_rate)
 
