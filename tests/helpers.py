@@ -95,7 +95,7 @@ def separated_graph(model: torch.nn.Module, x: np.ndarray, margin: float) -> lis
     def hook(_module, args, idx):
         keys = args[1].numpy()                                     # (B, C, M)
         tol = margin * np.abs(keys).max()
-        edited.append(torch.from_numpy(np.stack([_separate_rows(i, k.T, tol) for i, k in zip(idx.numpy(), keys)])))
+        edited.append(torch.from_numpy(np.stack([separate_rows(i, k.T, tol) for i, k in zip(idx.numpy(), keys)])))
         return edited[-1]
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, DilatedKnnGraph)]
@@ -114,7 +114,7 @@ def _gaps(keys: np.ndarray, row: np.ndarray) -> np.ndarray:
     return top[-1] - top[-2]
 
 
-def _separate_rows(idx: np.ndarray, keys: np.ndarray, tol: float) -> np.ndarray:
+def separate_rows(idx: np.ndarray, keys: np.ndarray, tol: float) -> np.ndarray:
     """``idx`` (N, k) neighbour rows into ``keys`` (M, C): in every row with near ties, the runner-up of the
     closest one is replaced by the first other key node that leaves fewer near-tied channels, until none."""
     idx = idx.copy()

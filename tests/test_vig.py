@@ -14,7 +14,7 @@ import torch_ref
 from convert.parity import compare_models, float64_check, neighbour_agreement
 from convert.api import ms_twin
 from convert.mapping import build_name_map, torch_to_ms
-from helpers import DATA, _separate_rows, cached_state, rel_err, sample_input, torch_with_state
+from helpers import DATA, cached_state, rel_err, sample_input, separate_rows, torch_with_state
 from ms_models import vig as ms_vig
 from ms_models.layers import DropPath as MsDropPath
 from specs import vig as spec
@@ -177,7 +177,7 @@ def test_separated_rows_remove_near_ties():
     idx = np.stack([np.arange(9), np.arange(9, 18)])
     keys[3, 2] = keys[:9, 2].max() + 1.0                   # row 0: node 3 leads channel 2 ...
     keys[5, 2] = keys[3, 2] + 1e-9                        # ... and node 5 ties it: node 3 is the runner-up
-    out = _separate_rows(idx, keys, 1e-3)
+    out = separate_rows(idx, keys, 1e-3)
     assert np.array_equal(out[1], idx[1]) and 3 not in out[0] and 5 in out[0]
     assert all(len(set(row)) == 9 for row in out)
     for row in out:
