@@ -17,6 +17,29 @@ HEAVY_FLOPS = 10e9      # forward FLOPs of the test batch (2 images at the cfg's
 
 
 @functools.lru_cache(maxsize=None)
+def _layer_types(name: str) -> tuple[frozenset, int]:
+    """The module types ``name`` is made of, and its parameter count (train form, built on the meta device)."""
+    with torch.device("meta"):
+        model = torch_ref.create_model(name)
+    return frozenset(type(m) for m in model.modules()), sum(p.numel() for p in model.parameters())
+
+
+def smallest_per_structure(names: list[str]) -> list[str]:
+    """The smallest model (by parameters) of each set of module types among ``names``, in registry order.
+
+    Variants built from the same module types (VanillaNet-5..12, GhostNetV2 1.0/1.3/1.6, ViG-Ti/S) run the same
+    layer code at other depths and widths, so the float64-referenced gradient test runs once per structure (CI
+    time); a variant with a block of its own (adder ResNet-50's bottleneck) is its own structure. Every variant
+    still gets the forward parity, backward-reach and round-trip tests."""
+    best: dict[frozenset, str] = {}
+    for name in names:
+        types, count = _layer_types(name)
+        if types not in best or count < _layer_types(best[types])[1]:
+            best[types] = name
+    return [n for n in names if n in best.values()]
+
+
+@functools.lru_cache(maxsize=None)
 def is_heavy(name: str) -> bool:
     """Models above 100 M parameters (train form) or 10 GFLOP per test batch are too slow to train-step and
     gradient-check on a 2-core CI machine; for them the registry tests check the cfg and the keys and shapes

@@ -4,7 +4,9 @@ Models over 100 M parameters or 10 GFLOP per test batch (``helpers.is_heavy``: v
 pair, ViG-B, PViG-S/M/B) are built only, for CI time (the suite must stay under 15 minutes on 2 cores):
 their cfg and their state_dict keys and shapes against the official code's are checked; forward, parity,
 backward and round-trip tests run on every other model at the cfg's small ``test_input_size``, and the
-heavy variants share all their code with a tested smaller variant of the same family. Graph
+heavy variants share all their code with a tested smaller variant of the same family. The gradient test
+(torch float64 and float32 against MindSpore, eval and train mode) runs on the smallest model of each set of
+module types (``helpers.smallest_per_structure``): the other variants differ only in depth and width. Graph
 models (ViG) run the parity and gradient tests with one shared kNN graph (``_shared_graph``).
 """
 from __future__ import annotations
@@ -21,11 +23,13 @@ import ms_models
 import torch_ref
 from convert.api import convert_file, ms_twin, name_map
 from convert.io import read_checkpoint, write_checkpoint
-from helpers import DATA, cached_state, is_heavy, rel_err, sample_input, separated_graph, torch_with_state
+from helpers import (DATA, cached_state, is_heavy, rel_err, sample_input, separated_graph, smallest_per_structure,
+                     torch_with_state)
 from specs import list_cfgs
 
 MODELS = torch_ref.list_models()
 LIGHT = [n for n in MODELS if not is_heavy(n)]
+GRADIENT = smallest_per_structure(LIGHT)
 TOL = 1e-4   # float32 parity, relative to the output scale; observed ~3e-6 (see convert/parity.py)
 # max-relative maxima in the gradient test's graph are separated by this fraction of their Grapher's key scale
 # (measured on torch float32 keys): float32 moves PViG-Ti's deepest Grapher keys by <= 4e-6 of that scale against
@@ -150,7 +154,7 @@ def _no_dropout(name: str) -> dict:
     return {"drop_rate": 0.0} if "drop_rate" in params else {}
 
 
-@pytest.mark.parametrize("name", LIGHT)
+@pytest.mark.parametrize("name", GRADIENT)
 def test_mindspore_gradients_equal_torch(name, pynative_mode):
     """``ms.value_and_grad`` gives torch's parameter gradients on the same weights and input.
 
