@@ -2,15 +2,20 @@
 post-training quantization pipeline of arXiv 2212.10200 (mirrors ``ms_models/adder.py``).
 
 ``Y[n, o] = -sum_{c,i,j} |X[n, c, s*h+i-p, s*w+j-p] - W[o, c, i, j]|``. The weight is named ``adder`` like
-the official code (optional bias ``b``). Differences from the official ``adder2d_function``:
-- the forward distance is ``torch.cdist(p=1)`` on the im2col matrix (no (O, K, L*N) intermediate);
-- the weight gradient ``sum_l (X - W) * g`` is computed as ``g @ X^T - W * sum_l g`` (same value, one matmul);
-- the input gradient ``sum_o clamp(W - X, -1, 1) * g`` is accumulated over chunks of output channels so its
-  intermediate stays below :data:`CHUNK_BYTES`.
+the official code (optional bias ``b``). Differences from the official ``adder2d_function`` (same values):
+- the forward distance and the input gradient ``sum_o clamp(W - X, -1, 1) * g`` run in a compiled CPU kernel
+  (``specs/csrc/adder.cc``, through ctypes; float32 CPU tensors) on the im2col matrix, with no intermediate
+  beyond the matrix itself. Where it cannot be built (:mod:`specs.native`) the forward is ``torch.cdist(p=1)``
+  and the input gradient is accumulated over chunks of output channels whose intermediate stays below
+  :data:`CHUNK_BYTES`; no (O, K, L*N) intermediate either way;
+- the weight gradient ``sum_l (X - W) * g`` is computed as ``g @ X^T - W * sum_l g`` (one matmul).
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
+from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
@@ -19,9 +24,30 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from specs import native
 from specs.addernet import GRAD_ETA, LayerQuant, calib_batch_max, check_bits, layer_quant
 
-CHUNK_BYTES = 64 << 20      # working-memory bound of the input-gradient intermediate
+CHUNK_BYTES = 64 << 20      # working-memory bound of the fallback input-gradient intermediate
+_SRC = Path(native.__file__).parent / "csrc" / "adder.cc"
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_library() -> ctypes.CDLL | None:
+    """The compiled adder kernels, or None (fallback to composed torch ops)."""
+    path = native.build(_SRC)
+    if path is None:
+        return None
+    lib = ctypes.CDLL(path)
+    ptr, size = ctypes.c_void_p, ctypes.c_int64
+    lib.adder_forward.argtypes = [ptr, ptr, ptr, size, size, size, size, ctypes.c_int]
+    lib.adder_grad_input.argtypes = [ptr, ptr, ptr, ptr, size, size, size, size, ctypes.c_int]
+    return lib
+
+
+def _use_kernel(*tensors: torch.Tensor) -> ctypes.CDLL | None:
+    if all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
+        return kernel_library()
+    return None
 
 
 def _chunk(out_ch: int, k: int, m: int, itemsize: int) -> int:
@@ -29,24 +55,44 @@ def _chunk(out_ch: int, k: int, m: int, itemsize: int) -> int:
 
 
 class AdderFunction(torch.autograd.Function):
-    """``-cdist_1(W_col, X_col^T)`` with AdderNet's full-precision, adaptively scaled gradients."""
+    """``-cdist_1`` between the weight rows and the im2col columns, AdderNet's full-precision, adaptively
+    scaled gradients."""
 
     @staticmethod
-    def forward(ctx, w_col: torch.Tensor, x_rows: torch.Tensor) -> torch.Tensor:
-        """w_col (O, K), x_rows (M, K) -> (O, M)."""
-        ctx.save_for_backward(w_col, x_rows)
-        return -torch.cdist(w_col.unsqueeze(0), x_rows.unsqueeze(0), p=1).squeeze(0)
+    def forward(ctx, w_col: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """w_col (O, K), cols (N, K, L) -> (N, O, L)."""
+        ctx.save_for_backward(w_col, cols)
+        (n, k, length), o = cols.shape, w_col.shape[0]
+        lib = _use_kernel(w_col, cols)
+        if lib is None:
+            rows = cols.transpose(1, 2).reshape(n * length, k)
+            out = -torch.cdist(w_col.unsqueeze(0), rows.unsqueeze(0), p=1).squeeze(0)       # (O, N*L)
+            return out.reshape(o, n, length).transpose(0, 1)
+        w_col, cols = w_col.contiguous(), cols.contiguous()
+        out = cols.new_empty((n, o, length))
+        lib.adder_forward(cols.data_ptr(), w_col.data_ptr(), out.data_ptr(), n, k, length, o, torch.get_num_threads())
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        w_col, x_rows = ctx.saved_tensors
-        grad_w = grad @ x_rows - w_col * grad.sum(1, keepdim=True)          # sum_m (X - W) g
+        w_col, cols = ctx.saved_tensors
+        (n, k, length), o = cols.shape, w_col.shape[0]
+        grad = grad.contiguous()
+        grad_w = grad.transpose(0, 1).reshape(o, -1) @ cols.transpose(0, 1).reshape(k, -1).T \
+            - w_col * grad.sum((0, 2)).unsqueeze(1)                                         # sum_l (X - W) g
         grad_w = grad_w * (math.sqrt(w_col.numel()) * GRAD_ETA / grad_w.norm(p=2).clamp(min=1e-12))
-        grad_x = torch.zeros_like(x_rows)
-        step = _chunk(w_col.shape[0], w_col.shape[1], x_rows.shape[0], x_rows.element_size())
-        for o in range(0, w_col.shape[0], step):
-            diff = (w_col[o:o + step].unsqueeze(1) - x_rows.unsqueeze(0)).clamp_(-1, 1)   # (c, M, K)
-            grad_x += (diff * grad[o:o + step].unsqueeze(2)).sum(0)
+        lib = _use_kernel(w_col, cols, grad)
+        if lib is not None:
+            w_col, cols = w_col.contiguous(), cols.contiguous()
+            grad_x = torch.empty_like(cols)
+            lib.adder_grad_input(cols.data_ptr(), w_col.data_ptr(), grad.data_ptr(), grad_x.data_ptr(), n, k,
+                                 length, o, torch.get_num_threads())
+            return grad_w, grad_x
+        grad_x = torch.zeros_like(cols)
+        step = _chunk(o, k, n * length, cols.element_size())
+        for s in range(0, o, step):
+            diff = (w_col[s:s + step, None, :, None] - cols.unsqueeze(0)).clamp_(-1, 1)    # (c, N, K, L)
+            grad_x += (diff * grad[:, s:s + step].transpose(0, 1).unsqueeze(2)).sum(0)
         return grad_w, grad_x
 
 
@@ -56,9 +102,7 @@ def adder2d(x: torch.Tensor, weight: torch.Tensor, stride: int = 1, padding: int
     o, _, kh, kw = weight.shape
     ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
     cols = F.unfold(x, (kh, kw), padding=padding, stride=stride)                 # (N, K, L)
-    rows = cols.transpose(1, 2).reshape(n * ho * wo, -1)                          # (N*L, K)
-    out = AdderFunction.apply(weight.reshape(o, -1), rows)                       # (O, N*L)
-    return out.reshape(o, n, ho, wo).transpose(0, 1)
+    return AdderFunction.apply(weight.reshape(o, -1), cols).reshape(n, o, ho, wo)
 
 
 class Adder2d(nn.Module):
