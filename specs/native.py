@@ -55,11 +55,13 @@ def _compile(cxx: str, src: Path, flags: list[str]) -> str | None:
     return str(out)
 
 
-@functools.lru_cache(maxsize=None)
 def build(src: Path) -> str | None:
     """Path of the compiled library of ``src``, building it if needed; None where it cannot be used."""
-    if os.environ.get("MS_MODELS_NATIVE_KERNELS") == "1":
-        return None
+    return None if os.environ.get("MS_MODELS_NATIVE_KERNELS") == "1" else _build(src)
+
+
+@functools.lru_cache(maxsize=None)
+def _build(src: Path) -> str | None:
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         return None
