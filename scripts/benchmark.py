@@ -250,16 +250,16 @@ def run_adder(args) -> list[dict]:
     if args.adder is not None:
         print("Adder2d vs Conv2d (same shape, stride 1, 'same' padding): median ms; ratio = adder / conv; "
               "fwd+bwd = input and weight gradients; MindSpore GRAPH_MODE")
-        head = (f"{'shape':<22}{'GMAC':>6}  {'torch fwd':>20}{'torch fwd+bwd':>22}  {'ms fwd':>20}"
-                f"{'ms fwd+bwd':>22}")
-        print(head + "\n" + " " * 30 + "adder / conv = ratio" * 4 + "\n" + "-" * len(head))
+        cols = [(fw, st) for fw in ("torch", "ms") for st in ("fwd", "fwdbwd")]
+        head = f"{'':<28}" + "".join(f"{fw + ' ' + st.replace('fwdbwd', 'fwd+bwd'):^24}" for fw, st in cols)
+        sub = f"{'shape':<22}{'GMAC':>6}" + f"{'adder':>8}{'conv':>8}{'ratio':>8}" * len(cols)
+        print(head + "\n" + sub + "\n" + "-" * len(sub))
         for name in args.adder or list(ADDER_SHAPES):
             r = bench_adder(name, args.repeats, args.warmup)
             rows.append(r)
-            cells = "".join(f"{r[f'{fw}_adder_{st}'] * 1e3:>8.1f}/{r[f'{fw}_conv_{st}'] * 1e3:.1f}="
-                            f"{r[f'{fw}_{st}_ratio']:<5.1f}" + ("  " if st == "fwdbwd" else "")
-                            for fw in ("torch", "ms") for st in ("fwd", "fwdbwd"))
-            print(f"{name:<22}{r['macs'] / 1e9:>6.2f}  {cells}", flush=True)
+            cells = "".join(f"{r[f'{fw}_adder_{st}'] * 1e3:>8.1f}{r[f'{fw}_conv_{st}'] * 1e3:>8.1f}"
+                            f"{r[f'{fw}_{st}_ratio']:>8.2f}" for fw, st in cols)
+            print(f"{name:<22}{r['macs'] / 1e9:>6.2f}{cells}", flush=True)
     if args.adder_memory:
         for fw in ("torch", "mindspore"):
             t, above = adder_peak_memory(fw)
