@@ -53,11 +53,17 @@ std::vector<float> pack(const float* w, int64_t O, int64_t K, int64_t bs, bool a
   return wp;
 }
 
-int threads_or_default(int threads) {
+// Small calls run on one thread (like torch's grain size): waking a team costs more than they take, and far
+// more on a loaded machine, where a barrier waits for a descheduled thread.
+constexpr int64_t SERIAL_WORK = 1 << 21;   // adder operations (positions x K x O)
+
+int team_size(int threads, int64_t work) {
 #ifdef _OPENMP
+  if (work < SERIAL_WORK) return 1;
   return threads > 0 ? threads : omp_get_max_threads();
 #else
   (void)threads;
+  (void)work;
   return 1;
 #endif
 }
@@ -65,7 +71,7 @@ int threads_or_default(int threads) {
 void forward(const float* x, const float* w, float* y, int64_t N, int64_t K, int64_t L, int64_t O, int threads) {
   const std::vector<float> wp = pack(w, O, K, OB, false);
   const int64_t tiles = (L + LB - 1) / LB, nob = (O + OB - 1) / OB;
-#pragma omp parallel num_threads(threads_or_default(threads))
+#pragma omp parallel num_threads(team_size(threads, N * L * K * O))
   {
     std::vector<float> xs(K * LB);
 #pragma omp for schedule(static)
@@ -99,7 +105,7 @@ void grad_input(const float* x, const float* w, const float* g, float* gx, int64
                 int64_t O, int threads) {
   const std::vector<float> wp = pack(w, O, K, KB, true);
   const int64_t tiles = (L + LB - 1) / LB, kp = round_up(K, KB);
-#pragma omp parallel num_threads(threads_or_default(threads))
+#pragma omp parallel num_threads(team_size(threads, N * L * K * O))
   {
     std::vector<float> xs(kp * LB), gs(O * LB);
 #pragma omp for schedule(static)
