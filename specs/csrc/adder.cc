@@ -1,13 +1,16 @@
-// CPU kernels of AdderNet's adder layer (arXiv 1912.13200) on the im2col matrix, shared by both frameworks:
-//   forward     y[n, o, l]  = -sum_k |x[n, k, l] - w[o, k]|
-//   grad input  gx[n, k, l] = sum_o clamp(w[o, k] - x[n, k, l], -1, 1) * g[n, o, l]
-// x is F.unfold's / ops.unfold's (N, K, L) output, w the (O, K) weight, y and g (N, O, L) = the layer's NCHW
-// output. The weight gradient is a matmul and stays in the frameworks. Plain C entry points (adder_forward,
-// adder_grad_input; torch, through ctypes) and MindSpore AOT custom-op ones (AdderForward, AdderGradInput).
-// Work is split in tiles of LB positions of one image (OpenMP over tiles); in a tile the x panel is copied to a
-// zero-padded scratch and the sums are register-blocked: OB output channels (forward) or KB input features
-// (grad input) times LB positions of accumulators, so each loaded value feeds OB or KB vector operations.
-// No working memory beyond the per-thread scratch (K*LB + O*LB floats).
+// CPU kernels of AdderNet's adder layer (arXiv 1912.13200), shared by both frameworks. For an (N, C, H, W)
+// image x, a kh x kw window (stride, zero padding) with rows k = (c, i, j), K = C * kh * kw, positions
+// l = (ho, wo), L = Ho * Wo, and weights w (O, K):
+//   forward     y[n, o, l]  = -sum_k |x[n, k, l] - w[o, k]|                    (y: the (N, O, Ho, Wo) output)
+//   grad input  gx[n, c, h, w] = sum over windows of sum_o clamp(w[o, k] - x[n, k, l], -1, 1) * g[n, o, l]
+// where x[n, k, l] is the im2col matrix, read straight from the image (no im2col buffer). The weight gradient
+// stays in the frameworks (a convolution weight gradient or a matmul). Plain C entry points for torch
+// (ctypes) and MindSpore AOT custom ops that take the (N, K, L) im2col matrix (a 1 x 1 window on it).
+// Work is split in tiles of LB positions of one image; in a tile the x panel is gathered into a zero-padded
+// scratch and the sums are register-blocked: OB output channels (forward) or KB rows (grad input) times LB
+// positions of accumulators, so each loaded value feeds OB or KB vector operations. OpenMP runs over tiles
+// (forward) or images (grad input, which adds into its image). No working memory beyond the per-thread
+// scratch (K * LB + O * LB floats).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -33,6 +36,40 @@ inline vf vclamp1(vf d) {
   return d > one ? one : d;
 }
 inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+
+struct Window {
+  int64_t N, C, H, W, kh, kw, stride, pad, Ho, Wo;
+  int64_t rows() const { return C * kh * kw; }
+  int64_t positions() const { return Ho * Wo; }
+};
+
+// The (N, K, L) im2col matrix seen as an image with a 1 x 1 window (the MindSpore ops' input).
+Window matrix_window(const int64_t* shape) { return {shape[0], shape[1], shape[2], 1, 1, 1, 1, 0, shape[2], 1}; }
+
+// Visit the rows k and in-image tile positions jj of positions [l0, l0 + cnt): f(k, jj, pixel offset in image).
+template <class F>
+void for_window(const Window& g, int64_t l0, int64_t cnt, F f) {
+  int64_t hb[LB], wb[LB];
+  for (int64_t jj = 0; jj < cnt; ++jj) {
+    hb[jj] = (l0 + jj) / g.Wo * g.stride - g.pad;
+    wb[jj] = (l0 + jj) % g.Wo * g.stride - g.pad;
+  }
+  for (int64_t c = 0; c < g.C; ++c)
+    for (int64_t i = 0; i < g.kh; ++i)
+      for (int64_t j = 0; j < g.kw; ++j) {
+        const int64_t k = (c * g.kh + i) * g.kw + j;
+        for (int64_t jj = 0; jj < cnt; ++jj) {
+          const int64_t h = hb[jj] + i, w = wb[jj] + j;
+          if (h >= 0 && h < g.H && w >= 0 && w < g.W) f(k, jj, (c * g.H + h) * g.W + w);
+        }
+      }
+}
+
+// x panel of image img: dst[k * LB + jj] = x[k, l0 + jj], zero outside the image and for k >= K, jj >= cnt
+void gather(const Window& g, const float* img, int64_t l0, int64_t cnt, int64_t rows_p, float* dst) {
+  std::fill(dst, dst + rows_p * LB, 0.f);
+  for_window(g, l0, cnt, [&](int64_t k, int64_t jj, int64_t px) { dst[k * LB + jj] = img[px]; });
+}
 
 // rows [0, rows) x positions [l0, l0 + cnt) of src (row stride L) into dst[r * LB + j], zero-padded to rows_p x LB
 void panel(const float* src, int64_t rows, int64_t rows_p, int64_t L, int64_t l0, int64_t cnt, float* dst) {
@@ -68,16 +105,17 @@ int team_size(int threads, int64_t work) {
 #endif
 }
 
-void forward(const float* x, const float* w, float* y, int64_t N, int64_t K, int64_t L, int64_t O, int threads) {
+void forward(const Window& g, const float* x, const float* w, float* y, int64_t O, int threads) {
+  const int64_t K = g.rows(), L = g.positions();
   const std::vector<float> wp = pack(w, O, K, OB, false);
   const int64_t tiles = (L + LB - 1) / LB, nob = (O + OB - 1) / OB;
-#pragma omp parallel num_threads(team_size(threads, N * L * K * O))
+#pragma omp parallel num_threads(team_size(threads, g.N * L * K * O))
   {
     std::vector<float> xs(K * LB);
 #pragma omp for schedule(static)
-    for (int64_t t = 0; t < N * tiles; ++t) {
+    for (int64_t t = 0; t < g.N * tiles; ++t) {
       const int64_t n = t / tiles, l0 = t % tiles * LB, cnt = std::min(LB, L - l0);
-      panel(x + n * K * L, K, K, L, l0, cnt, xs.data());
+      gather(g, x + n * g.C * g.H * g.W, l0, cnt, K, xs.data());
       for (int64_t b = 0; b < nob; ++b) {
         const float* wb = wp.data() + b * K * OB;
         vf acc[OB][2] = {};
@@ -101,40 +139,44 @@ void forward(const float* x, const float* w, float* y, int64_t N, int64_t K, int
   }
 }
 
-void grad_input(const float* x, const float* w, const float* g, float* gx, int64_t N, int64_t K, int64_t L,
-                int64_t O, int threads) {
+void grad_input(const Window& g, const float* x, const float* w, const float* gy, float* gx, int64_t O,
+                int threads) {
+  const int64_t K = g.rows(), L = g.positions(), img = g.C * g.H * g.W;
   const std::vector<float> wp = pack(w, O, K, KB, true);
   const int64_t tiles = (L + LB - 1) / LB, kp = round_up(K, KB);
-#pragma omp parallel num_threads(team_size(threads, N * L * K * O))
+#pragma omp parallel num_threads(team_size(threads, g.N * L * K * O))
   {
-    std::vector<float> xs(kp * LB), gs(O * LB);
+    std::vector<float> xs(kp * LB), gs(O * LB), gc(kp * LB);
 #pragma omp for schedule(static)
-    for (int64_t t = 0; t < N * tiles; ++t) {
-      const int64_t n = t / tiles, l0 = t % tiles * LB, cnt = std::min(LB, L - l0);
-      panel(x + n * K * L, K, kp, L, l0, cnt, xs.data());
-      panel(g + n * O * L, O, O, L, l0, cnt, gs.data());
-      for (int64_t k0 = 0; k0 < K; k0 += KB) {
-        const float* wb = wp.data() + k0 * O;
-        vf xv[KB][2], acc[KB][2] = {};
-        for (int64_t i = 0; i < KB; ++i) {
-          xv[i][0] = load(xs.data() + (k0 + i) * LB);
-          xv[i][1] = load(xs.data() + (k0 + i) * LB + V);
-        }
-        for (int64_t o = 0; o < O; ++o) {
-          const vf g0 = load(gs.data() + o * LB), g1 = load(gs.data() + o * LB + V);
-#pragma GCC unroll 4
+    for (int64_t n = 0; n < g.N; ++n) {
+      float* gxn = gx + n * img;
+      std::fill(gxn, gxn + img, 0.f);
+      for (int64_t t = 0; t < tiles; ++t) {
+        const int64_t l0 = t * LB, cnt = std::min(LB, L - l0);
+        gather(g, x + n * img, l0, cnt, kp, xs.data());
+        panel(gy + n * O * L, O, O, L, l0, cnt, gs.data());
+        for (int64_t k0 = 0; k0 < K; k0 += KB) {
+          const float* wb = wp.data() + k0 * O;
+          vf xv[KB][2], acc[KB][2] = {};
           for (int64_t i = 0; i < KB; ++i) {
-            const float wi = wb[o * KB + i];
-            acc[i][0] += vclamp1(wi - xv[i][0]) * g0;
-            acc[i][1] += vclamp1(wi - xv[i][1]) * g1;
+            xv[i][0] = load(xs.data() + (k0 + i) * LB);
+            xv[i][1] = load(xs.data() + (k0 + i) * LB + V);
+          }
+          for (int64_t o = 0; o < O; ++o) {
+            const vf g0 = load(gs.data() + o * LB), g1 = load(gs.data() + o * LB + V);
+#pragma GCC unroll 4
+            for (int64_t i = 0; i < KB; ++i) {
+              const float wi = wb[o * KB + i];
+              acc[i][0] += vclamp1(wi - xv[i][0]) * g0;
+              acc[i][1] += vclamp1(wi - xv[i][1]) * g1;
+            }
+          }
+          for (int64_t i = 0; i < KB; ++i) {
+            store(gc.data() + (k0 + i) * LB, acc[i][0]);
+            store(gc.data() + (k0 + i) * LB + V, acc[i][1]);
           }
         }
-        for (int64_t i = 0; i < KB && k0 + i < K; ++i) {
-          float out[LB];
-          store(out, acc[i][0]);
-          store(out + V, acc[i][1]);
-          std::memcpy(gx + (n * K + k0 + i) * L + l0, out, cnt * sizeof(float));
-        }
+        for_window(g, l0, cnt, [&](int64_t k, int64_t jj, int64_t px) { gxn[px] += gc[k * LB + jj]; });
       }
     }
   }
@@ -142,32 +184,32 @@ void grad_input(const float* x, const float* w, const float* g, float* gx, int64
 }  // namespace
 
 extern "C" {
-// x (N, K, L), w (O, K) -> y (N, O, L); threads <= 0: OpenMP's default
-void adder_forward(const float* x, const float* w, float* y, int64_t N, int64_t K, int64_t L, int64_t O,
-                   int threads) {
-  forward(x, w, y, N, K, L, O, threads);
+// x (N, C, H, W), w (O, C * kh * kw) -> y (N, O, Ho * Wo); threads <= 0: OpenMP's default
+void adder_forward(const float* x, const float* w, float* y, int64_t N, int64_t C, int64_t H, int64_t W, int64_t kh,
+                   int64_t kw, int64_t stride, int64_t pad, int64_t Ho, int64_t Wo, int64_t O, int threads) {
+  forward(Window{N, C, H, W, kh, kw, stride, pad, Ho, Wo}, x, w, y, O, threads);
 }
 
-// x (N, K, L), w (O, K), g (N, O, L) -> gx (N, K, L)
-void adder_grad_input(const float* x, const float* w, const float* g, float* gx, int64_t N, int64_t K, int64_t L,
+// x, w as above, g (N, O, Ho * Wo) -> gx (N, C, H, W). Parallel over images.
+void adder_grad_input(const float* x, const float* w, const float* g, float* gx, int64_t N, int64_t C, int64_t H,
+                      int64_t W, int64_t kh, int64_t kw, int64_t stride, int64_t pad, int64_t Ho, int64_t Wo,
                       int64_t O, int threads) {
-  grad_input(x, w, g, gx, N, K, L, O, threads);
+  grad_input(Window{N, C, H, W, kh, kw, stride, pad, Ho, Wo}, x, w, g, gx, O, threads);
 }
 
 // MindSpore AOT: inputs x (N, K, L), w (O, K); output y (N, O, L)
 int AdderForward(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void* stream,
                  void* extra) {
-  forward(static_cast<const float*>(params[0]), static_cast<const float*>(params[1]), static_cast<float*>(params[2]),
-          shapes[0][0], shapes[0][1], shapes[0][2], shapes[1][0], 0);
+  forward(matrix_window(shapes[0]), static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
+          static_cast<float*>(params[2]), shapes[1][0], 0);
   return 0;
 }
 
 // MindSpore AOT: inputs x (N, K, L), w (O, K), g (N, O, L); output gx (N, K, L)
 int AdderGradInput(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void* stream,
                    void* extra) {
-  grad_input(static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
-             static_cast<const float*>(params[2]), static_cast<float*>(params[3]), shapes[0][0], shapes[0][1],
-             shapes[0][2], shapes[1][0], 0);
+  grad_input(matrix_window(shapes[0]), static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
+             static_cast<const float*>(params[2]), static_cast<float*>(params[3]), shapes[1][0], 0);
   return 0;
 }
 }
