@@ -92,7 +92,7 @@ std::vector<float> pack(const float* w, int64_t O, int64_t K, int64_t bs, bool a
 
 // Small calls run on one thread (like torch's grain size): waking a team costs more than they take, and far
 // more on a loaded machine, where a barrier waits for a descheduled thread.
-constexpr int64_t SERIAL_WORK = 1 << 21;   // adder operations (positions x K x O)
+constexpr int64_t SERIAL_WORK = 1 << 24;   // adder operations (positions x K x O): about 2 ms on one core
 
 int team_size(int threads, int64_t work) {
 #ifdef _OPENMP
