@@ -181,6 +181,94 @@ def bench_convert(name: str, workdir: Path) -> dict:
     return row
 
 
+ADDER_SHAPES = {   # name: (batch, in channels, out channels, image size, kernel, stride)
+    "r20_16ch_3x3@32": (32, 16, 16, 32, 3, 1),
+    "r20_32ch_3x3@16": (32, 32, 32, 16, 3, 1),
+    "r20_64ch_3x3@8": (32, 64, 64, 8, 3, 1),
+    "r50_l1_3x3_64@56": (8, 64, 64, 56, 3, 1),
+    "r50_l1_1x1_64-256@56": (8, 64, 256, 56, 1, 1),
+    "r50_l3_3x3_256@14": (8, 256, 256, 14, 3, 1),
+    "r50_l4_3x3_512@7": (8, 512, 512, 7, 3, 1),
+}
+
+
+def bench_adder(name: str, repeats: int, warmup: int) -> dict:
+    """Adder2d vs Conv2d of the same shape: forward and forward+backward (input and weight gradients),
+    torch eager and MindSpore GRAPH_MODE."""
+    import ms_models.adder as ms_adder
+    import torch_ref.adder as t_adder
+    batch, cin, cout, size, k, stride = ADDER_SHAPES[name]
+    pad = k // 2
+    r = np.random.RandomState(0)
+    x = r.randn(batch, cin, size, size).astype(np.float32)
+    w = r.randn(cout, cin, k, k).astype(np.float32)
+    row = {"shape": name, "macs": batch * cout * cin * k * k * ((size + 2 * pad - k) // stride + 1) ** 2}
+    tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+    t_layers = {"adder": lambda xx, ww: t_adder.adder2d(xx, ww, stride, pad),
+                "conv": lambda xx, ww: torch.nn.functional.conv2d(xx, ww, None, stride, pad)}
+    for kind, fn in t_layers.items():
+        with torch.no_grad():
+            row[f"torch_{kind}_fwd"] = median_time(lambda: fn(tx, tw), repeats, warmup)
+        xg, wg = tx.clone().requires_grad_(), tw.clone().requires_grad_()
+        g = torch.ones_like(fn(tx, tw))
+
+        def step():
+            fn(xg, wg).backward(g)
+            xg.grad = wg.grad = None
+        row[f"torch_{kind}_fwdbwd"] = median_time(step, repeats, warmup)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    mx = ms.Tensor(x)
+    adder = ms_adder.Adder2d(cin, cout, k, stride, pad)
+    conv = ms.nn.Conv2d(cin, cout, k, stride, pad_mode="pad", padding=pad, has_bias=False)
+    for kind, cell in (("adder", adder), ("conv", conv)):
+        cell.trainable_params()[0].set_data(ms.Tensor(w))
+        row[f"ms_{kind}_fwd"] = median_time(lambda: cell(mx).asnumpy(), repeats, warmup)
+        grad = ms.jit(ms.grad(cell, 0, cell.trainable_params()))
+        row[f"ms_{kind}_fwdbwd"] = median_time(lambda: grad(mx)[0].asnumpy(), repeats, warmup)
+    for fw in ("torch", "ms"):
+        for step in ("fwd", "fwdbwd"):
+            row[f"{fw}_{step}_ratio"] = row[f"{fw}_adder_{step}"] / row[f"{fw}_conv_{step}"]
+    return row
+
+
+def adder_peak_memory(framework: str, batch: int = 8, size: int = 224) -> tuple[float, float]:
+    """(seconds, peak RSS above the after-import baseline in bytes) of one eval forward of adder ResNet-50
+    in a fresh process (``_peak_rss_child``); MindSpore in GRAPH_MODE."""
+    if framework == "torch":
+        code = (f"import torch_ref\nm = torch_ref.create_model('adder_resnet50').eval()\n"
+                f"x = torch.randn({batch}, 3, {size}, {size})\nwith torch.no_grad():\n    m(x)")
+    else:
+        code = (f"import ms_models, numpy as np\nmindspore.set_context(mode=mindspore.GRAPH_MODE)\n"
+                f"m = ms_models.create_model('adder_resnet50')\nm.set_train(False)\n"
+                f"m(mindspore.Tensor(np.random.randn({batch}, 3, {size}, {size}).astype(np.float32))).asnumpy()")
+    t, base, peak = _peak_rss_child(code)
+    return t, peak - base
+
+
+def run_adder(args) -> list[dict]:
+    rows = []
+    if args.adder is not None:
+        print("Adder2d vs Conv2d (same shape, stride 1, 'same' padding): median ms; ratio = adder / conv; "
+              "fwd+bwd = input and weight gradients; MindSpore GRAPH_MODE")
+        cols = [(fw, st) for fw in ("torch", "ms") for st in ("fwd", "fwdbwd")]
+        head = f"{'':<28}" + "".join(f"{fw + ' ' + st.replace('fwdbwd', 'fwd+bwd'):^24}" for fw, st in cols)
+        sub = f"{'shape':<22}{'GMAC':>6}" + f"{'adder':>8}{'conv':>8}{'ratio':>8}" * len(cols)
+        print(head + "\n" + sub + "\n" + "-" * len(sub))
+        for name in args.adder or list(ADDER_SHAPES):
+            r = bench_adder(name, args.repeats, args.warmup)
+            rows.append(r)
+            cells = "".join(f"{r[f'{fw}_adder_{st}'] * 1e3:>8.1f}{r[f'{fw}_conv_{st}'] * 1e3:>8.1f}"
+                            f"{r[f'{fw}_{st}_ratio']:>8.2f}" for fw, st in cols)
+            print(f"{name:<22}{r['macs'] / 1e9:>6.2f}{cells}", flush=True)
+    if args.adder_memory:
+        for fw in ("torch", "mindspore"):
+            t, above = adder_peak_memory(fw)
+            rows.append({"adder_resnet50_forward": fw, "seconds": t, "peak_above_base": above})
+            print(f"adder_resnet50 forward, batch 8 at 224, {fw}: {t:.1f} s, peak RSS {above / 2 ** 30:.2f} GiB "
+                  f"above the after-import baseline", flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=["vanillanet_5"])
@@ -197,9 +285,18 @@ def main(argv=None) -> int:
                    help="also benchmark torch2ms on these models' train-form checkpoints "
                         "(no name: vanillanet_13_x1_5)")
     p.add_argument("--workdir", default=None, help="where --convert writes its checkpoints (default: a temp dir)")
+    p.add_argument("--adder", nargs="*", default=None, metavar="SHAPE", choices=list(ADDER_SHAPES),
+                   help="instead: Adder2d vs Conv2d layer timings (no name: all of " + ", ".join(ADDER_SHAPES) + ")")
+    p.add_argument("--adder-memory", action="store_true",
+                   help="instead: peak memory of an adder ResNet-50 forward, batch 8 at 224, both frameworks")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.adder is not None or args.adder_memory:
+        rows = run_adder(args)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+        return 0
     for name in args.models:
         check_input_size(get_model_cfg(name), args.size)
     peak = matmul_peak(args.threads)
