@@ -11,7 +11,7 @@ import math
 from typing import Sequence
 
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import Tensor, nn, ops
 from mindspore.common.initializer import HeNormal, HeUniform, Normal
 
 from specs.adabin import temperature
@@ -42,16 +42,20 @@ def _freeze(cell: nn.Cell) -> None:
 
 class ShortcutA(nn.Cell):
     """Option-A shortcut of the CIFAR ResNet-20: stride-2 subsampling, ``pad`` zero channels on both sides.
-    ``x[:, :, ::2, ::2]`` is taken by a 1x1 max pool of stride 2 (same values): the gradient of the strided
-    slice fails on the 2.8.0 CPU backend ("StridedSliceGrad ... input memory out of bounds")."""
+    ``x[:, :, ::2, ::2]`` is taken by two gathers with static indices and the channel padding is a concat of
+    zeros (same values): on the 2.8.0 CPU backend the strided slice's gradient fails ("StridedSliceGrad ...
+    input memory out of bounds"), and with ``ops.pad`` every GRAPH_MODE run of a compiled gradient after the
+    first returned wrong gradients upstream of the shortcut."""
 
     def __init__(self, pad: int):
         super().__init__()
         self.pad = pad
-        self.subsample = nn.MaxPool2d(kernel_size=1, stride=2)
 
     def construct(self, x):
-        return ops.pad(self.subsample(x), (0, 0, 0, 0, self.pad, self.pad))
+        x = ops.gather(x, Tensor(tuple(range(0, x.shape[2], 2)), ms.int32), 2)
+        x = ops.gather(x, Tensor(tuple(range(0, x.shape[3], 2)), ms.int32), 3)
+        zeros = ops.zeros((x.shape[0], self.pad, x.shape[2], x.shape[3]), x.dtype)
+        return ops.concat((zeros, x, zeros), 1)
 
 
 class BasicBlock(nn.Cell):
