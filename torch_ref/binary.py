@@ -55,6 +55,12 @@ class BinaryActivation(nn.Module):
         self.alpha_a = nn.Parameter(torch.tensor(1.0))
         self.beta_a = nn.Parameter(torch.tensor(0.0))
 
+    @torch.no_grad()
+    def draw_test_values(self, g: torch.Generator) -> None:
+        """Trained-like test values (``torch_ref.testing``): alpha in [0.5, 1.5), beta ~ N(0, 0.1^2)."""
+        self.alpha_a.copy_(torch.rand((), generator=g) + 0.5)
+        self.beta_a.copy_(torch.randn((), generator=g) * 0.1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.alpha_a * (approx_sign((x - self.beta_a) / self.alpha_a) + self.beta_a)
 
@@ -66,6 +72,12 @@ class Maxout(nn.Module):
         super().__init__()
         self.neg_scale = nn.Parameter(neg_init * torch.ones(channels))
         self.pos_scale = nn.Parameter(pos_init * torch.ones(channels))
+
+    @torch.no_grad()
+    def draw_test_values(self, g: torch.Generator) -> None:
+        """Trained-like test values (``torch_ref.testing``): positive slopes in [0.5, 1.5), negative in [0, 0.5)."""
+        self.pos_scale.copy_(torch.rand(self.pos_scale.shape, generator=g) + 0.5)
+        self.neg_scale.copy_(torch.rand(self.neg_scale.shape, generator=g) * 0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pos_scale.view(1, -1, 1, 1) * F.relu(x) - self.neg_scale.view(1, -1, 1, 1) * F.relu(-x)
