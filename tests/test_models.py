@@ -160,7 +160,8 @@ def test_mindspore_gradients_equal_torch(name, pynative_mode):
     saturates on these logits and cancels catastrophically), with BN in eval mode (training-mode BN on a
     batch of 2 at the small test size normalises over as few as 8 values per channel). Even so a float32
     max-pool or ReLU decision can flip against float64, so the reference is torch float64 and MindSpore
-    float32 must be as close to it as torch float32 is (4x, or 1e-5 of the tensor's scale), plus 1e-6 of
+    float32 must be as close to it as torch float32 is (4x, or 1e-5 of the tensor's scale, 1e-4 for 0-D
+    parameters), plus 1e-6 of
     the largest gradient for tensors whose exact gradient is zero. Train mode must run and give torch's
     cross-entropy loss (without dropout: the frameworks draw different masks). Graph models use torch
     float32's neighbour indices in all three (``_shared_graph``).
@@ -184,7 +185,10 @@ def test_mindspore_gradients_equal_torch(name, pynative_mode):
     assert len(grads) == len(grads_t[torch.float64])
     for p, g in zip(params, grads):
         ref, t32 = grads_t[torch.float64][to_torch[p.name]], grads_t[torch.float32][to_torch[p.name]]
-        bound = max(4 * np.abs(t32 - ref).max(), 1e-5 * np.abs(ref).max()) + floor
+        # a 0-D parameter's gradient is one reduction over the whole batch (AdaBin's binary-activation
+        # scalars, ~1e4 terms that cancel): the project's float32 rule, 1e-4 of its scale (observed 4.7e-5)
+        rel = 1e-4 if ref.ndim == 0 else 1e-5
+        bound = max(4 * np.abs(t32 - ref).max(), rel * np.abs(ref).max()) + floor
         assert np.abs(g.asnumpy() - ref).max() <= bound, p.name
     mm.set_train(True)
     graph_t, graph_m = _shared_graph(torch_with_state(name).train(), x)     # batch-statistics BN: its own graph
