@@ -1,6 +1,6 @@
 """Reading and writing checkpoint files as ``{name: numpy array}``, safely and atomically.
 
-Reads ``.pth``/``.pth.tar``/``.pt``/``.bin`` (``torch.load(weights_only=True)``: never unpickles code),
+Reads ``.pth``/``.pth.tar``/``.pt``/``.th``/``.bin`` (``torch.load(weights_only=True)``: never unpickles code),
 ``.safetensors`` and MindSpore ``.ckpt``; unwraps the containers the official repositories use. Writes to a
 temporary file in the destination folder and renames it, so an error or Ctrl-C leaves nothing half-written.
 """
@@ -21,7 +21,7 @@ from specs.errors import CheckpointError
 # Checked in this order, like timm's ``load_state_dict(use_ema=True)`` (EMA weights are the released ones).
 CONTAINER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
 DROPPED_SUFFIXES = ("total_ops", "total_params")      # thop profiling buffers
-TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".tar")
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".tar", ".th")   # .th: AdaBin's official model.th
 
 _ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.float64): "F64",
               np.dtype(np.int64): "I64", np.dtype(np.int32): "I32", np.dtype(np.int8): "I8",
@@ -37,7 +37,7 @@ def file_format(path: str | os.PathLike) -> str:
         return "ckpt"
     if name.endswith(TORCH_SUFFIXES):
         return "torch"
-    raise CheckpointError(f"{path}: unknown checkpoint extension (use .pth, .pth.tar, .pt, .bin, "
+    raise CheckpointError(f"{path}: unknown checkpoint extension (use .pth, .pth.tar, .pt, .th, .bin, "
                           f".safetensors or .ckpt)")
 
 

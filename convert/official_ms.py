@@ -5,6 +5,11 @@ mindspore-ai/models ``research/cv/ghostnetv2/src/ghostnetv2.py`` has a flat ``bl
 plus ``blocks.16`` (the final ConvUnit), and ``ConvUnit`` children ``conv``/``bn``. That network upsamples
 the DFC gate bilinearly (align_corners): load the result into a model built with ``dfc_upsample='bilinear'``
 to reproduce it. Its ``ceil`` channel rounding equals the PyTorch rounding at width 1.0 only.
+
+AdaBin: the CIFAR-10 ResNet-20 of mindspore-ai/models ``research/cv/AdaBin/src/resnet.py`` (checkpoint
+``adabin_ascend_v180_cifar10_research_cv_acc88.15.ckpt``) has our names; its ``Maxout`` parameters are shaped
+(1, C, 1, 1) and are flattened to our (C,). The estimator temperatures ``t``/``k`` it lacks are filled with
+their initial values by the strict loader (MindSpore-only state).
 """
 from __future__ import annotations
 
@@ -56,7 +61,23 @@ def _ghostnetv2_name(key: str) -> str | None:
     return None
 
 
-_FAMILIES: dict[str, Callable[[str], str | None]] = {"ghostnetv2": _ghostnetv2_name}
+_ADABIN = re.compile(rf"^(conv1\.weight|bn[12]\.{_BN}|nonlinear1\.(neg|pos)_scale|linear\.(weight|bias)|"
+                     rf"layer\d\.\d+\.(conv[12]\.(weight|binary_a\.(alpha_a|beta_a))|bn[12]\.{_BN}|"
+                     r"nonlinear[12]\.(neg|pos)_scale))$")
+
+
+def _adabin_name(key: str) -> str | None:
+    return key if _ADABIN.match(key) else None
+
+
+def _adabin_value(key: str, value: np.ndarray) -> np.ndarray:
+    """(1, C, 1, 1) ``Maxout`` scales -> (C,)."""
+    return value.reshape(-1) if key.endswith(("neg_scale", "pos_scale")) else value
+
+
+_FAMILIES: dict[str, Callable[[str], str | None]] = {"ghostnetv2": _ghostnetv2_name, "adabin": _adabin_name}
+# per-family value transforms applied after the rename (layout differences beyond names)
+_VALUES: dict[str, Callable[[str, np.ndarray], np.ndarray]] = {"adabin": _adabin_value}
 
 
 def official_ms_to_ours(name: str, state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -69,6 +90,7 @@ def official_ms_to_ours(name: str, state: Mapping[str, np.ndarray]) -> dict[str,
     if family not in _FAMILIES:
         raise CheckpointError(f"{name}: no official MindSpore checkpoint layout is declared for {family}")
     rename, out, unknown = _FAMILIES[family], {}, []
+    fix = _VALUES.get(family, lambda _k, v: v)
     for key, value in state.items():
         if TRAINING_STATE.match(key):
             continue
@@ -76,7 +98,7 @@ def official_ms_to_ours(name: str, state: Mapping[str, np.ndarray]) -> dict[str,
         if new is None:
             unknown.append(key)
         else:
-            out[new] = value
+            out[new] = fix(new, value)
     if unknown:
         more = f" (+{len(unknown) - 3} more)" if len(unknown) > 3 else ""
         raise CheckpointError(f"{name}: not an official MindSpore {family} checkpoint: unknown name(s) "

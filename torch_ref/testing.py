@@ -21,6 +21,9 @@ def deterministic_weights(model: nn.Module, seed: int = 0, input_size: int = 64,
             if m in bns:
                 continue
             p.copy_(torch.randn(p.shape, generator=g) * 0.02 if p.dim() > 1 else torch.randn(p.shape, generator=g) * 0.01)
+    for m in model.modules():            # layers whose scalars act as scales/thresholds draw their own values
+        if hasattr(m, "draw_test_values"):
+            m.draw_test_values(g)
     for bn in bns:
         bn.weight.copy_(torch.rand(bn.weight.shape, generator=g) + 0.5)
         bn.bias.copy_(torch.randn(bn.bias.shape, generator=g) * 0.1)
