@@ -16,15 +16,6 @@ HEAVY_PARAMS = 100e6
 HEAVY_FLOPS = 10e9      # forward FLOPs of the test batch (2 images at the cfg's test_input_size)
 
 
-# Built-only in the registry tests for CI time although under the bounds below: every layer of them runs in a
-# smaller tested variant of the same family, and their binary layers cost ~20 element-wise ops per conv.
-BUILD_ONLY = {
-    "adabin_resnet34": "same code as adabin_resnet18 with (3, 4, 6, 3) blocks",
-    "adabin_resnet18_cifar": "blocks of adabin_resnet20_cifar; its 1x1-conv shortcut is checked against the "
-                             "official code in both frameworks by test_adabin.py (reduced width)",
-}
-
-
 @functools.lru_cache(maxsize=None)
 def _layer_types(name: str) -> tuple[frozenset, int]:
     """The module types ``name`` is made of, and its parameter count (train form, built on the meta device)."""
@@ -55,8 +46,6 @@ def is_heavy(name: str) -> bool:
     against the official ones only (built on the meta device). The FLOP bound matters for models whose smallest input is large (ViG-B at 144, PViG-M/B at 224:
     the kNN needs k*dilation nodes); every VanillaNet below 100 M parameters stays under it (<= 6.6 GFLOP),
     and the smaller variants of the same families run the backward tests through the same code."""
-    if name in BUILD_ONLY:
-        return True
     from torch.utils.flop_counter import FlopCounterMode
     with torch.device("meta"):
         model = torch_ref.create_model(name).eval()

@@ -1,8 +1,7 @@
 """Registry-driven tests: every registered model, both frameworks, no per-model test code (like timm's).
 
 Models over 100 M parameters or 10 GFLOP per test batch (``helpers.is_heavy``: vanillanet_13 and the x1.5
-pair, ViG-B, PViG-S/M/B) and those in ``helpers.BUILD_ONLY`` (AdaBin ResNet-34 and CIFAR ResNet-18) are built
-only, for CI time (the suite must stay under 15 minutes on 2 cores):
+pair, ViG-B, PViG-S/M/B) are built only, for CI time (the suite must stay under 15 minutes on 2 cores):
 their cfg and their state_dict keys and shapes against the official code's are checked; forward, parity,
 backward and round-trip tests run on every other model at the cfg's small ``test_input_size``, and the
 heavy variants share all their code with a tested smaller variant of the same family. The gradient test
