@@ -1,13 +1,14 @@
 """Compiled CPU kernels used as MindSpore AOT custom ops, with a clean fallback to native ops.
 
 MindSpore 2.8's CPU depthwise convolution is 3-20x slower than PyTorch's (measured for VanillaNet's 7x7
-activation: 512 channels at 56x56, batch 8: 250 ms vs 62 ms). ``csrc/relu_dwconv.cc`` implements
-``depthwise_conv(relu(x), w) (+ b)`` and both gradients; it is compiled with the system C++ compiler on
-first use into a per-user cache and loaded through ``ops.Custom(func_type="aot")``.
+activation: 512 channels at 56x56, batch 8: 250 ms vs 62 ms). ``csrc/dwconv.cc`` implements
+``depthwise_conv(act(x), w) (+ b)`` (any kernel, stride and zero padding, ``act`` = relu or identity) and both
+gradients; it is compiled with the system C++ compiler on first use into a per-user cache and loaded through
+``ops.Custom(func_type="aot")``.
 
 Used only on the CPU backend with float32 inputs (Ascend and GPU keep MindSpore's native kernels), and
 never if ``MS_MODELS_NATIVE_KERNELS=1`` is set, the compiler is missing or the build fails: callers get
-``None`` and use native ops. ``tests/test_kernels.py`` checks the kernels against the native path.
+``None`` and use native ops. ``tests/test_kernels.py`` checks the kernels against PyTorch and the native path.
 """
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ import tempfile
 from pathlib import Path
 
 import mindspore as ms
-from mindspore import ops
+import numpy as np
+from mindspore import Tensor, nn, ops
 
-_SRC = Path(__file__).parent / "csrc" / "relu_dwconv.cc"
+_SRC = Path(__file__).parent / "csrc" / "dwconv.cc"
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 
 
@@ -51,7 +53,7 @@ def library() -> str | None:
     if cxx is None:
         return None
     digest = hashlib.sha256(_SRC.read_bytes() + " ".join(_FLAGS).encode() + _cpu_id()).hexdigest()[:16]
-    out = _cache_dir() / f"relu_dwconv-{digest}.so"
+    out = _cache_dir() / f"dwconv-{digest}.so"
     if not out.exists():
         tmp = None
         try:
@@ -68,26 +70,53 @@ def library() -> str | None:
     return str(out)
 
 
-def _same(x, *_):
-    return x
-
-
 @functools.lru_cache(maxsize=None)
-def relu_dwconv(has_bias: bool):
-    """``depthwise_conv_KxK(relu(x), w) (+ b)`` (stride 1, padding K//2) as a differentiable custom op,
-    or None where the compiled kernels cannot be used."""
+def _ops(stride: tuple[int, int], padding: tuple[int, int, int, int], has_bias: bool):
+    """The forward custom op (output shape from ``stride`` and ``padding``) with its bprop."""
     lib = library()
-    if lib is None:
-        return None
-    grad_input = ops.Custom(f"{lib}:ReluDwConvGradInput", out_shape=_same, out_dtype=_same, func_type="aot")
-    grad_weight = ops.Custom(f"{lib}:ReluDwConvGradWeight", out_shape=lambda x, dy, w: w,
-                             out_dtype=lambda x, dy, w: w, func_type="aot")
+    grad_input = ops.Custom(f"{lib}:DwConvGradInput", out_shape=lambda x, w, dy, cfg: x,
+                            out_dtype=lambda x, w, dy, cfg: x, func_type="aot")
+    grad_weight = ops.Custom(f"{lib}:DwConvGradWeight", out_shape=lambda x, dy, w, cfg: w,
+                             out_dtype=lambda x, dy, w, cfg: w, func_type="aot")
+    (top, bottom, left, right), (sh, sw) = padding, stride
+
+    def out_shape(x, w, *_):
+        return [x[0], x[1], (x[2] + top + bottom - w[2]) // sh + 1, (x[3] + left + right - w[3]) // sw + 1]
 
     if has_bias:
-        def bprop(x, w, b, out, dout):
-            return grad_input(x, w, dout), grad_weight(x, dout, w), dout.sum(axis=(0, 2, 3))
+        def bprop(x, w, b, cfg, out, dout):
+            return (grad_input(x, w, dout, cfg), grad_weight(x, dout, w, cfg), dout.sum(axis=(0, 2, 3)),
+                    ops.zeros_like(cfg))
     else:
-        def bprop(x, w, out, dout):
-            return grad_input(x, w, dout), grad_weight(x, dout, w)
-    return ops.Custom(f"{lib}:ReluDwConv", out_shape=_same, out_dtype=_same, func_type="aot", bprop=bprop)
+        def bprop(x, w, cfg, out, dout):
+            return grad_input(x, w, dout, cfg), grad_weight(x, dout, w, cfg), ops.zeros_like(cfg)
+    return ops.Custom(f"{lib}:DwConv", out_shape=out_shape, out_dtype=lambda x, *_: x, func_type="aot",
+                      bprop=bprop)
 
+
+class DepthwiseConv(nn.Cell):
+    """``depthwise_conv(act(x), w) (+ b)`` with a fixed geometry, differentiable in ``x``, ``w`` and ``b``:
+    called as ``op(x, w)`` or ``op(x, w, b)`` with ``w`` of shape ``(C, 1, KH, KW)``."""
+
+    def __init__(self, stride: tuple[int, int], padding: tuple[int, int, int, int], relu: bool, has_bias: bool):
+        super().__init__()
+        self.has_bias = has_bias
+        self.op = _ops(stride, padding, has_bias)
+        self.cfg = Tensor(np.array([*stride, padding[0], padding[2], int(relu)], np.int32))
+
+    def construct(self, x, w, b=None):
+        if self.has_bias:
+            return self.op(x, w, b, self.cfg)
+        return self.op(x, w, self.cfg)
+
+
+def depthwise_conv(stride: int | tuple[int, int] = 1, padding: int | tuple[int, int, int, int] = 0,
+                   relu: bool = False, has_bias: bool = False) -> DepthwiseConv | None:
+    """The compiled ``depthwise_conv(act(x), w) (+ b)`` for this stride and zero padding (an int, or
+    ``(top, bottom, left, right)``), ``act`` = relu if ``relu``; None where the compiled kernels cannot be
+    used (callers then run native ops)."""
+    if library() is None:
+        return None
+    stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    padding = (padding,) * 4 if isinstance(padding, int) else tuple(padding)
+    return DepthwiseConv(stride, padding, relu, has_bias)

@@ -20,7 +20,7 @@ from specs.fusion import fold_bn, merge_1x1
 from specs.vanillanet import ACT_NUM, BN_EPS
 
 from ._registry import registry
-from .kernels import relu_dwconv
+from .kernels import depthwise_conv
 from .layers import (AdaptiveMaxPool2d, GlobalAvgPool, Identity, batch_norm, bn_arrays, conv2d, conv_arrays, conv_bn, fused_conv,
                      leaky_relu, refresh_graph, scalar_param, trunc_normal)
 
@@ -37,7 +37,7 @@ class Activation(nn.Cell):
         self.conv = ops.Conv2D(out_channel=dim, kernel_size=(k, k), mode=1, pad_mode="pad", pad=(act_num,) * 4,
                                group=dim)
         self.relu = nn.ReLU()
-        self.fused = relu_dwconv(has_bias=deploy)     # compiled CPU kernel, or None: native ops
+        self.fused = depthwise_conv(1, act_num, relu=True, has_bias=deploy)   # compiled CPU kernel, or None
         if deploy:
             self.bias = Parameter(ops.zeros(dim, ms.float32), name="bias")
         else:
@@ -58,7 +58,7 @@ class Activation(nn.Cell):
         self.weight.set_data(Tensor(w))
         self.bias = Parameter(Tensor(b), name="bias")
         del self.bn
-        self.fused = relu_dwconv(has_bias=True)
+        self.fused = depthwise_conv(1, self.act_num, relu=True, has_bias=True)
         self.deploy = True
 
 
