@@ -1,4 +1,5 @@
-"""The compiled relu + depthwise-conv kernel (``ms_models/kernels.py``) against PyTorch and the native path."""
+"""The compiled depthwise-conv kernel (``ms_models/kernels.py``) against PyTorch and the native path: VanillaNet's
+relu + 7x7 activation and the GhostNetV2 geometries (3x3 / 5x5 stride 2, (1, 5) / (5, 1) ``same``)."""
 from __future__ import annotations
 
 import mindspore as ms
@@ -6,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+import ms_models
 from ms_models import kernels
+from ms_models.layers import DepthwiseConv2d, torch_init_conv2d
 from ms_models.vanillanet import Activation
 
 
@@ -70,14 +73,95 @@ def test_falls_back_to_native_ops(monkeypatch, graph_mode):
     ref = fast(x).asnumpy()
     monkeypatch.setenv("MS_MODELS_NATIVE_KERNELS", "1")
     kernels.library.cache_clear()
-    kernels.relu_dwconv.cache_clear()
     try:
         slow = Activation(8)
-        assert slow.fused is None
+        assert slow.fused is None and torch_init_conv2d(8, 8, 3, group=8).fused is None
         slow.weight.set_data(fast.weight)
         slow.set_train(False)
         assert np.abs(slow(x).asnumpy() - ref).max() <= 1e-5 * np.abs(ref).max()
     finally:
         monkeypatch.delenv("MS_MODELS_NATIVE_KERNELS")
         kernels.library.cache_clear()
-        kernels.relu_dwconv.cache_clear()
+
+
+class Projected(ms.nn.Cell):
+    """``sum(op(x, w[, b]) * proj)`` for the bare kernel."""
+
+    def __init__(self, op, proj, bias):
+        super().__init__()
+        self.op, self.proj, self.bias = op, proj, bias
+
+    def construct(self, x, w, b):
+        y = self.op(x, w, b) if self.bias else self.op(x, w)
+        return (y * self.proj).sum()
+
+
+def _check_against_torch(x, w, b, proj, y, grads, stride, padding, relu):
+    """``y`` and ``grads`` (of ``sum(y * proj)`` w.r.t. x, w[, b]) against torch's conv2d, to 1e-5 of scale."""
+    xt, wt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(w).requires_grad_()
+    bt = None if b is None else torch.from_numpy(b).requires_grad_()
+    top, bottom, left, right = padding
+    xi = torch.nn.functional.pad(torch.relu(xt) if relu else xt, (left, right, top, bottom))
+    yt = torch.nn.functional.conv2d(xi, wt, bt, stride=stride, groups=x.shape[1])
+    (yt * torch.from_numpy(proj)).sum().backward()
+    for got, ref in zip((y, *grads), (yt, xt.grad, wt.grad) + (() if b is None else (bt.grad,))):
+        ref = ref.detach().numpy()
+        assert got.shape == ref.shape
+        assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+# (x shape, kernel, stride, (top, bottom, left, right), relu, bias): stride 2 with even and odd sizes, one-sided
+# padding, the DFC (1, 5) / (5, 1) kernels, channels not a multiple of the kernel's 8 lanes
+GEOMETRIES = [((2, 12, 9, 10), (3, 3), 2, (1, 1, 1, 1), False, False),
+              ((2, 10, 8, 7), (5, 5), 2, (2, 2, 2, 2), True, True),
+              ((1, 9, 7, 7), (3, 3), 2, (0, 1, 0, 1), True, False),
+              ((3, 13, 5, 6), (1, 5), 1, (0, 0, 2, 2), False, True),
+              ((1, 17, 6, 3), (5, 1), 1, (2, 2, 0, 0), False, False)]
+
+
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
+@pytest.mark.parametrize("shape,kernel,stride,padding,relu,bias", GEOMETRIES)
+def test_generic_kernel_equals_torch(mode, shape, kernel, stride, padding, relu, bias):
+    prev = ms.get_context("mode")
+    ms.set_context(mode=mode)
+    try:
+        rng = np.random.RandomState(0)
+        x = rng.randn(*shape).astype(np.float32)
+        x[0, 0, 0, 0] = 0.0                                   # relu'(0) = 0, as in torch
+        w = rng.randn(shape[1], 1, *kernel).astype(np.float32)
+        b = rng.randn(shape[1]).astype(np.float32) if bias else None
+        op = kernels.depthwise_conv(stride, padding, relu=relu, has_bias=bias)
+        args = [ms.Tensor(a) for a in (x, w, b if bias else np.zeros(1, np.float32))]
+        y = (op(*args) if bias else op(*args[:2])).asnumpy()
+        proj = rng.randn(*y.shape).astype(np.float32)
+        grads = ms.grad(Projected(op, ms.Tensor(proj), bias), (0, 1, 2) if bias else (0, 1))(*args)
+        _check_against_torch(x, w, b, proj, y, [g.asnumpy() for g in grads], stride, padding, relu)
+    finally:
+        ms.set_context(mode=prev)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,pad_mode", [(3, 2, 1, "pad"), ((1, 5), 1, 0, "same")])
+def test_depthwise_conv2d_layer_equals_native(kernel, stride, padding, pad_mode, graph_mode):
+    """The layer GhostNetV2 builds (``torch_init_conv2d`` with group == channels) runs the kernel, with the
+    native ``Conv2d``'s output and gradients (pad_mode ``'same'`` included)."""
+    conv = torch_init_conv2d(10, 10, kernel, stride, padding, group=10, pad_mode=pad_mode)
+    assert isinstance(conv, DepthwiseConv2d) and conv.fused is not None
+    native = ms.nn.Conv2d(10, 10, kernel, stride=stride, pad_mode=pad_mode, padding=padding, group=10,
+                          has_bias=False, weight_init=conv.weight.data)
+    x = ms.Tensor(np.random.RandomState(2).randn(2, 10, 9, 8).astype(np.float32))
+    outs = []
+    for layer in (conv, native):
+        proj = np.random.RandomState(3).randn(*layer(x).shape).astype(np.float32)
+        gx, (gw,) = ms.grad(ProjectedLoss(layer, ms.Tensor(proj)), 0, layer.trainable_params())(x)
+        outs.append((layer(x).asnumpy(), gx.asnumpy(), gw.asnumpy()))
+    for got, ref in zip(*outs):
+        assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_ghostnetv2_depthwise_convs_all_run_the_kernel():
+    import torch_ref
+    n_torch = sum(m.groups > 1 for m in torch_ref.create_model("ghostnetv2_100").modules()
+                  if isinstance(m, torch.nn.Conv2d))
+    dw = [c for _, c in ms_models.create_model("ghostnetv2_100").cells_and_names()
+          if isinstance(c, ms.nn.Conv2d) and c.group > 1]
+    assert len(dw) == n_torch > 0 and all(isinstance(c, DepthwiseConv2d) and c.fused is not None for c in dw)
