@@ -23,7 +23,7 @@ from pathlib import Path
 
 import mindspore as ms
 import numpy as np
-from mindspore import Tensor, nn, ops
+from mindspore import Tensor, ops
 
 _SRC = Path(__file__).parent / "csrc" / "dwconv.cc"
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
@@ -90,33 +90,32 @@ def _ops(stride: tuple[int, int], padding: tuple[int, int, int, int], has_bias: 
     else:
         def bprop(x, w, cfg, out, dout):
             return grad_input(x, w, dout, cfg), grad_weight(x, dout, w, cfg), ops.zeros_like(cfg)
-    return ops.Custom(f"{lib}:DwConv", out_shape=out_shape, out_dtype=lambda x, *_: x, func_type="aot",
-                      bprop=bprop)
-
-
-class DepthwiseConv(nn.Cell):
-    """``depthwise_conv(act(x), w) (+ b)`` with a fixed geometry, differentiable in ``x``, ``w`` and ``b``:
-    called as ``op(x, w)`` or ``op(x, w, b)`` with ``w`` of shape ``(C, 1, KH, KW)``."""
-
-    def __init__(self, stride: tuple[int, int], padding: tuple[int, int, int, int], relu: bool, has_bias: bool):
-        super().__init__()
-        self.has_bias = has_bias
-        self.op = _ops(stride, padding, has_bias)
-        self.cfg = Tensor(np.array([*stride, padding[0], padding[2], int(relu)], np.int32))
-
-    def construct(self, x, w, b=None):
-        if self.has_bias:
-            return self.op(x, w, b, self.cfg)
-        return self.op(x, w, self.cfg)
+    op = ops.Custom(f"{lib}:DwConv", out_shape=out_shape, out_dtype=lambda x, *_: x, func_type="aot", bprop=bprop)
+    # PyNative caches inferred shapes per primitive attributes and input shapes: keep the geometries apart
+    return op.add_prim_attr("geometry", (*stride, *padding))
 
 
 def depthwise_conv(stride: int | tuple[int, int] = 1, padding: int | tuple[int, int, int, int] = 0,
-                   relu: bool = False, has_bias: bool = False) -> DepthwiseConv | None:
+                   has_bias: bool = False):
     """The compiled ``depthwise_conv(act(x), w) (+ b)`` for this stride and zero padding (an int, or
-    ``(top, bottom, left, right)``), ``act`` = relu if ``relu``; None where the compiled kernels cannot be
-    used (callers then run native ops)."""
+    ``(top, bottom, left, right)``) as a differentiable primitive called as ``op(x, w[, b], cfg)`` with
+    ``w`` of shape ``(C, 1, KH, KW)`` and ``cfg = kernel_cfg(stride, padding, relu)``; None where the compiled
+    kernels cannot be used (callers then run native ops)."""
     if library() is None:
         return None
-    stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
-    padding = (padding,) * 4 if isinstance(padding, int) else tuple(padding)
-    return DepthwiseConv(stride, padding, relu, has_bias)
+    return _ops(_pair(stride), _quad(padding), has_bias)
+
+
+def kernel_cfg(stride: int | tuple[int, int] = 1, padding: int | tuple[int, int, int, int] = 0,
+               relu: bool = False) -> Tensor:
+    """The int32 ``cfg`` input of :func:`depthwise_conv`: ``(SH, SW, top, left, relu)``."""
+    (sh, sw), (top, _, left, _) = _pair(stride), _quad(padding)
+    return Tensor(np.array([sh, sw, top, left, int(relu)], np.int32))
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _quad(v) -> tuple[int, int, int, int]:
+    return (v,) * 4 if isinstance(v, int) else tuple(v)

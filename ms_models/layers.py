@@ -16,7 +16,7 @@ from mindspore.common.initializer import TruncatedNormal, Uniform, initializer
 
 from specs.pooling import adaptive_bins, linear_taps, nearest_indices
 
-from .kernels import depthwise_conv
+from .kernels import depthwise_conv, kernel_cfg
 
 BN_MOMENTUM = 0.9  # == torch momentum 0.1
 
@@ -62,11 +62,15 @@ class DepthwiseConv2d(nn.Conv2d):
         else:
             padding = None
         self.fused = None if padding is None else depthwise_conv(stride, padding, has_bias=self.has_bias)
+        self.fused_cfg = None if self.fused is None else kernel_cfg(stride, padding)
 
     def construct(self, x):
         if self.fused is not None and x.dtype == ms.float32:
-            return self.fused(x, self.weight, self.bias)
-        return super().construct(x)
+            if self.has_bias:
+                return self.fused(x, self.weight, self.bias, self.fused_cfg)
+            return self.fused(x, self.weight, self.fused_cfg)
+        x = self.conv2d(x, self.weight)       # nn.Conv2d's construct (graph mode mis-resolves super() here)
+        return self.bias_add(x, self.bias) if self.has_bias else x
 
 
 def torch_init_dense(in_ch: int, out_ch: int) -> nn.Dense:

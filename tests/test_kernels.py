@@ -87,12 +87,12 @@ def test_falls_back_to_native_ops(monkeypatch, graph_mode):
 class Projected(ms.nn.Cell):
     """``sum(op(x, w[, b]) * proj)`` for the bare kernel."""
 
-    def __init__(self, op, proj, bias):
+    def __init__(self, op, cfg, proj, bias):
         super().__init__()
-        self.op, self.proj, self.bias = op, proj, bias
+        self.op, self.cfg, self.proj, self.bias = op, cfg, proj, bias
 
     def construct(self, x, w, b):
-        y = self.op(x, w, b) if self.bias else self.op(x, w)
+        y = self.op(x, w, b, self.cfg) if self.bias else self.op(x, w, self.cfg)
         return (y * self.proj).sum()
 
 
@@ -130,11 +130,11 @@ def test_generic_kernel_equals_torch(mode, shape, kernel, stride, padding, relu,
         x[0, 0, 0, 0] = 0.0                                   # relu'(0) = 0, as in torch
         w = rng.randn(shape[1], 1, *kernel).astype(np.float32)
         b = rng.randn(shape[1]).astype(np.float32) if bias else None
-        op = kernels.depthwise_conv(stride, padding, relu=relu, has_bias=bias)
+        op, cfg = kernels.depthwise_conv(stride, padding, has_bias=bias), kernels.kernel_cfg(stride, padding, relu)
         args = [ms.Tensor(a) for a in (x, w, b if bias else np.zeros(1, np.float32))]
-        y = (op(*args) if bias else op(*args[:2])).asnumpy()
+        y = (op(*args, cfg) if bias else op(*args[:2], cfg)).asnumpy()
         proj = rng.randn(*y.shape).astype(np.float32)
-        grads = ms.grad(Projected(op, ms.Tensor(proj), bias), (0, 1, 2) if bias else (0, 1))(*args)
+        grads = ms.grad(Projected(op, cfg, ms.Tensor(proj), bias), (0, 1, 2) if bias else (0, 1))(*args)
         _check_against_torch(x, w, b, proj, y, [g.asnumpy() for g in grads], stride, padding, relu)
     finally:
         ms.set_context(mode=prev)
@@ -165,3 +165,11 @@ def test_ghostnetv2_depthwise_convs_all_run_the_kernel():
     dw = [c for _, c in ms_models.create_model("ghostnetv2_100").cells_and_names()
           if isinstance(c, ms.nn.Conv2d) and c.group > 1]
     assert len(dw) == n_torch > 0 and all(isinstance(c, DepthwiseConv2d) and c.fused is not None for c in dw)
+
+
+def test_geometries_on_one_input_keep_their_shapes(pynative_mode):
+    """PyNative caches inferred shapes per primitive: a stride-2 and a stride-1 kernel on the same input."""
+    x = ms.Tensor(np.ones((1, 8, 6, 4), np.float32))
+    w = ms.Tensor(np.ones((8, 1, 3, 3), np.float32))
+    assert kernels.depthwise_conv(2, 1)(x, w, kernels.kernel_cfg(2, 1)).shape == (1, 8, 3, 2)
+    assert kernels.depthwise_conv(1, 1)(x, w, kernels.kernel_cfg(1, 1)).shape == (1, 8, 6, 4)
