@@ -9,10 +9,8 @@ this model and ``dfc_upsample='bilinear'`` reproduces its gate upsampling.
 MindSpore-specific: the DFC gate is upsampled by :func:`ms_models.layers.resize` (explicit index gathers from
 static shapes, equal to PyTorch's legacy nearest rule and ONNX-exportable); the depthwise (1, 5) / (5, 1)
 convs use stride-1 ``pad_mode='same'``, which for odd kernels is PyTorch's symmetric ``(0, 2)`` / ``(2, 0)``
-padding (and avoids the exporter's wrong order for asymmetric 4-tuple paddings). Depthwise convs are
-:class:`ms_models.layers.DepthwiseConv2d` (the compiled CPU kernel of ``ms_models/kernels.py``; MindSpore's own
-CPU depthwise conv made graph mode slower than torch eager). Weights are initialised like PyTorch's defaults
-(the official file has no custom init).
+padding (and avoids the exporter's wrong order for asymmetric 4-tuple paddings). Weights are initialised like
+PyTorch's defaults (the official file has no custom init).
 """
 from __future__ import annotations
 

@@ -16,8 +16,6 @@ from mindspore.common.initializer import TruncatedNormal, Uniform, initializer
 
 from specs.pooling import adaptive_bins, linear_taps, nearest_indices
 
-from .kernels import depthwise_conv, kernel_cfg
-
 BN_MOMENTUM = 0.9  # == torch momentum 0.1
 
 
@@ -31,46 +29,11 @@ def conv2d(in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int =
 def torch_init_conv2d(in_ch: int, out_ch: int, kernel: int | tuple[int, int], stride: int = 1, padding: int = 0,
                       bias: bool = False, group: int = 1, pad_mode: str = "pad") -> nn.Conv2d:
     """``Conv2d`` with PyTorch's default initialisation (weight and bias ``U(+-1/sqrt(fan_in))``, the bound of
-    ``kaiming_uniform_(a=sqrt(5))``); zero padding ``padding`` on all sides, or ``pad_mode='same'``. A
-    depthwise conv (``group == in_ch == out_ch``) is a :class:`DepthwiseConv2d`."""
+    ``kaiming_uniform_(a=sqrt(5))``); zero padding ``padding`` on all sides, or ``pad_mode='same'``."""
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
     bound = 1.0 / math.sqrt(in_ch // group * kh * kw)
-    cls = DepthwiseConv2d if group == in_ch == out_ch else nn.Conv2d
-    return cls(in_ch, out_ch, (kh, kw), stride=stride, pad_mode=pad_mode, padding=padding, group=group,
-               has_bias=bias, weight_init=Uniform(bound), bias_init=Uniform(bound) if bias else "zeros")
-
-
-class DepthwiseConv2d(nn.Conv2d):
-    """``nn.Conv2d`` with ``group == in_channels == out_channels`` (same parameters) that runs the compiled
-    CPU kernel of :mod:`ms_models.kernels` on float32 inputs where it is available, MindSpore's native
-    convolution otherwise and under :func:`export_mode`. Handles ``pad_mode`` ``'pad'``, ``'valid'`` and, at
-    stride 1, ``'same'`` (TensorFlow's split: the extra row/column at the bottom/right); other geometries
-    keep the native kernel."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if not self.group == self.in_channels == self.out_channels or self.dilation != (1, 1):
-            raise ValueError(f"DepthwiseConv2d needs group == in == out channels and no dilation, got "
-                             f"group={self.group}, {self.in_channels} -> {self.out_channels}")
-        (kh, kw), stride = self.kernel_size, self.stride
-        if self.pad_mode == "pad":
-            padding = (self.padding,) * 4 if isinstance(self.padding, int) else self.padding
-        elif self.pad_mode == "valid":
-            padding = (0, 0, 0, 0)
-        elif stride == (1, 1):
-            padding = ((kh - 1) // 2, kh // 2, (kw - 1) // 2, kw // 2)
-        else:
-            padding = None
-        self.fused = None if padding is None else depthwise_conv(stride, padding, has_bias=self.has_bias)
-        self.fused_cfg = None if self.fused is None else kernel_cfg(stride, padding)
-
-    def construct(self, x):
-        if self.fused is not None and x.dtype == ms.float32:
-            if self.has_bias:
-                return self.fused(x, self.weight, self.bias, self.fused_cfg)
-            return self.fused(x, self.weight, self.fused_cfg)
-        x = self.conv2d(x, self.weight)       # nn.Conv2d's construct (graph mode mis-resolves super() here)
-        return self.bias_add(x, self.bias) if self.has_bias else x
+    return nn.Conv2d(in_ch, out_ch, (kh, kw), stride=stride, pad_mode=pad_mode, padding=padding, group=group,
+                     has_bias=bias, weight_init=Uniform(bound), bias_init=Uniform(bound) if bias else "zeros")
 
 
 def torch_init_dense(in_ch: int, out_ch: int) -> nn.Dense:
