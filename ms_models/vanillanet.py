@@ -20,7 +20,7 @@ from specs.fusion import fold_bn, merge_1x1
 from specs.vanillanet import ACT_NUM, BN_EPS
 
 from ._registry import registry
-from .kernels import relu_dwconv
+from .kernels import depthwise_conv, kernel_cfg
 from .layers import (AdaptiveMaxPool2d, GlobalAvgPool, Identity, batch_norm, bn_arrays, conv2d, conv_arrays, conv_bn, fused_conv,
                      leaky_relu, refresh_graph, scalar_param, trunc_normal)
 
@@ -37,7 +37,8 @@ class Activation(nn.Cell):
         self.conv = ops.Conv2D(out_channel=dim, kernel_size=(k, k), mode=1, pad_mode="pad", pad=(act_num,) * 4,
                                group=dim)
         self.relu = nn.ReLU()
-        self.fused = relu_dwconv(has_bias=deploy)     # compiled CPU kernel, or None: native ops
+        self.fused = depthwise_conv(1, act_num, has_bias=deploy)     # compiled CPU kernel, or None: native ops
+        self.fused_cfg = kernel_cfg(1, act_num, relu=True)
         if deploy:
             self.bias = Parameter(ops.zeros(dim, ms.float32), name="bias")
         else:
@@ -46,8 +47,8 @@ class Activation(nn.Cell):
     def construct(self, x):
         if self.fused is not None and x.dtype == ms.float32:
             if self.deploy:
-                return self.fused(x, self.weight, self.bias)
-            return self.bn(self.fused(x, self.weight))
+                return self.fused(x, self.weight, self.bias, self.fused_cfg)
+            return self.bn(self.fused(x, self.weight, self.fused_cfg))
         x = self.conv(self.relu(x), self.weight)
         if self.deploy:
             return ops.bias_add(x, self.bias)
@@ -58,7 +59,7 @@ class Activation(nn.Cell):
         self.weight.set_data(Tensor(w))
         self.bias = Parameter(Tensor(b), name="bias")
         del self.bn
-        self.fused = relu_dwconv(has_bias=True)
+        self.fused = depthwise_conv(1, self.act_num, has_bias=True)
         self.deploy = True
 
 

@@ -1,4 +1,5 @@
-"""The compiled relu + depthwise-conv kernel (``ms_models/kernels.py``) against PyTorch and the native path."""
+"""The compiled depthwise-conv kernel (``ms_models/kernels.py``) against PyTorch and the native path: VanillaNet's
+relu + 7x7 activation and the generic geometries (stride 2, one-sided padding, (1, 5) / (5, 1) kernels)."""
 from __future__ import annotations
 
 import mindspore as ms
@@ -70,7 +71,6 @@ def test_falls_back_to_native_ops(monkeypatch, graph_mode):
     ref = fast(x).asnumpy()
     monkeypatch.setenv("MS_MODELS_NATIVE_KERNELS", "1")
     kernels.library.cache_clear()
-    kernels.relu_dwconv.cache_clear()
     try:
         slow = Activation(8)
         assert slow.fused is None
@@ -80,4 +80,67 @@ def test_falls_back_to_native_ops(monkeypatch, graph_mode):
     finally:
         monkeypatch.delenv("MS_MODELS_NATIVE_KERNELS")
         kernels.library.cache_clear()
-        kernels.relu_dwconv.cache_clear()
+
+
+class Projected(ms.nn.Cell):
+    """``sum(op(x, w[, b]) * proj)`` for the bare kernel."""
+
+    def __init__(self, op, cfg, proj, bias):
+        super().__init__()
+        self.op, self.cfg, self.proj, self.bias = op, cfg, proj, bias
+
+    def construct(self, x, w, b):
+        y = self.op(x, w, b, self.cfg) if self.bias else self.op(x, w, self.cfg)
+        return (y * self.proj).sum()
+
+
+def _check_against_torch(x, w, b, proj, y, grads, stride, padding, relu):
+    """``y`` and ``grads`` (of ``sum(y * proj)`` w.r.t. x, w[, b]) against torch's conv2d, to 1e-5 of scale."""
+    xt, wt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(w).requires_grad_()
+    bt = None if b is None else torch.from_numpy(b).requires_grad_()
+    top, bottom, left, right = padding
+    xi = torch.nn.functional.pad(torch.relu(xt) if relu else xt, (left, right, top, bottom))
+    yt = torch.nn.functional.conv2d(xi, wt, bt, stride=stride, groups=x.shape[1])
+    (yt * torch.from_numpy(proj)).sum().backward()
+    for got, ref in zip((y, *grads), (yt, xt.grad, wt.grad) + (() if b is None else (bt.grad,))):
+        ref = ref.detach().numpy()
+        assert got.shape == ref.shape
+        assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+# (x shape, kernel, stride, (top, bottom, left, right), relu, bias): stride 2 with even and odd sizes, one-sided
+# padding, the DFC (1, 5) / (5, 1) kernels, channels not a multiple of the kernel's 8 lanes
+GEOMETRIES = [((2, 12, 9, 10), (3, 3), 2, (1, 1, 1, 1), False, False),
+              ((2, 10, 8, 7), (5, 5), 2, (2, 2, 2, 2), True, True),
+              ((1, 9, 7, 7), (3, 3), 2, (0, 1, 0, 1), True, False),
+              ((3, 13, 5, 6), (1, 5), 1, (0, 0, 2, 2), False, True),
+              ((1, 17, 6, 3), (5, 1), 1, (2, 2, 0, 0), False, False)]
+
+
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
+@pytest.mark.parametrize("shape,kernel,stride,padding,relu,bias", GEOMETRIES)
+def test_generic_kernel_equals_torch(mode, shape, kernel, stride, padding, relu, bias):
+    prev = ms.get_context("mode")
+    ms.set_context(mode=mode)
+    try:
+        rng = np.random.RandomState(0)
+        x = rng.randn(*shape).astype(np.float32)
+        x[0, 0, 0, 0] = 0.0                                   # relu'(0) = 0, as in torch
+        w = rng.randn(shape[1], 1, *kernel).astype(np.float32)
+        b = rng.randn(shape[1]).astype(np.float32) if bias else None
+        op, cfg = kernels.depthwise_conv(stride, padding, has_bias=bias), kernels.kernel_cfg(stride, padding, relu)
+        args = [ms.Tensor(a) for a in (x, w, b if bias else np.zeros(1, np.float32))]
+        y = (op(*args, cfg) if bias else op(*args[:2], cfg)).asnumpy()
+        proj = rng.randn(*y.shape).astype(np.float32)
+        grads = ms.grad(Projected(op, cfg, ms.Tensor(proj), bias), (0, 1, 2) if bias else (0, 1))(*args)
+        _check_against_torch(x, w, b, proj, y, [g.asnumpy() for g in grads], stride, padding, relu)
+    finally:
+        ms.set_context(mode=prev)
+
+
+def test_geometries_on_one_input_keep_their_shapes(pynative_mode):
+    """PyNative caches inferred shapes per primitive: a stride-2 and a stride-1 kernel on the same input."""
+    x = ms.Tensor(np.ones((1, 8, 6, 4), np.float32))
+    w = ms.Tensor(np.ones((8, 1, 3, 3), np.float32))
+    assert kernels.depthwise_conv(2, 1)(x, w, kernels.kernel_cfg(2, 1)).shape == (1, 8, 3, 2)
+    assert kernels.depthwise_conv(1, 1)(x, w, kernels.kernel_cfg(1, 1)).shape == (1, 8, 6, 4)
