@@ -224,7 +224,7 @@ def test_estimator_gradients_are_not_sign_zero_gradient(mode):
     ref = _np_ste(u.astype(np.float64), float(t), float(k)) * w
     assert np.abs(ut.grad.numpy() - ref).max() <= 1e-5 * np.abs(ref).max()
     ua = torch.tensor(u, requires_grad=True)
-    out_t = torch_binary.approx_sign(ua)
+    out_t = torch_binary.ApproxSign()(ua)
     (out_t * torch.from_numpy(w)).sum().backward()
     assert np.abs(ua.grad.numpy() - _np_approx(u) * w).max() <= 1e-5
     assert np.abs(out_t.detach().numpy() - np.sign(u)).max() <= 2e-7      # sign, up to the official rounding
@@ -233,19 +233,19 @@ def test_estimator_gradients_are_not_sign_zero_gradient(mode):
     try:
         quantize = ms_binary.BinaryQuantize()
         kt = (ms.Tensor([k], ms.float32), ms.Tensor([t], ms.float32))
-        weight = ms.Tensor(w)
+        weight, sign = ms.Tensor(w), ms_binary.ApproxSign()
 
         def ste_loss(a):
             return (quantize(a, *kt) * weight).sum()
 
         def approx_loss(a):
-            return (ms_binary.approx_sign(a) * weight).sum()
+            return (sign(a) * weight).sum()
 
         g = ms.grad(ste_loss)(ms.Tensor(u))
         assert np.abs(g.asnumpy() - ref).max() <= 1e-5 * np.abs(ref).max()
         g = ms.grad(approx_loss)(ms.Tensor(u))
         assert np.abs(g.asnumpy() - _np_approx(u) * w).max() <= 1e-5
-        assert np.array_equal(ms_binary.approx_sign(ms.Tensor(u)).asnumpy(), out_t.detach().numpy())
+        assert np.array_equal(sign(ms.Tensor(u)).asnumpy(), out_t.detach().numpy())
     finally:
         ms.set_context(mode=prev)
 

@@ -23,8 +23,8 @@ import ms_models
 import torch_ref
 from convert.api import convert_file, ms_twin, name_map
 from convert.io import read_checkpoint, write_checkpoint
-from helpers import (DATA, cached_state, is_heavy, rel_err, sample_input, separated_graph, smallest_per_structure,
-                     torch_with_state)
+from helpers import (DATA, MAX_FLIPS, SharedSteps, cached_state, is_heavy, record_steps, rel_err, sample_input,
+                     separated_graph, smallest_per_structure, step_layers, torch_with_state)
 from specs import list_cfgs
 
 MODELS = torch_ref.list_models()
@@ -119,17 +119,28 @@ def test_torch_forward(name):
 
 @pytest.mark.parametrize("name", LIGHT)
 def test_parity_torch_vs_mindspore(name, graph_mode):
-    """Same converted weights, same input: MindSpore GRAPH_MODE logits equal torch's (float32)."""
+    """Same converted weights, same input: MindSpore GRAPH_MODE logits equal torch's (float32).
+
+    Binary networks run in PyNative with shared binarisation (``helpers.SharedSteps``: forward hooks are
+    PyNative-only); their GRAPH_MODE forward is checked against the official code's outputs by their family
+    tests."""
     model = torch_with_state(name)
     x = sample_input(name)
     graph_t, graph_m = _shared_graph(model, x)
     with torch.no_grad():
         ref = _run(model, torch.from_numpy(x), graph_t).numpy()
-    mm = ms_twin(model, ms.GRAPH_MODE)
+        steps = record_steps(model, lambda: _run(model, torch.from_numpy(x), graph_t))
+    shared = SharedSteps()
+    if steps:
+        ms.set_context(mode=ms.PYNATIVE_MODE)          # the fixture restores GRAPH_MODE
+    mm = ms_twin(model, ms.get_context("mode"))
     mm.set_train(False)
+    shared.force(mm, steps)
     got = _run(mm, ms.Tensor(x), graph_m).asnumpy()
+    shared.remove()
     assert got.shape == ref.shape and np.isfinite(got).all()
     assert rel_err(ref, got) <= TOL
+    assert shared.flipped <= MAX_FLIPS * shared.total
     feats = mm.forward_features(ms.Tensor(x))
     assert feats.shape[1] == mm.num_features
 
@@ -168,16 +179,23 @@ def test_mindspore_gradients_equal_torch(name, pynative_mode):
     cross-entropy loss (without dropout: the frameworks draw different masks). Graph models use one graph in
     all three: torch float32's neighbour indices, edited so that no max-relative maximum is a float32 near tie
     (``_shared_graph(separated=True)``; with the unedited graph two PViG-Ti maxima 4e-7 apart flip in MindSpore,
-    and in torch float32 with channels_last, and move one fc1 weight gradient by 5.6 %).
+    and in torch float32 with channels_last, and move one fc1 weight gradient by 5.6 %). Binary networks share
+    torch float32's binarised activations in all three, with each framework's own gradient estimator
+    (``helpers.SharedSteps``).
     """
     classes = torch_ref.get_model_cfg(name).num_classes
     x, y = sample_input(name), np.array([3, 917], dtype=np.int64) % classes
     proj = np.random.RandomState(5).randn(len(x), classes).astype(np.float32)
     graph_t, graph_m = _shared_graph(torch_with_state(name), x, separated=True)
+    ref_model, shared = torch_with_state(name), SharedSteps()
+    with torch.no_grad():
+        steps = record_steps(ref_model, lambda: _run(ref_model, torch.from_numpy(x), graph_t))
     grads_t = {}
     for dtype in (torch.float64, torch.float32):
         tm = torch_with_state(name).eval().to(dtype)
+        shared.force(tm, steps)
         (_run(tm, torch.from_numpy(x).to(dtype), graph_t) * torch.from_numpy(proj).to(dtype)).sum().backward()
+        shared.remove()
         grads_t[dtype] = {k: p.grad.double().numpy() for k, p in tm.named_parameters() if p.requires_grad}
     mm = ms_twin(torch_with_state(name), **_no_dropout(name))
     params = mm.trainable_params()
@@ -185,7 +203,9 @@ def test_mindspore_gradients_equal_torch(name, pynative_mode):
     to_torch = name_map(name).ms_to_torch
     floor = 1e-6 * max(np.abs(g).max() for g in grads_t[torch.float64].values())
     mm.set_train(False)
+    shared.force(mm, steps)
     _, grads = grad_fn(ms.Tensor(x))
+    shared.remove()
     assert len(grads) == len(grads_t[torch.float64])
     for p, g in zip(params, grads):
         ref, t32 = grads_t[torch.float64][to_torch[p.name]], grads_t[torch.float32][to_torch[p.name]]
@@ -196,13 +216,17 @@ def test_mindspore_gradients_equal_torch(name, pynative_mode):
         assert np.abs(g.asnumpy() - ref).max() <= bound, p.name
     mm.set_train(True)
     graph_t, graph_m = _shared_graph(torch_with_state(name).train(), x)     # batch-statistics BN: its own graph
-    ce = ms.value_and_grad(lambda a, b: ms.ops.cross_entropy(_run(mm, a, graph_m), b), None, params)
-    loss, grads = ce(ms.Tensor(x), ms.Tensor(y.astype(np.int32)))
     no_drop = torch_ref.create_model(name, **_no_dropout(name))
     no_drop.load_state_dict({k: torch.from_numpy(v) for k, v in cached_state(name).items()})
-    loss_t = _ce_loss_torch(no_drop.train(), x, y, graph_t).item()
-    assert abs(float(loss.asnumpy()) - loss_t) <= 1e-4 * max(1.0, abs(loss_t))
+    losses_t = []
+    steps = record_steps(no_drop.train(), lambda: losses_t.append(_ce_loss_torch(no_drop, x, y, graph_t).item()))
+    ce = ms.value_and_grad(lambda a, b: ms.ops.cross_entropy(_run(mm, a, graph_m), b), None, params)
+    shared.force(mm, steps)
+    loss, grads = ce(ms.Tensor(x), ms.Tensor(y.astype(np.int32)))
+    shared.remove()
+    assert abs(float(loss.asnumpy()) - losses_t[0]) <= 1e-4 * max(1.0, abs(losses_t[0]))
     assert all(np.isfinite(g.asnumpy()).all() for g in grads)
+    assert shared.flipped <= MAX_FLIPS * shared.total
 
 
 @pytest.mark.parametrize("name", LIGHT)
