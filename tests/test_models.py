@@ -162,7 +162,8 @@ def test_mindspore_gradients_equal_torch(name, pynative_mode):
     max-pool or ReLU decision can flip against float64, so the reference is torch float64 and MindSpore
     float32 must be as close to it as torch float32 is (4x, or 1e-5 of the tensor's scale), plus 1e-6 of
     the largest gradient for tensors whose exact gradient is zero. Train mode must run and give torch's
-    cross-entropy loss (without dropout: the frameworks draw different masks). Graph models use torch
+    cross-entropy loss (without dropout: the frameworks draw different masks), measured the same way against
+    torch float64 (a binary network's quantiser can flip on a float32 rounding: BiMLP-S's loss moves 2 %). Graph models use torch
     float32's neighbour indices in all three (``_shared_graph``).
     """
     classes = torch_ref.get_model_cfg(name).num_classes
@@ -190,10 +191,15 @@ def test_mindspore_gradients_equal_torch(name, pynative_mode):
     graph_t, graph_m = _shared_graph(torch_with_state(name).train(), x)     # batch-statistics BN: its own graph
     ce = ms.value_and_grad(lambda a, b: ms.ops.cross_entropy(_run(mm, a, graph_m), b), None, params)
     loss, grads = ce(ms.Tensor(x), ms.Tensor(y.astype(np.int32)))
-    no_drop = torch_ref.create_model(name, **_no_dropout(name))
-    no_drop.load_state_dict({k: torch.from_numpy(v) for k, v in cached_state(name).items()})
-    loss_t = _ce_loss_torch(no_drop.train(), x, y, graph_t).item()
-    assert abs(float(loss.asnumpy()) - loss_t) <= 1e-4 * max(1.0, abs(loss_t))
+    losses = {}
+    for dtype in (torch.float64, torch.float32):
+        no_drop = torch_ref.create_model(name, **_no_dropout(name))
+        no_drop.load_state_dict({k: torch.from_numpy(v) for k, v in cached_state(name).items()})
+        losses[dtype] = torch.nn.functional.cross_entropy(
+            _run(no_drop.train().to(dtype), torch.from_numpy(x).to(dtype), graph_t), torch.from_numpy(y)).item()
+    loss_t = losses[torch.float64]     # binary nets: a float32 rounding can flip a quantised activation
+    bound = max(4 * abs(losses[torch.float32] - loss_t), 1e-4 * max(1.0, abs(loss_t)))
+    assert abs(float(loss.asnumpy()) - loss_t) <= bound
     assert all(np.isfinite(g.asnumpy()).all() for g in grads)
 
 
