@@ -24,8 +24,9 @@ def is_heavy(name: str) -> bool:
     against the official ones only (built on the meta device). The FLOP bound matters for models whose smallest input is large (ViG-B at 144, PViG-M/B at 224:
     the kNN needs k*dilation nodes); every VanillaNet below 100 M parameters stays under it (<= 6.6 GFLOP),
     and the smaller variants of the same families run the backward tests through the same code. The module
-    bound catches deep graphs of cheap layers (BiMLP-M: 2088 modules, ~50 s of GRAPH_MODE compile alone on
-    2 cores; BiMLP-S, same code but BatchNorm, is tested, and test_bimlp.py tests the GroupNorm form)."""
+    bound catches deep graphs of cheap layers (BiMLP-M: 2088 modules; BiMLP-S, 1176 modules, already takes
+    24 s CPU of GRAPH_MODE compile; BiMLP-S, same code but BatchNorm, is tested, and test_bimlp.py tests
+    the GroupNorm form)."""
     from torch.utils.flop_counter import FlopCounterMode
     with torch.device("meta"):
         model = torch_ref.create_model(name).eval()

@@ -155,8 +155,8 @@ def test_quantiser_gradient_is_not_zero_in_both_frameworks(pynative_mode):
 
 
 @pytest.mark.parametrize("tag,act,mode", [("bn", "round", ms.GRAPH_MODE), ("gn", "sign", ms.PYNATIVE_MODE),
-                                          ("bn", "sign", ms.PYNATIVE_MODE)], ids=["bn-round-graph",
-                                                                                  "gn-sign-pynative", "bn-sign-pynative"])
+                                          ("bn", "sign", ms.PYNATIVE_MODE)],
+                         ids=["bn-round-graph", "gn-sign-pynative", "bn-sign-pynative"])
 def test_gradients_equal_torch(tag, act, mode, request):
     """One forward+backward on the official tiny weights: every parameter gradient of MindSpore equals torch's
     (float32: 1e-4 of the tensor's largest gradient, plus 1e-6 of the overall largest), and the binary layers

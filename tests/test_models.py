@@ -1,8 +1,8 @@
 """Registry-driven tests: every registered model, both frameworks, no per-model test code (like timm's).
 
 Models over 100 M parameters, 10 GFLOP per test batch or 1500 modules (``helpers.is_heavy``: vanillanet_13
-and the x1.5 pair, ViG-B, PViG-S/M/B, BiMLP-M) are built only, for CI time (the suite must stay under 15 minutes on 2 cores):
-their cfg and their state_dict keys and shapes against the official code's are checked; forward, parity,
+and the x1.5 pair, ViG-B, PViG-S/M/B, BiMLP-M) are built only, for CI time (the suite must stay under 15
+minutes on 2 cores): their cfg and their state_dict keys and shapes against the official code's are checked; forward, parity,
 backward and round-trip tests run on every other model at the cfg's small ``test_input_size``, and the
 heavy variants share all their code with a tested smaller variant of the same family. Graph
 models (ViG) run the parity and gradient tests with one shared kNN graph (``_shared_graph``).
@@ -163,8 +163,8 @@ def test_mindspore_gradients_equal_torch(name, pynative_mode):
     float32 must be as close to it as torch float32 is (4x, or 1e-5 of the tensor's scale), plus 1e-6 of
     the largest gradient for tensors whose exact gradient is zero. Train mode must run and give torch's
     cross-entropy loss (without dropout: the frameworks draw different masks), measured the same way against
-    torch float64 (a binary network's quantiser can flip on a float32 rounding: BiMLP-S's loss moves 2 %). Graph models use torch
-    float32's neighbour indices in all three (``_shared_graph``).
+    torch float64 (a binary network's quantiser can flip on a float32 rounding: BiMLP-S's loss moves 2 %).
+    Graph models use torch float32's neighbour indices in all three (``_shared_graph``).
     """
     classes = torch_ref.get_model_cfg(name).num_classes
     x, y = sample_input(name), np.array([3, 917], dtype=np.int64) % classes
