@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=20 tests
 
 bench: $(STAMP)
 	$(BIN)/python scripts/benchmark.py

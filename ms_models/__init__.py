@@ -12,7 +12,7 @@ from mindspore import nn  # noqa: E402
 
 from specs import get_model_cfg  # noqa: E402
 
-from . import adabin, addernet, ghostnetv2, vanillanet, vig  # noqa: E402,F401  (registers the families)
+from . import adabin, addernet, bimlp, ghostnetv2, vanillanet, vig  # noqa: E402,F401  (registers the families)
 from ._registry import registry  # noqa: E402
 
 __all__ = ["create_model", "list_models", "get_model_cfg", "load_checkpoint"]

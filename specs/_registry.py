@@ -93,7 +93,7 @@ def check_input_size(cfg: ModelCfg, size: int | Sequence[int]) -> tuple[int, int
 
 
 def _load_families() -> None:
-    from . import adabin, addernet, ghostnetv2, vanillanet, vig  # noqa: F401  (each family module registers its cfgs on import)
+    from . import adabin, addernet, bimlp, ghostnetv2, vanillanet, vig  # noqa: F401  (each family module registers its cfgs on import)
 
 
 class ModelRegistry:

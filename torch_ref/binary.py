@@ -1,6 +1,6 @@
-"""AdaBin binary layers, PyTorch (arXiv 2208.08084; official huawei-noah/Efficient-Computing
-``BinaryNetworks/AdaBin/*/utils/binarylib.py``); mirrored name for name by ``ms_models/binary.py``.
+"""Binary layers shared by the binary-network families, PyTorch (mirrored name for name by ``ms_models/binary.py``).
 
+AdaBin (arXiv 2208.08084; official huawei-noah/Efficient-Computing ``BinaryNetworks/AdaBin/*/utils/binarylib.py``):
 - Weights (per output channel, no parameters): ``beta = mean(W)``, ``alpha = sqrt(sum((W - beta)^2) / (k*k*C_in))``
   (population std, computed in that order), ``W_b = sign((W - beta) / alpha) * alpha + beta``. The sign's
   gradient is IR-Net's ``k * t * (1 - tanh^2(t * u))`` (``BinaryQuantize``); ``t``/``k`` follow the per-epoch
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specs.adabin import K_INIT, T_INIT
+from specs.bimlp import ACT_BINARIZE
 
 
 class BinaryQuantize(torch.autograd.Function):
@@ -117,3 +118,109 @@ def set_temperature(model: nn.Module, t: float, k: float) -> None:
         if isinstance(m, AdaBinConv2d):
             m.t.fill_(float(t))
             m.k.fill_(float(k))
+
+
+
+
+# ---------------------------------------------------------------- BiMLP (XNOR weights, {-1, 0, +1} activations)
+# Official mindspore-ai/models research/cv/BiMLP/src/quan_conv.py: ``QuanConv(quan_name_w='xnor',
+# quan_name_a='xnor', nbit_w=1, nbit_a=1)``, ``XnorM``, ``dorefa_a``, and ``LearnableBias``/``prelu``/``RPReLU``
+# of src/bimlp.py.
+class XnorWeight(torch.autograd.Function):
+    """``sign(W) * mean(|W|, axis=1)`` (official ``XnorM``): the mean runs over the input-channel axis only, per
+    output channel and kernel position (so a depthwise kernel keeps its full-precision values); the gradient
+    is passed straight through, unclipped (official ``bprop``: ``dout``)."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor) -> torch.Tensor:
+        return torch.sign(w) * w.abs().mean(1, keepdim=True)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+class _ActQuantizeFn(torch.autograd.Function):
+    """1-bit activation quantiser: forward ``round(clip(x, -1, 1))`` in {-1, 0, +1} (official ``dorefa_a`` with
+    nbit 1: ``Rint(x * 1) / 1``, round half to even) or ``sign(clip(x, -1, 1))``; backward the straight-through
+    estimator of the clipped quantiser, ``grad * (|x| <= 1)``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, mode: str) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        c = x.clamp(-1.0, 1.0)
+        return torch.round(c) if mode == "round" else torch.sign(c)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        return grad * (x.abs() <= 1.0).to(grad.dtype), None
+
+
+class ActQuantize(nn.Module):
+    """The activation quantiser as a parameter-free module (``quant_a`` of :class:`XnorConv2d`, like MindSpore's)."""
+
+    step_function = True        # a step function of its input (the tests share its output across frameworks)
+
+    def __init__(self, mode: str = "round"):
+        super().__init__()
+        self.mode = check_act_binarize(mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _ActQuantizeFn.apply(x, self.mode)
+
+
+def check_act_binarize(mode: str) -> str:
+    if mode not in ACT_BINARIZE:
+        raise ValueError(f"act_binarize must be one of {', '.join(ACT_BINARIZE)}, not {mode!r}")
+    return mode
+
+
+class XnorConv2d(nn.Conv2d):
+    """Bias-free convolution on quantised activations with XNOR weights (official ``QuanConv``, 'xnor'/'xnor',
+    1 bit): key ``weight``, PyTorch's default initialisation (MindSpore's ``nn.Conv2d`` default since 2.3)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int] = 1,
+                 padding: int | tuple[int, int] = 0, groups: int = 1, act_binarize: str = "round"):
+        super().__init__(in_channels, out_channels, kernel_size, padding=padding, groups=groups, bias=False)
+        self.quant_a = ActQuantize(act_binarize)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(self.quant_a(x), XnorWeight.apply(self.weight), None,
+                        self.stride, self.padding, self.dilation, self.groups)
+
+
+class LearnableBias(nn.Module):
+    """``x + bias``, bias (1, C, 1, 1) initialised to zero (official ``LearnableBias``)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.bias
+
+
+class PReLU(nn.Module):
+    """``max(x, 0) + w * min(x, 0)``, slope ``w`` (1, C, 1, 1) initialised to 0.25 (official ``prelu``; gradient
+    ``1 + w`` at exactly 0, as the official masked copies give)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.full((1, channels, 1, 1), 0.25))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=0) + self.w * x.clamp(max=0)
+
+
+class RPReLU(nn.Module):
+    """ReActNet's RPReLU ``move2(prelu(move1(x)))`` (official ``RPReLU``)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.move1 = LearnableBias(channels)
+        self.act = PReLU(channels)
+        self.move2 = LearnableBias(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.move2(self.act(self.move1(x)))

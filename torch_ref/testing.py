@@ -2,7 +2,7 @@
 
 Freshly initialised networks have identity BatchNorm statistics, so BN folding is trivial and deep
 activations vanish; parity on such weights proves little. :func:`deterministic_weights` seeds the official
-initialiser, draws non-trivial BN affine parameters, then re-estimates every BN's running statistics on
+initialiser, draws non-trivial BN (and GroupNorm) affine parameters, then re-estimates every BN's running statistics on
 seeded random images, so each layer's output has a realistic scale.
 """
 from __future__ import annotations
@@ -16,17 +16,19 @@ def deterministic_weights(model: nn.Module, seed: int = 0, input_size: int = 64,
                           batch_size: int = 4) -> nn.Module:
     g = torch.Generator().manual_seed(seed)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = bns + [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
     for m in model.modules():
         for p in m.parameters(recurse=False):
-            if m in bns:
+            if m in norms:
                 continue
             p.copy_(torch.randn(p.shape, generator=g) * 0.02 if p.dim() > 1 else torch.randn(p.shape, generator=g) * 0.01)
+    for norm in norms:
+        norm.weight.copy_(torch.rand(norm.weight.shape, generator=g) + 0.5)
+        norm.bias.copy_(torch.randn(norm.bias.shape, generator=g) * 0.1)
     for m in model.modules():            # layers whose scalars act as scales/thresholds draw their own values
         if hasattr(m, "draw_test_values"):
             m.draw_test_values(g)
     for bn in bns:
-        bn.weight.copy_(torch.rand(bn.weight.shape, generator=g) + 0.5)
-        bn.bias.copy_(torch.randn(bn.bias.shape, generator=g) * 0.1)
         bn.reset_running_stats()
         bn.momentum = None                  # cumulative average over the calibration batches
     model.train()

@@ -1,0 +1,53 @@
+"""BiMLP variants (arXiv 2212.14158, NeurIPS 2022; official MindSpore code mindspore-ai/models
+``research/cv/BiMLP/src/bimlp.py`` and ``src/quan_conv.py``, eval only, no published checkpoint).
+
+BiMLP is a binarised Wave-MLP: the official ``WaveNet`` class with 1-bit XNOR weights and {-1, 0, +1}
+activations in every 1x1 and strip convolution of the blocks (stem, downsamples and head stay full precision).
+The variant table is the only place the depths and widths are written.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+from ._registry import ModelCfg, register_cfgs
+
+PAPER = "2212.14158"
+OFFICIAL_CODE = "mindspore-ai/models research/cv/BiMLP/src/bimlp.py, src/quan_conv.py"
+ACT_BINARIZE = ("round", "sign")    # the code's Rint(clip(x, -1, 1)) (default) or the paper's sign(clip(x, -1, 1))
+STRIP = 7                           # kernel length of the strip (1x7 / 7x1) binary convolutions
+POOL_KERNELS = (2, 3, 5, 7)         # the downsample's four 'same' max-pools, stride 2
+NO_CHECKPOINT = "no checkpoint is published (the official README: 'checkpoint can be produced in training process')"
+
+
+def _arch(layers: tuple[int, ...], norm: str) -> dict:
+    return dict(layers=layers, embed_dims=(64, 128, 320, 512), mlp_ratios=(4, 4, 4, 4), norm=norm)
+
+
+def check_arch(embed_dims, mlp_ratios) -> None:
+    """The official channel shortcuts only fit these widths: the token MLP's hidden width must be 4x its input
+    (tiled shortcut), the reweighting MLP's input a multiple of 4 (4-way averaging shortcut)."""
+    for dim, ratio in zip(embed_dims, mlp_ratios):
+        if dim % 4 or int(dim * ratio) != 4 * dim:
+            raise ValueError(f"BiMLP needs widths divisible by 4 and mlp_ratio 4, got dim {dim}, ratio {ratio}")
+
+
+def infer_kwargs(shapes: Mapping[str, tuple]) -> dict:
+    """Model kwargs a state dict (torch keys) implies: the number of classes."""
+    return {"num_classes": int(shapes["head.weight"][0])} if "head.weight" in shapes else {}
+
+
+def _cfg(name: str, arch: dict, notes: str) -> ModelCfg:
+    return ModelCfg(
+        name=name, family="bimlp", arch=arch, paper=PAPER, official_code=OFFICIAL_CODE,
+        test_input_size=(3, 64, 64), min_input_size=(3, 3, 3),
+        crop_pct=0.875, interpolation="bilinear",          # official eval.py: Resize(256), CenterCrop(224)
+        first_conv="patch_embed.proj", classifier=("head",), infer_kwargs=infer_kwargs,
+        notes=f"{notes}; {NO_CHECKPOINT}")
+
+
+CFGS = [
+    _cfg("bimlp_s", _arch((2, 2, 4, 2), "batch"), "official BiMLP_S (BatchNorm outer norms)"),
+    _cfg("bimlp_m", _arch((2, 3, 10, 3), "group"),
+         "official BiMLP_M (GroupNorm(1, C) outer norms); official README: 71.56% ImageNet top-1"),
+]
+register_cfgs(CFGS)
