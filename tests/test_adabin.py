@@ -40,6 +40,7 @@ from convert.official_ms import official_ms_to_ours
 from helpers import DATA, rel_err
 from ms_models import binary as ms_binary
 from specs.adabin import T_MAX, T_MIN, temperature
+from specs.datasets import digits
 from torch_ref import binary as torch_binary
 
 TOL = 1e-4
@@ -283,18 +284,11 @@ def test_official_mindspore_layout_maps_onto_ours(tmp_path):
         assert rel_err(ref, tm(torch.from_numpy(x)).numpy()) <= TOL
 
 
-def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-    x, y = load_digits(return_X_y=True)
-    x = ((x[:128] / 16.0 - 0.5) / 0.5).astype(np.float32).reshape(-1, 1, 8, 8)
-    return np.repeat(x, 3, axis=1), y[:128].astype(np.int64)
-
-
 TRAIN = dict(layers=(1, 1, 1), width=8)      # a 1-block-per-stage ResNet-20 body: seconds, same layers
 
 
 def test_training_steps_lower_the_loss_torch():
-    x, y = _digits()
+    x, y = (a[:128] for a in digits(8))            # 8x8 digits in [-1, 1]
     torch.manual_seed(0)
     model = torch_ref.create_model("adabin_resnet20_cifar", **TRAIN).train()
     model.set_epoch(0, 10)
@@ -310,7 +304,7 @@ def test_training_steps_lower_the_loss_torch():
 
 
 def test_training_steps_lower_the_loss_mindspore(graph_mode):
-    x, y = _digits()
+    x, y = (a[:128] for a in digits(8))            # 8x8 digits in [-1, 1]
     ms.set_seed(0)
     model = ms_models.create_model("adabin_resnet20_cifar", **TRAIN)
     model.set_epoch(0, 10)

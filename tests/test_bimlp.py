@@ -22,6 +22,7 @@ from safetensors.numpy import load_file
 import ms_models
 from convert.mapping import build_name_map, ms_to_torch
 from helpers import DATA, rel_err
+from specs.datasets import digits
 from ms_models.bimlp import BiMLP as MsBiMLP
 from ms_models.binary import ActQuantize as MsActQuantize, XnorConv2d as MsXnorConv2d
 from torch_ref.bimlp import BiMLP, max_pool_same
@@ -186,19 +187,11 @@ def test_gradients_equal_torch(tag, act, mode, request):
     assert binary and all(np.abs(ref[k]).max() > 0 for k in binary)
 
 
-def _digits(n: int = 64):
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    x = d.images[:n].astype(np.float32) / 8.0 - 1.0                     # 8x8 in [-1, 1]
-    x = np.repeat(np.repeat(x, 2, 1), 2, 2)                               # 16x16
-    return np.repeat(x[:, None], 3, 1).copy(), d.target[:n].astype(np.int64)
-
-
 def test_training_lowers_the_loss_in_both_frameworks(pynative_mode):
     """Four Adam steps (lr 0.05) on 64 scikit-learn digits (16x16) with a tiny BiMLP lower the train-mode
     cross-entropy by over 15 % in torch and in MindSpore (PyNative), starting from the same weights."""
     kwargs = dict(layers=(1, 1, 1, 1), embed_dims=(8, 8, 16, 16), num_classes=10)
-    x, y = _digits()
+    x, y = (a[:64] for a in digits(16))           # 16x16 digits in [-1, 1]
     torch.manual_seed(0)
     tm = BiMLP(**kwargs).train()
     opt = torch.optim.Adam(tm.parameters(), lr=5e-2)
