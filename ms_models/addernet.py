@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import mindspore as ms
 from mindspore import nn
 from mindspore.common.initializer import HeNormal, HeUniform
 

@@ -24,7 +24,7 @@ import torch_ref
 from convert.api import convert_file, ms_twin, name_map
 from convert.io import read_checkpoint, write_checkpoint
 from helpers import (DATA, MAX_FLIPS, SharedSteps, cached_state, is_heavy, record_steps, rel_err, sample_input,
-                     separated_graph, smallest_per_structure, step_layers, torch_with_state)
+                     separated_graph, smallest_per_structure, torch_with_state)
 from specs import list_cfgs
 
 MODELS = torch_ref.list_models()
