@@ -75,8 +75,9 @@ def bench_model(name: str, form: str, batch: int, size: int, repeats: int, warmu
     tm = torch_ref.create_model(name)
     if form == "deploy" and not hasattr(tm, "switch_to_deploy"):
         return None
-    calib = max(64, get_model_cfg(name).test_input_size[-1])
-    tm = deterministic_weights(tm, input_size=calib, batches=1, batch_size=2).eval()
+    # BN statistics from images of the benchmark's size: calibrated at 64 px, GhostNetV2's activations at 224 px
+    # grow ~500x and torch float32 itself drifts 0.7 % from float64 (no realistic network runs like that)
+    tm = deterministic_weights(tm, input_size=size, batches=1, batch_size=2).eval()
     if form == "deploy":
         tm.switch_to_deploy()
     x = np.random.RandomState(0).randn(batch, 3, size, size).astype(np.float32)
