@@ -13,6 +13,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import TruncatedNormal, Uniform, initializer
+from mindspore.ops.primitive import constexpr
 
 from specs.pooling import adaptive_bins, linear_taps, nearest_indices
 
@@ -62,6 +63,18 @@ def with_depthwise_kernel(conv: nn.Conv2d) -> nn.Conv2d:
     return conv
 
 
+@constexpr
+def _graph_compiled() -> bool:
+    """True while GRAPH_MODE compiles (a compile-time constant there), False in PyNative."""
+    return ms.get_context("mode") == ms.GRAPH_MODE
+
+
+def _folds(bn: nn.BatchNorm2d) -> bool:
+    """Whether :func:`conv_bn_apply` folds ``bn``: eval mode, in GRAPH_MODE (PyNative runs op by op, and the
+    fold's eight small ops cost more there than one BatchNorm), not under :func:`layerwise_mode`."""
+    return not bn.training and bn.fold and _graph_compiled()
+
+
 def _bn_fold(bn: nn.BatchNorm2d):
     """Eval-mode BN as ``y * scale + shift``: ``scale = gamma / sqrt(var + eps)``, ``shift = beta - mean * scale``."""
     scale = bn.gamma / ops.sqrt(bn.moving_variance + bn.eps)
@@ -69,23 +82,24 @@ def _bn_fold(bn: nn.BatchNorm2d):
 
 
 def conv_bn_apply(conv: nn.Conv2d, bn: nn.BatchNorm2d, x):
-    """``bn(conv(x))`` for a bias-free conv; in eval mode the BN is folded into the conv's weight and a bias
-    (one conv and a BiasAdd instead of a conv and a BatchNorm, the 2.8.0 CPU BatchNorm being 2-7x slower than
-    torch's). Folding rounds differently from BN after the conv by a few float32 ulps; under
+    """``bn(conv(x))`` for a bias-free conv; in eval mode in GRAPH_MODE the BN is folded into the conv's weight
+    and a bias (one conv and a BiasAdd instead of a conv and a BatchNorm, the 2.8.0 CPU BatchNorm being 2-7x
+    slower than torch's). Folding rounds differently from BN after the conv by a few float32 ulps; under
     :func:`layerwise_mode` the two cells run as they are."""
-    if bn.training or not bn.fold:
+    if not _folds(bn):
         return bn(conv(x))
     scale, shift = _bn_fold(bn)
     return ops.bias_add(conv.conv2d(x, conv.weight * scale.reshape((-1, 1, 1, 1))), shift)
 
 
 def depthwise_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x):
-    """:func:`conv_bn_apply` for a conv prepared by :func:`with_depthwise_kernel`: the compiled kernel on
-    float32 inputs where attached (the eval-mode fold as its weight and bias), MindSpore's native ops
-    otherwise and under :func:`export_mode`."""
-    if conv.fused is None or x.dtype != ms.float32:
+    """:func:`conv_bn_apply` for a conv prepared by :func:`with_depthwise_kernel`: in GRAPH_MODE the compiled
+    kernel on float32 inputs where attached (the eval-mode fold as its weight and bias), MindSpore's native ops
+    otherwise (PyNative: the custom op's per-call shape inference and the dtype check's sync cost more than
+    the kernel saves) and under :func:`layerwise_mode`."""
+    if conv.fused is None or not _graph_compiled() or x.dtype != ms.float32:
         return conv_bn_apply(conv, bn, x)
-    if bn.training or not bn.fold:
+    if not _folds(bn):
         return bn(conv.fused(x, conv.weight, conv.fused_cfg))
     scale, shift = _bn_fold(bn)
     return conv.fused_bias(x, conv.weight * scale.reshape((-1, 1, 1, 1)), shift, conv.fused_cfg)
@@ -117,7 +131,10 @@ def trunc_normal(shape: tuple, std: float = 0.02) -> Tensor:
 
 def spatial_mean(x):
     """``x.mean((2, 3), keepdim=True)`` of an NCHW tensor as a product with a ``1 / HW`` column: the 2.8.0 CPU
-    ReduceMean is ~10x slower than a MatMul over the same data (a tenth of GhostNetV2's time at batch 16)."""
+    ReduceMean is ~10x slower than a MatMul over the same data (a tenth of GhostNetV2's time at batch 16).
+    GRAPH_MODE only: PyNative takes the plain mean (no shape sync, no constant built per call)."""
+    if not _graph_compiled():
+        return x.mean(axis=(2, 3), keep_dims=True)
     n, c, h, w = x.shape
     col = ops.full((h * w, 1), 1.0 / (h * w), dtype=x.dtype)
     return ops.matmul(x.reshape(n * c, h * w), col).reshape(n, c, 1, 1)
@@ -182,11 +199,12 @@ def resize(x, size: tuple[int, int], mode: str = "nearest"):
 
 def mul_resized(x, gate, mode: str = "nearest"):
     """``x * resize(gate, x's spatial size, mode)``. A nearest upsample by whole factors (every ``floor(i * in /
-    out)`` is ``floor(i / f)``) is a broadcast multiply over a 6-D view instead: no gathered copy of the gate
-    (the gathers were a sixth of GhostNetV2's MindSpore CPU time at batch 16)."""
+    out)`` is ``floor(i / f)``) is, in GRAPH_MODE, a broadcast multiply over a 6-D view instead: no gathered
+    copy of the gate (the gathers were a sixth of GhostNetV2's graph-mode CPU time at batch 16; in PyNative the
+    reshapes' shape syncs cost more)."""
     n, c, hx, wx = x.shape
     h, w = gate.shape[2], gate.shape[3]
-    if mode == "nearest" and hx % h == 0 and wx % w == 0:
+    if _graph_compiled() and mode == "nearest" and hx % h == 0 and wx % w == 0:
         return (x.reshape(n, c, h, hx // h, w, wx // w) * gate.reshape(n, c, h, 1, w, 1)).reshape(n, c, hx, wx)
     return x * resize(gate, (hx, wx), mode)
 
