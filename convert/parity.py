@@ -3,7 +3,10 @@
 Forward hooks on every named module/cell (same structural names on both sides) record each layer's
 output; the table lists them in torch execution order with max abs error, the error relative to the
 layer's output scale (``max|a-b| / max|a|``) and cosine similarity. MindSpore hooks only fire in PyNative,
-so the per-layer run uses PyNative; the final output is also compared in GRAPH_MODE.
+so the per-layer run uses PyNative, under :func:`ms_models.layers.layerwise_mode` (every conv and BN cell
+runs: no eval-mode BN folding, no compiled kernels; a container its parent runs child by child is listed
+as unmatched, its output being its last child's); the final output is also compared in GRAPH_MODE, where
+the model runs as it is.
 
 Graph models (ViG: the torch model has ``graph_indices``) get three extra views, because a kNN graph is a
 discontinuous function of the features:
@@ -188,6 +191,7 @@ def compare_models(torch_model, ms_model, x: np.ndarray, tol: float = DEFAULT_TO
     neighbour agreement is reported in both cases (see the module docstring).
     """
     import mindspore as ms
+    from ms_models.layers import layerwise_mode
     if graph not in ("shared", "free"):
         raise ValueError(f"graph must be 'shared' or 'free', not {graph!r}")
     torch_model.eval()
@@ -198,7 +202,8 @@ def compare_models(torch_model, ms_model, x: np.ndarray, tol: float = DEFAULT_TO
     ms.set_context(mode=ms.PYNATIVE_MODE)
     try:
         t_rec, t_out = _capture_torch(torch_model, x)
-        m_rec, m_out, m_own = _capture_ms(ms_model, x, feed)
+        with layerwise_mode(ms_model):      # every conv and BN cell runs (no fold, no fused kernel)
+            m_rec, m_out, m_own = _capture_ms(ms_model, x, feed)
     finally:
         ms.set_context(mode=mode)
     report = ParityReport(model_name, tuple(x.shape), tol, graph_mode=graph if graph_m is not None else "none")

@@ -27,6 +27,7 @@ from convert.io import read_checkpoint, write_checkpoint
 from convert.mapping import build_name_map, torch_to_ms
 from convert.official_ms import official_ms_to_ours
 from convert.onnx import export_onnx, ort_run
+from convert.parity import run_parity
 from helpers import DATA, cached_state, rel_err, run_eval, torch_with_state
 from ms_models.ghostnetv2 import GhostModuleV2 as MsGhostModule, GhostNetV2 as MsGhostNetV2
 from ms_models.layers import resize
@@ -129,6 +130,20 @@ def test_dfc_upsample_equals_torch_interpolate(mode):
             assert rel_err(ref, resize(ms.Tensor(x), (h, w), "bilinear").asnumpy()) <= 1e-5, (h, w)
     finally:
         ms.set_context(mode=prev)
+
+
+@pytest.mark.parametrize("name", list(OFFICIAL_PARAMS))
+def test_parity_at_224_layer_by_layer(name):
+    """The parity tool at 224 px (BN statistics from 224 px images, the stage sizes 112..7 and the 3 -> 7 DFC
+    gate of real use): every conv, BN, activation and module output within TOL of torch in PyNative (run
+    cell by cell), the GRAPH_MODE logits (folded BN, compiled kernels, broadcast gate) too. Only containers
+    whose output is their last child's are not hooked."""
+    report = run_parity(name, input_size=224, batch=1)
+    assert report.ok, report.table()
+    compared = [d.name for d in report.layers]
+    assert len(compared) > 400
+    assert all(any(c.startswith(u + ".") for c in compared) for u in report.unmatched), report.unmatched
+    assert report.graph_output.max_rel <= TOL
 
 
 @pytest.mark.parametrize("upsample", ["nearest", "bilinear"])
