@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import mindspore as ms
 import torch_ref
 from torch_ref.testing import deterministic_weights
 
@@ -167,6 +168,18 @@ def separate_rows(idx: np.ndarray, keys: np.ndarray, tol: float) -> np.ndarray:
 # A flip changes a step layer's output by a whole step (2 alpha); rounding differences between the frameworks
 # move it by ~1e-7 of its scale.
 FLIP = 1e-3
+class ProjectedSum(ms.nn.Cell):
+    """``sum(net(x) * proj)``: a fixed vector-Jacobian product of ``net``'s output, as a cell (GRAPH_MODE
+    cannot differentiate a lambda)."""
+
+    def __init__(self, net, proj):
+        super().__init__()
+        self.net, self.proj = net, proj
+
+    def construct(self, x):
+        return (self.net(x) * self.proj).sum()
+
+
 # Fraction of a model's step outputs allowed to flip: a float32 near tie (|x - threshold| below the ~1e-5
 # rounding difference of the layer input) hits about 1 element in 1e5 at the test sizes; a wrong threshold,
 # scale or rounding rule flips a large share of the elements (e.g. sign vs round-to-{-1,0,1}: ~1/3).

@@ -28,7 +28,7 @@ from convert.mapping import build_name_map, torch_to_ms
 from convert.official_ms import official_ms_to_ours
 from convert.onnx import export_onnx, ort_run
 from convert.parity import run_parity
-from helpers import DATA, cached_state, rel_err, run_eval, torch_with_state
+from helpers import DATA, ProjectedSum, cached_state, rel_err, run_eval, torch_with_state
 from ms_models.ghostnetv2 import GhostModuleV2 as MsGhostModule, GhostNetV2 as MsGhostNetV2
 from ms_models.layers import resize
 from specs import check_input_size, get_model_cfg
@@ -113,15 +113,6 @@ def test_mindspore_matches_official_code(mode):
         ms.set_context(mode=prev)
 
 
-class _ProjectedLogits(ms.nn.Cell):
-    def __init__(self, model, proj):
-        super().__init__()
-        self.model, self.proj = model, proj
-
-    def construct(self, x):
-        return (self.model(x) * self.proj).sum()
-
-
 def test_graph_mode_gradients_equal_torch(graph_mode):
     """GRAPH_MODE runs the fast paths (compiled depthwise kernel, the eval-mode BN folded into the convs,
     broadcast DFC gate, MatMul means); the registry gradient test runs PyNative, which runs the plain cells.
@@ -142,7 +133,7 @@ def test_graph_mode_gradients_equal_torch(graph_mode):
     mm = _ms_copy(tm.float(), **kwargs, drop_rate=0.0)
     params = mm.trainable_params()
     names = [p.name for p in params]
-    _, grads = ms.value_and_grad(_ProjectedLogits(mm, ms.Tensor(proj)), None, params)(ms.Tensor(x))
+    _, grads = ms.value_and_grad(ProjectedSum(mm, ms.Tensor(proj)), None, params)(ms.Tensor(x))
     to_torch = name_map("ghostnetv2_100").ms_to_torch
     floor = 1e-6 * max(np.abs(g).max() for g in grads_t[torch.float64].values())
     assert len(grads) == len(grads_t[torch.float64])

@@ -7,19 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import ProjectedSum
 from ms_models import kernels, layers
 from ms_models.vanillanet import Activation
-
-
-class ProjectedLoss(ms.nn.Cell):
-    """``sum(act(x) * proj)``: a fixed vector-Jacobian product."""
-
-    def __init__(self, act, proj):
-        super().__init__()
-        self.act, self.proj = act, proj
-
-    def construct(self, x):
-        return (self.act(x) * self.proj).sum()
 
 
 def test_kernel_builds_on_this_machine():
@@ -53,7 +43,7 @@ def test_forward_and_gradients_equal_torch(mode, deploy, shape):
         (yt * torch.from_numpy(proj)).sum().backward()
         assert np.abs(act(ms.Tensor(x)).asnumpy() - yt.detach().numpy()).max() <= 1e-5 * np.abs(yt.detach().numpy()).max()
         params = act.trainable_params()
-        _, (gx, gp) = ms.value_and_grad(ProjectedLoss(act, ms.Tensor(proj)), 0, params)(ms.Tensor(x))
+        _, (gx, gp) = ms.value_and_grad(ProjectedSum(act, ms.Tensor(proj)), 0, params)(ms.Tensor(x))
         refs = {"weight": wt.grad, "bias": bt.grad if deploy else None, "gamma": None, "beta": None}
         for p, g in zip(params, gp):
             ref = refs[p.name.split(".")[-1]]
