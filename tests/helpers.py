@@ -180,6 +180,26 @@ class ProjectedSum(ms.nn.Cell):
         return (self.net(x) * self.proj).sum()
 
 
+def adam_losses(model, x: np.ndarray, y: np.ndarray, steps: int, lr: float) -> list[float]:
+    """Cross-entropy before each of ``steps`` Adam steps on one batch: a torch module (eager) or a MindSpore
+    cell (``TrainOneStepCell``, in the current mode); ``model`` is put in training mode."""
+    if isinstance(model, torch.nn.Module):
+        model.train()
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        losses = []
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return losses
+    opt = ms.nn.Adam(model.trainable_params(), learning_rate=lr)
+    step = ms.nn.TrainOneStepCell(ms.nn.WithLossCell(model, ms.nn.CrossEntropyLoss()), opt)
+    step.set_train(True)
+    return [float(step(ms.Tensor(x), ms.Tensor(y.astype(np.int32))).asnumpy()) for _ in range(steps)]
+
+
 # Fraction of a model's step outputs allowed to flip: a float32 near tie (|x - threshold| below the ~1e-5
 # rounding difference of the layer input) hits about 1 element in 1e5 at the test sizes; a wrong threshold,
 # scale or rounding rule flips a large share of the elements (e.g. sign vs round-to-{-1,0,1}: ~1/3).

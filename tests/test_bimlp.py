@@ -21,7 +21,7 @@ from safetensors.numpy import load_file
 
 import ms_models
 from convert.mapping import build_name_map, ms_to_torch
-from helpers import DATA, rel_err
+from helpers import DATA, adam_losses, rel_err
 from specs.datasets import digits
 from ms_models.bimlp import BiMLP as MsBiMLP
 from ms_models.binary import ActQuantize as MsActQuantize, XnorConv2d as MsXnorConv2d
@@ -193,15 +193,7 @@ def test_training_lowers_the_loss_in_both_frameworks(pynative_mode):
     kwargs = dict(layers=(1, 1, 1, 1), embed_dims=(8, 8, 16, 16), num_classes=10)
     x, y = (a[:64] for a in digits(16))           # 16x16 digits in [-1, 1]
     torch.manual_seed(0)
-    tm = BiMLP(**kwargs).train()
-    opt = torch.optim.Adam(tm.parameters(), lr=5e-2)
-    losses = []
-    for _ in range(4):
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(tm(torch.from_numpy(x)), torch.from_numpy(y))
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = adam_losses(BiMLP(**kwargs), x, y, steps=4, lr=5e-2)
     assert losses[-1] < 0.85 * losses[0], losses
     torch.manual_seed(0)
     init = BiMLP(**kwargs)
@@ -209,17 +201,7 @@ def test_training_lowers_the_loss_in_both_frameworks(pynative_mode):
     nm = build_name_map(init, mm)
     state = {nm.torch_to_ms[k]: v.numpy() for k, v in init.state_dict().items() if k in nm.torch_to_ms}
     ms.load_param_into_net(mm, {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in state.items()}, strict_load=True)
-    mm.set_train(True)
-    opt_m = ms.nn.Adam(mm.trainable_params(), learning_rate=5e-2)
-    def loss(a, b):
-        return ms.ops.cross_entropy(mm(a), b)
-
-    step = ms.value_and_grad(loss, None, opt_m.parameters)
-    losses_m = []
-    for _ in range(4):
-        loss, grads = step(ms.Tensor(x), ms.Tensor(y.astype(np.int32)))
-        opt_m(grads)
-        losses_m.append(float(loss.asnumpy()))
+    losses_m = adam_losses(mm, x, y, steps=4, lr=5e-2)
     assert losses_m[-1] < 0.85 * losses_m[0], losses_m
 
 
