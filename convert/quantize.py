@@ -2,7 +2,7 @@
 
 Calibration data: ``digits`` (scikit-learn's handwritten digits, upsampled, for 32 px CIFAR-style models; the
 default at input size 32) or ``synthetic`` (seeded Gaussian images; the default otherwise). See
-:mod:`specs.datasets`. The output holds the quantized model's state (torch names, or MindSpore names with
+:mod:`builtin_data`. The output holds the quantized model's state (torch names, or MindSpore names with
 ``framework='mindspore'``): each adder layer's quantized ``adder`` plus ``scale_para`` (G,), ``group`` (O,)
 and ``qbias`` (O,), and the re-estimated BN statistics. Load it with
 ``convert.api.torch_model_from(name, OUT, quant_bits=BITS)`` (the group count is read off the file) or
@@ -17,7 +17,7 @@ import numpy as np
 
 from specs import get_model_cfg
 from specs.addernet import check_bits
-from specs.datasets import calibration_source
+from builtin_data import calibration_source
 from specs.errors import ZooError
 
 from .api import ms_state_of, ms_twin, torch_model_from, torch_state_of
@@ -43,12 +43,12 @@ def quantize_file(name: str, src: str | os.PathLike, dst: str | os.PathLike, bit
     if getattr(model, "quant_groups", 0):
         raise ZooError(f"{src}: already quantized ({model.quant_groups} groups)")
     if framework == "torch":
-        from torch_ref.adder import quantize
+        from torch_ref.methods.quantize import quantize
         quantize(model, batches, bits, groups, seed=seed, progress=progress)
         state = torch_state_of(model)
     else:
         import mindspore as ms
-        from ms_models.adder import quantize
+        from ms_models.methods.quantize import quantize
         mm = ms_twin(model, ms.PYNATIVE_MODE)
         quantize(mm, batches, bits, groups, seed=seed, progress=progress)
         state = ms_state_of(mm)

@@ -1,21 +1,21 @@
-"""MindSpore implementations (graph mode and PyNative), parameter names mirroring the official PyTorch keys."""
+"""MindSpore implementations (graph mode and PyNative), parameter names mirroring the official PyTorch keys.
+
+``models/`` holds the families (one file each), ``layers/`` the shared layers, ``methods/`` the training and
+compression methods; ``torch_ref`` mirrors the tree. Importing this package does not import torch."""
 from __future__ import annotations
 
-import importlib.util
 import os
 from typing import Any
 
-if importlib.util.find_spec("torch") is not None:
-    import torch  # noqa: F401  (torch must load before mindspore in one process: libgomp clash otherwise)
+from mindspore import nn
 
-from mindspore import nn  # noqa: E402
+from specs import get_model_cfg
 
-from specs import get_model_cfg  # noqa: E402
+from . import models  # noqa: F401  (registers the families)
+from ._registry import registry
+from .context import execution_mode
 
-from . import adabin, addernet, bimlp, ghostnetv2, vanillanet, vig  # noqa: E402,F401  (registers the families)
-from ._registry import registry  # noqa: E402
-
-__all__ = ["create_model", "list_models", "get_model_cfg", "load_checkpoint"]
+__all__ = ["create_model", "list_models", "get_model_cfg", "load_checkpoint", "execution_mode"]
 
 
 def list_models(pattern: str = "*") -> list[str]:

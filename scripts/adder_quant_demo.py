@@ -1,6 +1,6 @@
 """AdderNet post-training quantization demonstration (arXiv 2212.10200) that runs in CI time.
 
-Trains a small adder ResNet-20-style network (``torch_ref.addernet.AdderResNet``: one BasicBlock per stage,
+Trains a small adder ResNet-20-style network (``torch_ref.models.addernet.AdderResNet``: one BasicBlock per stage,
 width 8 instead of 3 blocks and width 16, for time) on scikit-learn's digits upsampled to 16x16 (1437
 train / 360 test images, seeded split) for a few epochs with the official recipe scaled down (SGD momentum 0.9,
 weight decay 5e-4, cosine learning rate, AdderNet's adaptive gradient scaling), then quantizes it to 8, 6 and 4
@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from specs.datasets import digits  # noqa: E402
-from torch_ref.addernet import AdderResNet  # noqa: E402
+from builtin_data import digits  # noqa: E402
+from torch_ref.models.addernet import AdderResNet  # noqa: E402
 
 
 def data(size: int, seed: int = 0):
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
         return (xtr[i * 64:(i + 1) * 64] for i in range(args.calib_batches))
 
     if args.framework == "torch":
-        from torch_ref.adder import quantize
+        from torch_ref.methods.quantize import quantize
 
         def prepare(m):
             return copy.deepcopy(m)
@@ -95,8 +95,8 @@ def main(argv=None) -> int:
     else:
         import mindspore as ms
         from convert.mapping import build_name_map, torch_to_ms
-        from ms_models.addernet import AdderResNet as MsAdderResNet
-        from ms_models.adder import quantize
+        from ms_models.models.addernet import AdderResNet as MsAdderResNet
+        from ms_models.methods.quantize import quantize
         ms.set_context(mode=ms.PYNATIVE_MODE)
 
         def prepare(m):

@@ -212,8 +212,8 @@ ADDER_SHAPES = {   # name: (batch, in channels, out channels, image size, kernel
 def bench_adder(name: str, repeats: int, warmup: int) -> dict:
     """Adder2d vs Conv2d of the same shape: forward and forward+backward (input and weight gradients),
     torch eager and MindSpore GRAPH_MODE."""
-    import ms_models.adder as ms_adder
-    import torch_ref.adder as t_adder
+    import ms_models.layers.adder as ms_adder
+    import torch_ref.layers.adder as t_adder
     batch, cin, cout, size, k, stride = ADDER_SHAPES[name]
     pad = k // 2
     r = np.random.RandomState(0)

@@ -1,6 +1,10 @@
 """Framework-free pooling and resampling geometry shared by both frameworks."""
 from __future__ import annotations
 
+import numpy as np
+
+CUBIC_A = -0.75          # PyTorch's bicubic coefficient
+
 
 def adaptive_bins(in_size: int, out_size: int) -> list[tuple[int, int]]:
     """PyTorch's adaptive pooling windows: ``[floor(i * in / out), ceil((i + 1) * in / out))`` for each i.
@@ -33,3 +37,21 @@ def linear_taps(in_size: int, out_size: int) -> tuple[tuple[int, ...], tuple[int
         hi.append(min(a + 1, in_size - 1))
         w.append(src - a)
     return tuple(lo), tuple(hi), tuple(w)
+
+
+def bicubic_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (n_out, 4) and weights (n_out, 4) of PyTorch's bicubic resize along one axis
+    (``align_corners=False``: src = (dst + 0.5) * in / out - 0.5, no clamping of src; taps clamped to the border)."""
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    i0 = np.floor(src)
+    t = src - i0
+    a = CUBIC_A
+
+    def near(x):
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    w = np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=1)
+    idx = np.clip(i0[:, None].astype(np.int64) + np.arange(-1, 3)[None, :], 0, n_in - 1)
+    return idx, w

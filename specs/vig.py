@@ -14,13 +14,13 @@ from typing import Mapping
 import numpy as np
 
 from ._registry import ModelCfg, register_cfgs
+from .pooling import bicubic_taps
 
 PAPER = "2206.00272"
 REPO = "huawei-noah/Efficient-AI-Backbones"
 ISO_CODE = f"{REPO} vig_pytorch/vig.py"
 PYR_CODE = f"{REPO} vig_pytorch/pyramid_vig.py"
 _REL = f"https://github.com/{REPO}/releases/download"
-CUBIC_A = -0.75          # PyTorch's bicubic coefficient
 NORM_EPS = 1e-12         # F.normalize's eps: x / max(||x||, eps)
 HEAD_DIM = 1024          # the head's hidden 1x1 conv
 FFN_RATIO = 4
@@ -125,24 +125,6 @@ def sincos_2d(dim: int, grid: int) -> np.ndarray:
     """(grid*grid, dim): first half encodes the row (official ``grid[0]``, from meshgrid(w, h)), second the column."""
     gw, gh = np.meshgrid(np.arange(grid, dtype=np.float32), np.arange(grid, dtype=np.float32))
     return np.concatenate([sincos_1d(dim // 2, gw), sincos_1d(dim // 2, gh)], axis=1)
-
-
-def bicubic_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (n_out, 4) and weights (n_out, 4) of PyTorch's bicubic resize along one axis
-    (``align_corners=False``: src = (dst + 0.5) * in / out - 0.5, no clamping of src; taps clamped to the border)."""
-    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-    i0 = np.floor(src)
-    t = src - i0
-    a = CUBIC_A
-
-    def near(x):
-        return ((a + 2) * x - (a + 3)) * x * x + 1
-
-    def far(x):
-        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-    w = np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=1)
-    idx = np.clip(i0[:, None].astype(np.int64) + np.arange(-1, 3)[None, :], 0, n_in - 1)
-    return idx, w
 
 
 def resize_bicubic(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:

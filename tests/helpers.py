@@ -11,6 +11,7 @@ import mindspore as ms
 import torch_ref
 from torch_ref.testing import deterministic_weights
 
+ROOT = Path(__file__).resolve().parents[1]     # the project checkout
 DATA = Path(__file__).parent / "data"
 
 HEAVY_PARAMS = 100e6
@@ -117,7 +118,7 @@ def separated_graph(model: torch.nn.Module, x: np.ndarray, margin: float) -> lis
     separated; later Graphers compute their kNN on features produced with the edited earlier rows. Any index
     tensor is a valid shared graph; this one makes every maximum unambiguous.
     """
-    from torch_ref.vig import DilatedKnnGraph
+    from torch_ref.models.vig import DilatedKnnGraph
     edited: list[torch.Tensor] = []
 
     def hook(_module, args, idx):
@@ -265,3 +266,22 @@ class SharedSteps:
         for h in self.handles:
             h.remove()
         self.handles = []
+
+
+def pad_hw(x: np.ndarray, p: int) -> np.ndarray:
+    """Zero-pad the two spatial axes of an NCHW array by ``p``."""
+    return np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+
+
+def naive_adder(x: np.ndarray, w: np.ndarray, stride: int, padding: int) -> np.ndarray:
+    """Official definition, float64: ``-sum |X - W|`` over each window."""
+    x, w = pad_hw(x.astype(np.float64), padding), w.astype(np.float64)
+    n, _, h, wd = x.shape
+    o, _, k, _ = w.shape
+    ho, wo = (h - k) // stride + 1, (wd - k) // stride + 1
+    out = np.zeros((n, o, ho, wo))
+    for i in range(ho):
+        for j in range(wo):
+            patch = x[:, None, :, i * stride:i * stride + k, j * stride:j * stride + k]
+            out[:, :, i, j] = -np.abs(patch - w[None]).sum(axis=(2, 3, 4))
+    return out

@@ -6,10 +6,9 @@ from typing import Any
 
 from torch import nn
 
-from specs import ModelCfg, get_model_cfg
-from specs.errors import UnknownModelError
+from specs import get_model_cfg
 
-from . import adabin, addernet, bimlp, ghostnetv2, vanillanet, vig  # noqa: F401  (registers the families)
+from . import models  # noqa: F401  (registers the families)
 from ._registry import registry
 
 __all__ = ["create_model", "list_models", "get_model_cfg", "load_checkpoint"]
