@@ -9,7 +9,7 @@ frameworks set bit-identical float32 ``t``/``k``.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -70,3 +70,16 @@ CFGS = [
          False, "ImageNet top-1 66.4% (README); no checkpoint published"),
 ]
 register_cfgs(CFGS)
+
+
+STEMS = ("cifar", "imagenet")
+SHORTCUTS = ("A", "conv", "avg_down")
+
+
+def check_arch(layers: Sequence[int], stem: str, shortcut: str) -> None:
+    """The AdaBin ResNets the official code defines: a CIFAR or ImageNet stem, option-A / conv / avg-down
+    shortcuts, 3 or 4 stages."""
+    if stem not in STEMS or shortcut not in SHORTCUTS:
+        raise ValueError(f"unknown AdaBin stem/shortcut {stem!r}/{shortcut!r}")
+    if len(layers) not in (3, 4):
+        raise ValueError(f"AdaBinResNet has 3 or 4 stages, got {len(layers)}")

@@ -15,7 +15,6 @@ Differences from the official quantization code, all documented in the functions
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -70,12 +69,6 @@ CFGS = [
     _cfg("adder_resnet50", _arch(False, (3, 4, 6, 3), 64), False),
 ]
 register_cfgs(CFGS)
-
-
-def grad_scale(grad_norm: float, numel: int, eta: float = GRAD_ETA) -> float:
-    """Factor of the adaptive weight-gradient scaling (official ``adder.backward``):
-    ``sqrt(numel(W)) * eta / max(||grad||_2, 1e-12)``."""
-    return math.sqrt(numel) * eta / max(grad_norm, 1e-12)
 
 
 # ---------------------------------------------------------------- calibration
@@ -210,3 +203,9 @@ def layer_quant(weight: np.ndarray, act_range: float, bits: int, groups: int, se
             scale[g] = max(wmax, a) if not clamp else wmax
     scale = np.maximum(scale, np.float32(1e-12))        # an all-zero group would divide by zero
     return LayerQuant(quantize_weight(out, scale[group], bits), scale, group, bias)
+
+
+def check_arch(layers: Sequence[int]) -> None:
+    """The adder ResNets of the official code have 3 (CIFAR) or 4 (ImageNet) stages."""
+    if len(layers) not in (3, 4):
+        raise ValueError(f"AdderResNet has 3 or 4 stages, got {len(layers)}")

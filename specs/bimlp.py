@@ -51,3 +51,18 @@ CFGS = [
          "official BiMLP_M (GroupNorm(1, C) outer norms); official README: 71.56% ImageNet top-1"),
 ]
 register_cfgs(CFGS)
+
+
+NORMS = ("batch", "group")          # the outer norms: BatchNorm (BiMLP-S) or GroupNorm(1, C) (official ``MyNorm``)
+
+
+def check_norm(kind: str) -> str:
+    if kind not in NORMS:
+        raise ValueError(f"norm must be 'batch' or 'group', not {kind!r}")
+    return kind
+
+
+def check_act_binarize(mode: str) -> str:
+    if mode not in ACT_BINARIZE:
+        raise ValueError(f"act_binarize must be one of {', '.join(ACT_BINARIZE)}, not {mode!r}")
+    return mode

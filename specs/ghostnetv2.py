@@ -137,3 +137,9 @@ def _cfg(name: str, width: float) -> ModelCfg:
 
 CFGS = [_cfg(name, w) for name, w in WIDTHS.items()]
 register_cfgs(CFGS)
+
+
+def check_dfc_upsample(mode: str) -> str:
+    if mode not in DFC_UPSAMPLE:
+        raise ValueError(f"dfc_upsample must be one of {DFC_UPSAMPLE}, not {mode!r}")
+    return mode

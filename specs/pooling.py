@@ -39,12 +39,10 @@ def linear_taps(in_size: int, out_size: int) -> tuple[tuple[int, ...], tuple[int
     return tuple(lo), tuple(hi), tuple(w)
 
 
-def bicubic_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (n_out, 4) and weights (n_out, 4) of PyTorch's bicubic resize along one axis
-    (``align_corners=False``: src = (dst + 0.5) * in / out - 0.5, no clamping of src; taps clamped to the border)."""
-    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-    i0 = np.floor(src)
-    t = src - i0
+def cubic_weights(t):
+    """The four tap weights of PyTorch's bicubic kernel (A = -0.75) at fractional offset ``t`` in [0, 1), for taps
+    ``floor(src) - 1 .. floor(src) + 2``. Only ``+ - *``: evaluates on NumPy arrays (float64 references) and on
+    framework tensors alike (MindSpore's graph-mode resize), so the kernel is written once."""
     a = CUBIC_A
 
     def near(x):
@@ -52,6 +50,14 @@ def bicubic_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
 
     def far(x):
         return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-    w = np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=1)
+    return far(t + 1), near(t), near(1 - t), far((1 - t) + 1)
+
+
+def bicubic_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (n_out, 4) and weights (n_out, 4) of PyTorch's bicubic resize along one axis
+    (``align_corners=False``: src = (dst + 0.5) * in / out - 0.5, no clamping of src; taps clamped to the border)."""
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    i0 = np.floor(src)
+    w = np.stack(cubic_weights(src - i0), axis=1)
     idx = np.clip(i0[:, None].astype(np.int64) + np.arange(-1, 3)[None, :], 0, n_in - 1)
     return idx, w

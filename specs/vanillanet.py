@@ -6,7 +6,7 @@ and the tests read it from here.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from ._registry import ModelCfg, register_cfgs
 
@@ -82,3 +82,16 @@ CFGS = [_cfg(f"vanillanet_{d}", _arch(d)) for d in sorted(_PLANS)] + [
          notes="stem stride 3 / padding 1; adaptive max pools 75->38->19->10 at 224"),
 ]
 register_cfgs(CFGS)
+
+
+def check_arch(dims: Sequence[int], strides: Sequence[int]) -> None:
+    """One width per stage boundary: ``dims`` has one entry more than ``strides``."""
+    if len(dims) != len(strides) + 1:
+        raise ValueError(f"dims needs one entry more than strides, got {len(dims)} and {len(strides)}")
+
+
+def check_act_learn(m: float) -> float:
+    """The deep-training leaky-ReLU slope (Sec. 3.1) lies in [0, 1]: 0 is ReLU, 1 the identity."""
+    if not 0.0 <= m <= 1.0:
+        raise ValueError(f"the deep-training slope must lie in [0, 1], got {m}")
+    return float(m)

@@ -23,7 +23,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Constant, Uniform, initializer
 
 from specs.adabin import K_INIT, T_INIT
-from specs.bimlp import ACT_BINARIZE
+from specs.bimlp import check_act_binarize
 
 
 class BinaryQuantize(nn.Cell):
@@ -130,13 +130,14 @@ class XnorWeight(nn.Cell):
 class ActQuantize(nn.Cell):
     """1-bit activation quantiser: ``Rint(clip(x, -1, 1))`` (official ``dorefa_a``, nbit 1) or
     ``sign(clip(x, -1, 1))``; gradient ``dout * (|x| <= 1)`` (straight-through estimator of the clipped
-    quantiser; the official code has none, see ``ms_models/bimlp.py``)."""
+    quantiser; the official code has none, see ``ms_models/models/bimlp.py``)."""
 
     step_function = True        # a step function of its input (the tests share its output across frameworks)
 
     def __init__(self, mode: str = "round"):
         super().__init__()
-        self.round = mode == "round"
+        self.mode = check_act_binarize(mode)
+        self.round = self.mode == "round"
         self.rint = ops.Rint()
 
     def construct(self, x):
@@ -147,25 +148,21 @@ class ActQuantize(nn.Cell):
         return (dout * (ops.abs(x) <= 1.0).astype(dout.dtype),)
 
 
-def check_act_binarize(mode: str) -> str:
-    if mode not in ACT_BINARIZE:
-        raise ValueError(f"act_binarize must be one of {', '.join(ACT_BINARIZE)}, not {mode!r}")
-    return mode
-
-
 class XnorConv2d(nn.Cell):
     """Bias-free convolution on quantised activations with XNOR weights (official ``QuanConv``, an
     ``nn.Conv2d`` subclass: parameter ``weight``), PyTorch's default initialisation ``U(+-1/sqrt(fan_in))``.
-    ``padding`` is (top, bottom, left, right), as MindSpore's."""
+    Same signature as the torch twin: ``padding`` is zero padding per side, an int or ``(h, w)``."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int] = (1, 1),
-                 padding: tuple[int, int, int, int] = (0, 0, 0, 0), group: int = 1, act_binarize: str = "round"):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int] = 1,
+                 padding: int | tuple[int, int] = 0, groups: int = 1, act_binarize: str = "round"):
         super().__init__()
-        bound = 1.0 / math.sqrt(in_channels // group * kernel_size[0] * kernel_size[1])
-        self.weight = Parameter(initializer(Uniform(bound), (out_channels, in_channels // group, *kernel_size),
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        ph, pw = (padding, padding) if isinstance(padding, int) else padding
+        bound = 1.0 / math.sqrt(in_channels // groups * kh * kw)
+        self.weight = Parameter(initializer(Uniform(bound), (out_channels, in_channels // groups, kh, kw),
                                             ms.float32), name="weight")
-        self.conv = ops.Conv2D(out_channels, kernel_size, mode=1, pad_mode="pad", pad=padding, group=group)
-        self.quant_a = ActQuantize(check_act_binarize(act_binarize))
+        self.conv = ops.Conv2D(out_channels, (kh, kw), mode=1, pad_mode="pad", pad=(ph, ph, pw, pw), group=groups)
+        self.quant_a = ActQuantize(act_binarize)
         self.quant_w = XnorWeight()
 
     def construct(self, x):

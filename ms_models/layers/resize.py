@@ -4,7 +4,7 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import Tensor, ops
 
-from specs.pooling import bicubic_taps, linear_taps, nearest_indices
+from specs.pooling import cubic_weights, linear_taps, nearest_indices
 
 from .modes import graph_compiled
 
@@ -20,17 +20,26 @@ def _resize_axis(x, size: int, axis: int, mode: str):
         return _take(x, nearest_indices(x.shape[axis], size), axis)
     shape = (size, 1) if axis == 2 else (size,)
     if mode == "bicubic":
-        idx, w = bicubic_taps(x.shape[axis], size)
-        out = 0
-        for k in range(4):
-            out = out + _take(x, tuple(int(i) for i in idx[:, k]), axis) * \
-                Tensor(w[:, k], ms.float32).reshape(shape).astype(x.dtype)
-        return out
+        return _bicubic_axis(x, size, axis, shape)
     if mode != "bilinear":
         raise ValueError(f"resize mode must be 'nearest', 'bilinear' or 'bicubic', not {mode!r}")
     lo, hi, w = linear_taps(x.shape[axis], size)
     w = Tensor(w, ms.float32).reshape(shape).astype(x.dtype)
     return _take(x, lo, axis) * (1.0 - w) + _take(x, hi, axis) * w
+
+
+def _bicubic_axis(x, size: int, axis: int, shape: tuple):
+    """PyTorch's bicubic resize (``align_corners=False``, taps clamped to the border) along ``axis``: source
+    positions and weights computed in the graph in ``x``'s dtype (a constant per output would unroll thousands
+    of elements into the graph for PViG's relative-position resize)."""
+    n_in = x.shape[axis]
+    src = (ops.arange(size).astype(x.dtype) + 0.5) * (n_in / size) - 0.5
+    i0 = ops.floor(src)
+    base = i0.astype(ms.int32)
+    out = 0
+    for k, w in enumerate(cubic_weights(src - i0)):
+        out = out + ops.gather(x, ops.clip(base + (k - 1), 0, n_in - 1), axis) * w.reshape(shape)
+    return out
 
 
 def resize(x, size: tuple[int, int], mode: str = "nearest"):

@@ -14,7 +14,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 from mindspore.common.initializer import HeNormal, HeUniform, Normal
 
-from specs.adabin import temperature
+from specs.adabin import check_arch, temperature
 
 from .._registry import registry
 from ..layers.binary import AdaBinConv2d, Maxout, set_temperature
@@ -93,8 +93,7 @@ class AdaBinResNet(nn.Cell):
     def __init__(self, layers: Sequence[int] = (3, 3, 3), stem: str = "cifar", shortcut: str = "A", width: int = 16,
                  init: str = "he_in", num_classes: int = 10):
         super().__init__()
-        if stem not in ("cifar", "imagenet") or shortcut not in ("A", "conv", "avg_down"):
-            raise ValueError(f"unknown AdaBin stem/shortcut {stem!r}/{shortcut!r}")
+        check_arch(layers, stem, shortcut)
         self.stem, self.init = stem, init
         self.head_name = "linear" if stem == "cifar" else "fc"
         if stem == "cifar":
@@ -106,8 +105,6 @@ class AdaBinResNet(nn.Cell):
         self.bn1 = batch_norm(width)
         self.nonlinear1 = Maxout(width)
         inplanes = width
-        if len(layers) not in (3, 4):
-            raise ValueError(f"AdaBinResNet has 3 or 4 stages, got {len(layers)}")
         for i, n in enumerate(layers):
             planes = width * 2 ** i
             blocks = [BasicBlock(inplanes if j == 0 else planes, planes, (1 if i == 0 else 2) if j == 0 else 1,

@@ -11,6 +11,8 @@ from typing import Sequence
 from mindspore import nn
 from mindspore.common.initializer import HeNormal, HeUniform
 
+from specs.addernet import check_arch
+
 from .._registry import registry
 from ..layers.adder import Adder2d
 from ..layers import GlobalAvgPool, Identity, batch_norm, refresh_graph
@@ -66,6 +68,7 @@ class AdderResNet(nn.Cell):
     def __init__(self, layers: Sequence[int] = (3, 3, 3), cifar_stem: bool = True, width: int = 16,
                  num_classes: int = 10, quant_groups: int = 0, quant_bits: int = 8):
         super().__init__()
+        check_arch(layers)
         self.cifar_stem = cifar_stem
         self.quant_groups, self.quant_bits = quant_groups, quant_bits
         block = BasicBlock if cifar_stem else Bottleneck
@@ -79,8 +82,6 @@ class AdderResNet(nn.Cell):
             self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="pad", padding=1)
         self.bn1 = batch_norm(width)
         self.relu = nn.ReLU()
-        if len(layers) not in (3, 4):
-            raise ValueError(f"AdderResNet has 3 or 4 stages, got {len(layers)}")
         for i, n in enumerate(layers):
             setattr(self, f"layer{i + 1}", self._make_layer(block, width * 2 ** i, n, 1 if i == 0 else 2, q))
         self.num_stages = len(layers)

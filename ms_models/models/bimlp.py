@@ -16,7 +16,7 @@ import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import initializer
 
-from specs.bimlp import POOL_KERNELS, STRIP, check_arch
+from specs.bimlp import POOL_KERNELS, STRIP, check_arch, check_norm
 
 from .._registry import registry
 from ..layers.binary import LearnableBias, RPReLU, XnorConv2d
@@ -24,11 +24,9 @@ from ..layers import Identity, batch_norm, torch_init_conv2d, torch_init_dense
 
 
 def _norm(kind: str, channels: int) -> nn.Cell:
-    if kind == "batch":
+    if check_norm(kind) == "batch":
         return batch_norm(channels)
-    if kind == "group":
-        return nn.GroupNorm(1, channels, eps=1e-5)     # official ``MyNorm``
-    raise ValueError(f"norm must be 'batch' or 'group', not {kind!r}")
+    return nn.GroupNorm(1, channels, eps=1e-5)     # official ``MyNorm``
 
 
 def channel_shortcut(x, out_ch: int, tile: int):
@@ -47,10 +45,9 @@ def strided_channels(x, n: int) -> tuple:
 
 
 def _strip(in_ch: int, out_ch: int, vertical: bool, act_binarize: str) -> XnorConv2d:
-    """Grouped binary strip conv, ``1 x 7`` (``vertical=False``) or ``7 x 1``, group = ``out_ch``."""
-    p = STRIP // 2
-    kernel, pad = ((STRIP, 1), (p, p, 0, 0)) if vertical else ((1, STRIP), (0, 0, p, p))
-    return XnorConv2d(in_ch, out_ch, kernel, pad, group=out_ch, act_binarize=act_binarize)
+    """Grouped binary strip conv, ``1 x 7`` (``vertical=False``) or ``7 x 1``, groups = ``out_ch``."""
+    kernel, pad = ((STRIP, 1), (STRIP // 2, 0)) if vertical else ((1, STRIP), (0, STRIP // 2))
+    return XnorConv2d(in_ch, out_ch, kernel, pad, groups=out_ch, act_binarize=act_binarize)
 
 
 class Mlp(nn.Cell):

@@ -17,7 +17,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from specs.fusion import fold_bn, merge_1x1
-from specs.vanillanet import ACT_NUM, BN_EPS
+from specs.vanillanet import ACT_NUM, BN_EPS, check_act_learn, check_arch
 
 from .._registry import registry
 from ..layers.kernels import depthwise_conv, kernel_cfg
@@ -109,8 +109,7 @@ class VanillaNet(nn.Cell):
                  drop_rate: float = 0.0, act_num: int = ACT_NUM, strides: Sequence[int] = (2, 2, 2, 1),
                  deploy: bool = False, ada_pool: Sequence[int] | None = None):
         super().__init__()
-        if len(dims) != len(strides) + 1:
-            raise ValueError(f"dims needs one entry more than strides, got {len(dims)} and {len(strides)}")
+        check_arch(dims, strides)
         self.deploy = deploy
         self.num_classes, self.num_features, self.drop_rate = num_classes, dims[-1], drop_rate
         stride, padding = (3, 1) if ada_pool else (4, 0)
@@ -150,9 +149,7 @@ class VanillaNet(nn.Cell):
 
     def change_act(self, m: float) -> None:
         """Set the deep-training leaky-ReLU slope in [0, 1]; no recompilation needed in GRAPH_MODE."""
-        if not 0.0 <= m <= 1.0:
-            raise ValueError(f"the deep-training slope must lie in [0, 1], got {m}")
-        self.act_learn.set_data(Tensor(m, ms.float32))
+        self.act_learn.set_data(Tensor(check_act_learn(m), ms.float32))
 
     def forward_features(self, x):
         if self.deploy:

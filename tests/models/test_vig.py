@@ -16,10 +16,10 @@ from convert.api import ms_twin
 from convert.mapping import build_name_map, torch_to_ms
 from helpers import DATA, cached_state, rel_err, sample_input, separate_rows, torch_with_state
 from ms_models.models import vig as ms_vig
-from ms_models.layers import DropPath as MsDropPath
+from ms_models.layers import DropPath as MsDropPath, resize as ms_resize
 from specs import vig as spec
 from torch_ref.models import vig as pt_vig
-from torch_ref.layers import DropPath as PtDropPath
+from torch_ref.layers import DropPath as PtDropPath, resize as pt_resize
 
 # trainable parameters counted from the official code (equal to the notes' recount), and with the frozen
 # relative_pos tables (pyramid). README/paper: ViG 7.1/22.7/86.8 M, PViG 10.7/27.3/51.7/82.6 M.
@@ -102,7 +102,7 @@ def test_grapher_equals_official(tag, pynative_mode):
     knn = mg.graph_conv.dilated_knn_graph
     rel = mg.relative_pos
     if rel is not None and x.shape[2] * x.shape[3] != GRAPHERS[tag].n:
-        rel = ms_vig.resize_bicubic(rel.expand_dims(0), 100, 25).squeeze(0)
+        rel = ms_resize(rel.expand_dims(0), (100, 25), "bicubic").squeeze(0)
     feats = mg.fc1(ms.Tensor(x))
     b, c = feats.shape[:2]
     keys = mg.graph_conv.pool(feats) if mg.graph_conv.pool is not None else feats
@@ -118,7 +118,8 @@ def test_bicubic_resize_equals_torch(pynative_mode):
     x = np.random.RandomState(0).randn(1, 2, 13, 40).astype(np.float32)
     for size in ((7, 17), (20, 12), (13, 55), (26, 80)):
         ref = F.interpolate(torch.from_numpy(x), size=size, mode="bicubic", align_corners=False).numpy()
-        assert rel_err(ref, ms_vig.resize_bicubic(ms.Tensor(x), *size).asnumpy()) <= 1e-5
+        assert rel_err(ref, ms_resize(ms.Tensor(x), size, "bicubic").asnumpy()) <= 1e-5
+        assert rel_err(ref, pt_resize(torch.from_numpy(x), size, "bicubic").numpy()) == 0.0
         assert rel_err(ref, spec.resize_bicubic(x, *size)) <= 1e-5
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specs.adabin import K_INIT, T_INIT
-from specs.bimlp import ACT_BINARIZE
+from specs.bimlp import check_act_binarize
 
 
 class BinaryQuantize(torch.autograd.Function):
@@ -168,12 +168,6 @@ class ActQuantize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _ActQuantizeFn.apply(x, self.mode)
-
-
-def check_act_binarize(mode: str) -> str:
-    if mode not in ACT_BINARIZE:
-        raise ValueError(f"act_binarize must be one of {', '.join(ACT_BINARIZE)}, not {mode!r}")
-    return mode
 
 
 class XnorConv2d(nn.Conv2d):

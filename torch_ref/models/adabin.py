@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specs.adabin import temperature
+from specs.adabin import check_arch, temperature
 
 from .._registry import registry
 from ..layers.binary import AdaBinConv2d, Maxout, set_temperature
@@ -91,8 +91,7 @@ class AdaBinResNet(nn.Module):
     def __init__(self, layers: Sequence[int] = (3, 3, 3), stem: str = "cifar", shortcut: str = "A", width: int = 16,
                  init: str = "he_in", num_classes: int = 10):
         super().__init__()
-        if stem not in ("cifar", "imagenet") or shortcut not in ("A", "conv", "avg_down"):
-            raise ValueError(f"unknown AdaBin stem/shortcut {stem!r}/{shortcut!r}")
+        check_arch(layers, stem, shortcut)
         self.stem, self.init = stem, init
         self.head_name = "linear" if stem == "cifar" else "fc"
         if stem == "cifar":

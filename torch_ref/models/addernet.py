@@ -14,6 +14,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from specs.addernet import check_arch
+
 from .._registry import registry
 from ..layers.adder import Adder2d
 
@@ -63,6 +65,7 @@ class AdderResNet(nn.Module):
     def __init__(self, layers: Sequence[int] = (3, 3, 3), cifar_stem: bool = True, width: int = 16,
                  num_classes: int = 10, quant_groups: int = 0, quant_bits: int = 8):
         super().__init__()
+        check_arch(layers)
         self.cifar_stem = cifar_stem
         self.quant_groups, self.quant_bits = quant_groups, quant_bits
         block = BasicBlock if cifar_stem else Bottleneck

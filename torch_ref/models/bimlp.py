@@ -24,18 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specs.bimlp import POOL_KERNELS, STRIP, check_arch
+from specs.bimlp import POOL_KERNELS, STRIP, check_arch, check_norm
 
 from .._registry import registry
 from ..layers.binary import RPReLU, LearnableBias, XnorConv2d
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
-    if kind == "batch":
+    if check_norm(kind) == "batch":
         return nn.BatchNorm2d(channels)
-    if kind == "group":
-        return nn.GroupNorm(1, channels)     # official ``MyNorm``
-    raise ValueError(f"norm must be 'batch' or 'group', not {kind!r}")
+    return nn.GroupNorm(1, channels)     # official ``MyNorm``
 
 
 def channel_shortcut(x: torch.Tensor, out_ch: int, tile: int) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specs.ghostnetv2 import BN_EPS, DFC_UPSAMPLE, BlockSpec, block_plan, se_channels
+from specs.ghostnetv2 import BN_EPS, BlockSpec, block_plan, check_dfc_upsample, se_channels
 
 from .._registry import registry
 from ..layers import hard_sigmoid, resize
@@ -124,8 +124,7 @@ class GhostNetV2(nn.Module):
     def __init__(self, in_chans: int = 3, num_classes: int = 1000, width: float = 1.0, drop_rate: float = 0.2,
                  dfc_upsample: str = "nearest"):
         super().__init__()
-        if dfc_upsample not in DFC_UPSAMPLE:
-            raise ValueError(f"dfc_upsample must be one of {DFC_UPSAMPLE}, not {dfc_upsample!r}")
+        check_dfc_upsample(dfc_upsample)
         plan = block_plan(width)
         self.num_classes, self.drop_rate, self.width = num_classes, drop_rate, width
         self.num_features, self.head_hidden_size = plan.final, plan.head

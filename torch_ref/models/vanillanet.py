@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specs.fusion import fold_bn, merge_1x1
-from specs.vanillanet import ACT_NUM, BN_EPS
+from specs.vanillanet import ACT_NUM, BN_EPS, check_act_learn, check_arch
 
 from .._registry import registry
 from ..layers import AdaptiveMaxPool2d, bn_arrays, conv_arrays, conv_bn, fused_conv, trunc_normal_init
@@ -101,8 +101,7 @@ class VanillaNet(nn.Module):
                  drop_rate: float = 0.0, act_num: int = ACT_NUM, strides: Sequence[int] = (2, 2, 2, 1),
                  deploy: bool = False, ada_pool: Sequence[int] | None = None):
         super().__init__()
-        if len(dims) != len(strides) + 1:
-            raise ValueError(f"dims needs one entry more than strides, got {len(dims)} and {len(strides)}")
+        check_arch(dims, strides)
         self.deploy = deploy
         self.num_classes, self.num_features, self.drop_rate = num_classes, dims[-1], drop_rate
         stride, padding = (3, 1) if ada_pool else (4, 0)
@@ -143,6 +142,7 @@ class VanillaNet(nn.Module):
 
     def change_act(self, m: float) -> None:
         """Set the leaky-ReLU slope of the stem, every block and the head (deep training, Sec. 3.1)."""
+        m = check_act_learn(m)
         for stage in self.stages:
             stage.act_learn = m
         self.act_learn = m
