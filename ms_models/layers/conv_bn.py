@@ -37,8 +37,8 @@ def torch_init_conv2d(in_ch: int, out_ch: int, kernel: int | tuple[int, int], st
 
 
 def batch_norm(ch: int, eps: float = 1e-5) -> nn.BatchNorm2d:
-    """torch-equivalent ``BatchNorm2d``; ``fold`` lets :func:`conv_bn_apply` fold it in eval mode (see
-    :func:`layerwise_mode`)."""
+    """torch-equivalent ``BatchNorm2d``; ``fold`` lets :class:`ConvBn` fold it into the conv before it in eval mode
+    (cleared by :func:`~ms_models.layers.layerwise_mode`)."""
     bn = nn.BatchNorm2d(ch, eps=eps, momentum=BN_MOMENTUM)
     bn.fold = True
     return bn
@@ -54,33 +54,86 @@ def trunc_normal(shape: tuple, std: float = 0.02) -> Tensor:
     return initializer(TruncatedNormal(sigma=std), shape, ms.float32)
 
 
-def with_depthwise_kernel(conv: nn.Conv2d) -> nn.Conv2d:
-    """Attach the compiled CPU depthwise kernel of :mod:`ms_models.layers.kernels` to a depthwise ``nn.Conv2d``
-    (``group == in == out channels``) for :func:`depthwise_bn`: ``conv.fused`` (no bias) and
-    ``conv.fused_bias`` (the eval-mode BN fold), or None where the kernel cannot be used or the geometry is
-    not covered (``pad_mode='same'`` only at stride 1: TensorFlow's split, the extra row/column at the
-    bottom/right). The conv itself and its parameters are unchanged."""
-    (kh, kw), stride = conv.kernel_size, conv.stride
-    if not conv.group == conv.in_channels == conv.out_channels or conv.dilation != (1, 1) or conv.has_bias:
-        raise ValueError(f"with_depthwise_kernel needs a bias-free depthwise conv without dilation, got "
-                         f"group={conv.group}, {conv.in_channels} -> {conv.out_channels}")
-    if conv.pad_mode == "pad":
-        padding = conv.padding if isinstance(conv.padding, tuple) else (conv.padding,) * 4
-    elif conv.pad_mode == "valid":
-        padding = (0, 0, 0, 0)
-    elif stride == (1, 1):
-        padding = ((kh - 1) // 2, kh // 2, (kw - 1) // 2, kw // 2)
-    else:
-        padding = None
-    conv.fused = None if padding is None else depthwise_conv(stride, padding)
-    conv.fused_bias = None if padding is None else depthwise_conv(stride, padding, has_bias=True)
-    conv.fused_cfg = kernel_cfg(stride, padding or 0)
-    return conv
+class ConvBn(nn.SequentialCell):
+    """Bias-free conv -> BatchNorm2d [-> activation], one or more times in a row, as a ``SequentialCell``
+    (children ``0, 1, ...``, or named by an ``OrderedDict``): the twin of ``torch_ref.layers.ConvBn``, with the
+    same children and parameter names.
+
+    MindSpore-specific, in GRAPH_MODE only: in eval mode each BN is folded into its conv's weight and a bias (one
+    conv and a BiasAdd instead of a conv and a BatchNorm, the 2.8.0 CPU BatchNorm being slower than torch's;
+    the fold rounds differently from BN after the conv by a few float32 ulps), and depthwise convs run the
+    compiled CPU kernel of :mod:`ms_models.layers.kernels` on float32 inputs (the fold as its weight and bias).
+    PyNative runs MindSpore's native ops (op by op, the fold's small ops and the custom op's per-call shape
+    inference cost more than they save), and so does :func:`~ms_models.layers.layerwise_mode`, which clears
+    the BNs' ``fold`` and the convs' ``fused`` kernels. Training mode always runs real BatchNorm.
+    """
+
+    def __init__(self, *layers):
+        super().__init__(*layers)
+        cells, groups, i = self.cell_list, [], 0
+        while i < len(cells):
+            conv, bn = cells[i], cells[i + 1] if i + 1 < len(cells) else None
+            if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d) or conv.has_bias:
+                raise ValueError(f"ConvBn needs bias-free Conv2d -> BatchNorm2d pairs, got {type(conv).__name__} "
+                                 f"-> {type(bn).__name__} at child {i}")
+            act = cells[i + 2] if i + 2 < len(cells) and not isinstance(cells[i + 2], nn.Conv2d) else None
+            if conv.group == conv.in_channels == conv.out_channels > 1 and conv.dilation == (1, 1):
+                ConvBn.with_kernel(conv)
+            groups.append((conv, bn, act))
+            i += 2 if act is None else 3
+        self._groups = tuple(groups)
+
+    def construct(self, x):
+        for conv, bn, act in self._groups:
+            x = ConvBn.forward_pair(conv, bn, x)
+            if act is not None:
+                x = act(x)
+        return x
+
+    @staticmethod
+    def with_kernel(conv: nn.Conv2d) -> nn.Conv2d:
+        """Attach the compiled CPU depthwise kernel to a bias-free depthwise ``nn.Conv2d`` (``group == in == out
+        channels``, no dilation) for :meth:`forward_pair`: ``conv.fused`` (no bias) and ``conv.fused_bias`` (the
+        eval-mode BN fold), or None where the kernel cannot be used or the geometry is not covered
+        (``pad_mode='same'`` only at stride 1: TensorFlow's split, the extra row/column at the bottom/right).
+        The conv itself and its parameters are unchanged. :class:`ConvBn` does this for its own depthwise
+        convs; a conv + BN pair kept as two named attributes of another cell (official keys) calls it."""
+        (kh, kw), stride = conv.kernel_size, conv.stride
+        if not conv.group == conv.in_channels == conv.out_channels or conv.dilation != (1, 1) or conv.has_bias:
+            raise ValueError(f"ConvBn.with_kernel needs a bias-free depthwise conv without dilation, got "
+                             f"group={conv.group}, {conv.in_channels} -> {conv.out_channels}")
+        if conv.pad_mode == "pad":
+            padding = conv.padding if isinstance(conv.padding, tuple) else (conv.padding,) * 4
+        elif conv.pad_mode == "valid":
+            padding = (0, 0, 0, 0)
+        elif stride == (1, 1):
+            padding = ((kh - 1) // 2, kh // 2, (kw - 1) // 2, kw // 2)
+        else:
+            padding = None
+        conv.fused = None if padding is None else depthwise_conv(stride, padding)
+        conv.fused_bias = None if padding is None else depthwise_conv(stride, padding, has_bias=True)
+        conv.fused_cfg = kernel_cfg(stride, padding or 0)
+        return conv
+
+    @staticmethod
+    def forward_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d, x):
+        """``bn(conv(x))`` for a bias-free conv, on the paths of :class:`ConvBn` (the eval-mode fold, the kernel
+        attached by :meth:`with_kernel`); for conv + BN pairs kept as two named attributes of another cell."""
+        kernel = getattr(conv, "fused", None)
+        if kernel is not None and graph_compiled() and x.dtype == ms.float32:
+            if not _folds(bn):
+                return bn(kernel(x, conv.weight, conv.fused_cfg))
+            scale, shift = _bn_fold(bn)
+            return conv.fused_bias(x, conv.weight * scale.reshape((-1, 1, 1, 1)), shift, conv.fused_cfg)
+        if not _folds(bn):
+            return bn(conv(x))
+        scale, shift = _bn_fold(bn)
+        return ops.bias_add(conv.conv2d(x, conv.weight * scale.reshape((-1, 1, 1, 1))), shift)
 
 
 def _folds(bn: nn.BatchNorm2d) -> bool:
-    """Whether :func:`conv_bn_apply` folds ``bn``: eval mode, in GRAPH_MODE (PyNative runs op by op, and the
-    fold's eight small ops cost more there than one BatchNorm), not under :func:`layerwise_mode`."""
+    """Whether :meth:`ConvBn.forward_pair` folds ``bn``: eval mode, in GRAPH_MODE, not under
+    :func:`~ms_models.layers.layerwise_mode` (which clears ``bn.fold``)."""
     return not bn.training and bn.fold and graph_compiled()
 
 
@@ -88,30 +141,6 @@ def _bn_fold(bn: nn.BatchNorm2d):
     """Eval-mode BN as ``y * scale + shift``: ``scale = gamma / sqrt(var + eps)``, ``shift = beta - mean * scale``."""
     scale = bn.gamma / ops.sqrt(bn.moving_variance + bn.eps)
     return scale, bn.beta - bn.moving_mean * scale
-
-
-def conv_bn_apply(conv: nn.Conv2d, bn: nn.BatchNorm2d, x):
-    """``bn(conv(x))`` for a bias-free conv; in eval mode in GRAPH_MODE the BN is folded into the conv's weight
-    and a bias (one conv and a BiasAdd instead of a conv and a BatchNorm, the 2.8.0 CPU BatchNorm being 2-7x
-    slower than torch's). Folding rounds differently from BN after the conv by a few float32 ulps; under
-    :func:`layerwise_mode` the two cells run as they are."""
-    if not _folds(bn):
-        return bn(conv(x))
-    scale, shift = _bn_fold(bn)
-    return ops.bias_add(conv.conv2d(x, conv.weight * scale.reshape((-1, 1, 1, 1))), shift)
-
-
-def depthwise_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x):
-    """:func:`conv_bn_apply` for a conv prepared by :func:`with_depthwise_kernel`: in GRAPH_MODE the compiled
-    kernel on float32 inputs where attached (the eval-mode fold as its weight and bias), MindSpore's native ops
-    otherwise (PyNative: the custom op's per-call shape inference and the dtype check's sync cost more than
-    the kernel saves) and under :func:`layerwise_mode`."""
-    if conv.fused is None or not graph_compiled() or x.dtype != ms.float32:
-        return conv_bn_apply(conv, bn, x)
-    if not _folds(bn):
-        return bn(conv.fused(x, conv.weight, conv.fused_cfg))
-    scale, shift = _bn_fold(bn)
-    return conv.fused_bias(x, conv.weight * scale.reshape((-1, 1, 1, 1)), shift, conv.fused_cfg)
 
 
 def bn_arrays(bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:

@@ -40,8 +40,8 @@ def scalar_param(value: float, name: str) -> Parameter:
 @contextlib.contextmanager
 def layerwise_mode(model: nn.Cell, export: bool = False):
     """Inside the block ``model`` runs cell by cell on MindSpore's native ops: compiled custom kernels are
-    replaced by native ops and conv + BN pairs are not folded (:func:`conv_bn_apply`), so every conv and BN
-    cell runs and its forward hooks fire (the parity tool compares layer by layer this way). ``export``
+    replaced by native ops and conv + BN pairs are not folded (:class:`~ms_models.layers.ConvBn`), so every
+    conv and BN cell runs and its forward hooks fire (the parity tool compares layer by layer this way). ``export``
     also takes adaptive pools as static slices: only ops MindSpore's ONNX exporter can write
     (:func:`export_mode`). The compiled graph is refreshed on entry and on exit."""
     cells = [cell for _, cell in model.cells_and_names()]

@@ -54,7 +54,7 @@ def resize(x, size: tuple[int, int], mode: str = "nearest"):
 def mul_resized(x, gate, mode: str = "nearest"):
     """``x * resize(gate, x's spatial size, mode)``. A nearest upsample by whole factors (every ``floor(i * in /
     out)`` is ``floor(i / f)``) is, in GRAPH_MODE, a broadcast multiply over a 6-D view instead: no gathered
-    copy of the gate (the gathers were a sixth of GhostNetV2's graph-mode CPU time at batch 16; in PyNative the
+    copy of the gate (the gathers were a large share of GhostNetV2's graph-mode CPU time; in PyNative the
     reshapes' shape syncs cost more)."""
     n, c, hx, wx = x.shape
     h, w = gate.shape[2], gate.shape[3]

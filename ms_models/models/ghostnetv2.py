@@ -12,35 +12,38 @@ convs use stride-1 ``pad_mode='same'``, which for odd kernels is PyTorch's symme
 padding (and avoids the exporter's wrong order for asymmetric 4-tuple paddings). Weights are initialised like
 PyTorch's defaults (the official file has no custom init).
 
-Speed (MindSpore 2.8 CPU, where graph mode was 1.2-2x slower than torch eager at batch 16): depthwise convs run
-the compiled kernel of :mod:`ms_models.layers.kernels` (:func:`~ms_models.layers.depthwise_bn`); in eval mode every
-conv + BN pair runs with the BN folded into the conv (:func:`~ms_models.layers.conv_bn_apply`: a few float32
-ulps from conv-then-BN); a DFC gate upsampled by whole factors multiplies as a broadcast
-(:func:`~ms_models.layers.mul_resized`) and the SE mean is a MatMul (:func:`~ms_models.layers.spatial_mean`).
-The cells and parameter names are unchanged; training mode runs real BatchNorm.
+Speed (MindSpore 2.8 CPU, GRAPH_MODE): every conv + BN pair is a :class:`~ms_models.layers.ConvBn` (or, where
+the official keys make it two named attributes, runs through :meth:`~ms_models.layers.ConvBn.forward_pair`):
+depthwise convs run the compiled kernel of :mod:`ms_models.layers.kernels` and in eval mode the BN is folded
+into the conv (a few float32 ulps from conv-then-BN); a DFC gate upsampled by whole factors multiplies as a
+broadcast (:func:`~ms_models.layers.mul_resized`) and the SE mean is a MatMul
+(:func:`~ms_models.layers.spatial_mean`). The cells and parameter names are the torch reference's; training
+mode runs real BatchNorm.
 """
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 from mindspore import nn, ops
 
 from specs.ghostnetv2 import BN_EPS, BlockSpec, block_plan, check_dfc_upsample, se_channels
 
 from .._registry import registry
-from ..layers import (GlobalAvgPool, Identity, batch_norm, conv_bn_apply, depthwise_bn, hard_sigmoid, mul_resized,
-                     refresh_graph, spatial_mean, torch_init_conv2d, torch_init_dense, with_depthwise_kernel)
+from ..layers import (ConvBn, GlobalAvgPool, Identity, batch_norm, hard_sigmoid, mul_resized, refresh_graph,
+                     spatial_mean, torch_init_conv2d, torch_init_dense)
 
 
 def _depthwise(chs: int, kernel: int | tuple[int, int], stride: int = 1, pad_mode: str = "pad") -> nn.Conv2d:
-    """A bias-free depthwise conv (PyTorch padding ``(k - 1) // 2``, or ``'same'``) with the compiled kernel."""
+    """A bias-free depthwise conv (PyTorch padding ``(k - 1) // 2``, or ``'same'``)."""
     padding = (kernel - 1) // 2 if pad_mode == "pad" else 0
-    return with_depthwise_kernel(torch_init_conv2d(chs, chs, kernel, stride, padding, group=chs, pad_mode=pad_mode))
+    return torch_init_conv2d(chs, chs, kernel, stride, padding, group=chs, pad_mode=pad_mode)
 
 
-def _conv_bn_act(in_chs: int, out_chs: int, kernel: int, group: int = 1, relu: bool = True) -> nn.SequentialCell:
-    conv = _depthwise(in_chs, kernel) if group > 1 else torch_init_conv2d(in_chs, out_chs, kernel, 1, kernel // 2)
-    return nn.SequentialCell([conv, batch_norm(out_chs, BN_EPS), nn.ReLU() if relu else Identity()])
+def _conv_bn_act(in_chs: int, out_chs: int, kernel: int, group: int = 1, relu: bool = True) -> ConvBn:
+    """``[Conv(k, pad k//2, no bias), BN, ReLU or nothing]`` (official ``primary_conv``/``cheap_operation``)."""
+    return ConvBn(torch_init_conv2d(in_chs, out_chs, kernel, 1, kernel // 2, group=group),
+                  batch_norm(out_chs, BN_EPS), nn.ReLU() if relu else Identity())
 
 
 class SqueezeExcite(nn.Cell):
@@ -58,17 +61,12 @@ class SqueezeExcite(nn.Cell):
         return x * hard_sigmoid(s)
 
 
-class ConvBnAct(nn.Cell):
+class ConvBnAct(ConvBn):
     """``conv`` (no bias) + ``bn1`` + ReLU: the final 1x1 block ``blocks.9.0``."""
 
     def __init__(self, in_chs: int, out_chs: int, kernel: int = 1):
-        super().__init__()
-        self.conv = torch_init_conv2d(in_chs, out_chs, kernel, 1, kernel // 2)
-        self.bn1 = batch_norm(out_chs, BN_EPS)
-        self.act1 = nn.ReLU()
-
-    def construct(self, x):
-        return self.act1(conv_bn_apply(self.conv, self.bn1, x))
+        super().__init__(OrderedDict(conv=torch_init_conv2d(in_chs, out_chs, kernel, 1, kernel // 2),
+                                     bn1=batch_norm(out_chs, BN_EPS), act1=nn.ReLU()))
 
 
 class GhostModuleV2(nn.Cell):
@@ -83,23 +81,19 @@ class GhostModuleV2(nn.Cell):
         self.cheap_operation = _conv_bn_act(init, init, 3, group=init, relu=relu)
         if attn:
             self.pool = nn.AvgPool2d(kernel_size=2, stride=2, pad_mode="valid")
-            self.short_conv = nn.SequentialCell([
+            self.short_conv = ConvBn(
                 torch_init_conv2d(inp, oup, 1), batch_norm(oup, BN_EPS),
                 _depthwise(oup, (1, 5), pad_mode="same"), batch_norm(oup, BN_EPS),
-                _depthwise(oup, (5, 1), pad_mode="same"), batch_norm(oup, BN_EPS)])
+                _depthwise(oup, (5, 1), pad_mode="same"), batch_norm(oup, BN_EPS))
 
     def construct(self, x):
-        p = self.primary_conv
-        x1 = p[2](conv_bn_apply(p[0], p[1], x))
-        cheap = self.cheap_operation
-        out = ops.concat((x1, cheap[2](depthwise_bn(cheap[0], cheap[1], x1))), 1)
+        x1 = self.primary_conv(x)
+        out = ops.concat((x1, self.cheap_operation(x1)), 1)
         if self.sliced:
             out = out[:, :self.oup]
         if not self.attn:
             return out
-        s = self.short_conv
-        gate = conv_bn_apply(s[0], s[1], self.pool(x))
-        gate = ops.sigmoid(depthwise_bn(s[4], s[5], depthwise_bn(s[2], s[3], gate)))
+        gate = ops.sigmoid(self.short_conv(self.pool(x)))
         return mul_resized(out, gate, self.dfc_upsample)
 
 
@@ -112,32 +106,27 @@ class GhostBottleneckV2(nn.Cell):
         self.stride = s.stride
         self.ghost1 = GhostModuleV2(s.in_chs, mid, relu=True, attn=s.dfc, dfc_upsample=dfc_upsample)
         if s.stride > 1:
-            self.conv_dw = _depthwise(mid, k, s.stride)
+            self.conv_dw = ConvBn.with_kernel(_depthwise(mid, k, s.stride))
             self.bn_dw = batch_norm(mid, BN_EPS)
         self.has_se = s.se_ratio > 0
         if self.has_se:
             self.se = SqueezeExcite(mid, s.se_ratio)
         self.ghost2 = GhostModuleV2(mid, s.out_chs, relu=False)
-        self.identity_shortcut = s.in_chs == s.out_chs and s.stride == 1
-        if self.identity_shortcut:
+        if s.in_chs == s.out_chs and s.stride == 1:
             self.shortcut = Identity()
         else:
-            self.shortcut = nn.SequentialCell([
+            self.shortcut = ConvBn(
                 _depthwise(s.in_chs, k, s.stride), batch_norm(s.in_chs, BN_EPS),
-                torch_init_conv2d(s.in_chs, s.out_chs, 1), batch_norm(s.out_chs, BN_EPS)])
+                torch_init_conv2d(s.in_chs, s.out_chs, 1), batch_norm(s.out_chs, BN_EPS))
 
     def construct(self, x):
-        if self.identity_shortcut:
-            residual = self.shortcut(x)
-        else:
-            sc = self.shortcut
-            residual = conv_bn_apply(sc[2], sc[3], depthwise_bn(sc[0], sc[1], x))
+        residual = x
         x = self.ghost1(x)
         if self.stride > 1:
-            x = depthwise_bn(self.conv_dw, self.bn_dw, x)
+            x = ConvBn.forward_pair(self.conv_dw, self.bn_dw, x)
         if self.has_se:
             x = self.se(x)
-        return self.ghost2(x) + residual
+        return self.ghost2(x) + self.shortcut(residual)
 
 
 class GhostNetV2(nn.Cell):
@@ -170,7 +159,7 @@ class GhostNetV2(nn.Cell):
         refresh_graph(self)
 
     def forward_features(self, x):
-        return self.blocks(self.act1(conv_bn_apply(self.conv_stem, self.bn1, x)))
+        return self.blocks(self.act1(ConvBn.forward_pair(self.conv_stem, self.bn1, x)))
 
     def forward_head(self, x, pre_logits: bool = False):
         x = self.dropout(self.flatten(self.act2(self.conv_head(self.global_pool(x)))))

@@ -147,16 +147,15 @@ def any_mode(request):
     ms.set_context(mode=prev)
 
 
-class ConvBn(ms.nn.Cell):
-    """``sum(bn(conv(x)) * proj)`` through :func:`layers.depthwise_bn` or :func:`layers.conv_bn_apply`."""
+class ProjectedConvBn(ms.nn.Cell):
+    """``sum(layer(x) * proj)`` and ``layer(x)`` for a :class:`layers.ConvBn` ``layer`` (``bn(conv(x))``)."""
 
-    def __init__(self, conv, bn, proj, depthwise):
+    def __init__(self, layer, proj):
         super().__init__()
-        self.conv, self.bn, self.proj, self.depthwise = conv, bn, proj, depthwise
+        self.layer, self.proj = layer, proj
 
     def construct(self, x):
-        apply = layers.depthwise_bn if self.depthwise else layers.conv_bn_apply
-        y = apply(self.conv, self.bn, x)
+        y = self.layer(x)
         return (y * self.proj).sum(), y
 
 
@@ -177,12 +176,12 @@ def test_conv_bn_paths_equal_torch(any_mode, train, cin, cout, kernel, stride, p
     conv = layers.torch_init_conv2d(cin, cout, kernel, stride, padding, group=cin if cin == cout else 1,
                                     pad_mode=pad_mode)
     depthwise = cin == cout
+    bn = layers.batch_norm(cout, 1e-5)
+    layer = layers.ConvBn(conv, bn)
     if depthwise:
-        layers.with_depthwise_kernel(conv)
         if not fast:
             conv.fused = None
         assert (conv.fused is not None) == fast
-    bn = layers.batch_norm(cout, 1e-5)
     stats = [rng.randn(cout).astype(np.float32) * 0.3 for _ in range(3)] + [rng.rand(cout).astype(np.float32) + 0.5]
     for p, v in zip((bn.beta, bn.moving_mean, bn.gamma, bn.moving_variance), stats):
         p.set_data(ms.Tensor(v))
@@ -198,7 +197,7 @@ def test_conv_bn_paths_equal_torch(any_mode, train, cin, cout, kernel, stride, p
     yt = tbn(tconv(xt))
     proj = rng.randn(*yt.shape).astype(np.float32)
     (yt * torch.from_numpy(proj)).sum().backward()
-    net = ConvBn(conv, bn, ms.Tensor(proj), depthwise)
+    net = ProjectedConvBn(layer, ms.Tensor(proj))
     net.set_train(train)
     params = [conv.weight, bn.gamma, bn.beta]
     grad_fn = ms.value_and_grad(net, 0, params, has_aux=True)

@@ -9,10 +9,10 @@
 Attention, patch embedding and position embedding arrive with the transformer backbones, each in its own module.
 """
 from .activation import hard_sigmoid
-from .conv_bn import bn_arrays, conv_arrays, conv_bn, fused_conv, trunc_normal_init
+from .conv_bn import ConvBn, bn_arrays, conv_arrays, conv_bn, fused_conv, trunc_normal_init
 from .drop import DropPath
 from .pool import AdaptiveMaxPool2d
 from .resize import resize
 
-__all__ = ["hard_sigmoid", "bn_arrays", "conv_arrays", "conv_bn", "fused_conv", "trunc_normal_init", "DropPath",
-           "AdaptiveMaxPool2d", "resize"]
+__all__ = ["hard_sigmoid", "ConvBn", "bn_arrays", "conv_arrays", "conv_bn", "fused_conv", "trunc_normal_init",
+           "DropPath", "AdaptiveMaxPool2d", "resize"]

@@ -6,6 +6,12 @@ import torch
 from torch import nn
 
 
+class ConvBn(nn.Sequential):
+    """Bias-free conv -> BatchNorm2d [-> activation], one or more times in a row, as a plain ``Sequential``
+    (children ``0, 1, ...``, or named by an ``OrderedDict``): the twin of ``ms_models.layers.ConvBn``, whose
+    GRAPH_MODE fast paths (eval-mode BN fold, compiled depthwise kernel) torch does not need."""
+
+
 def conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int = 0,
             eps: float = 1e-5) -> nn.Sequential:
     """``Sequential(Conv2d(bias=True), BatchNorm2d)``: keys ``0.weight, 0.bias, 1.*``."""

@@ -11,6 +11,7 @@ official MindSpore port (default ``'nearest'``, the official PyTorch one).
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -19,17 +20,17 @@ from torch import nn
 from specs.ghostnetv2 import BN_EPS, BlockSpec, block_plan, check_dfc_upsample, se_channels
 
 from .._registry import registry
-from ..layers import hard_sigmoid, resize
+from ..layers import ConvBn, hard_sigmoid, resize
 
 
 def _conv(in_chs: int, out_chs: int, kernel, stride: int = 1, padding=0, groups: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_chs, out_chs, kernel, stride, padding, groups=groups, bias=False)
 
 
-def _conv_bn_act(in_chs: int, out_chs: int, kernel: int, groups: int = 1, relu: bool = True) -> nn.Sequential:
+def _conv_bn_act(in_chs: int, out_chs: int, kernel: int, groups: int = 1, relu: bool = True) -> ConvBn:
     """``[Conv(k, pad k//2, no bias), BN, ReLU or nothing]`` (official ``primary_conv``/``cheap_operation``)."""
-    return nn.Sequential(_conv(in_chs, out_chs, kernel, 1, kernel // 2, groups),
-                         nn.BatchNorm2d(out_chs, eps=BN_EPS), nn.ReLU(inplace=True) if relu else nn.Identity())
+    return ConvBn(_conv(in_chs, out_chs, kernel, 1, kernel // 2, groups), nn.BatchNorm2d(out_chs, eps=BN_EPS),
+                  nn.ReLU(inplace=True) if relu else nn.Identity())
 
 
 class SqueezeExcite(nn.Module):
@@ -47,17 +48,12 @@ class SqueezeExcite(nn.Module):
         return x * hard_sigmoid(s)
 
 
-class ConvBnAct(nn.Module):
+class ConvBnAct(ConvBn):
     """``conv`` (no bias) + ``bn1`` + ReLU: the final 1x1 block ``blocks.9.0``."""
 
     def __init__(self, in_chs: int, out_chs: int, kernel: int = 1):
-        super().__init__()
-        self.conv = _conv(in_chs, out_chs, kernel, 1, kernel // 2)
-        self.bn1 = nn.BatchNorm2d(out_chs, eps=BN_EPS)
-        self.act1 = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act1(self.bn1(self.conv(x)))
+        super().__init__(OrderedDict(conv=_conv(in_chs, out_chs, kernel, 1, kernel // 2),
+                                     bn1=nn.BatchNorm2d(out_chs, eps=BN_EPS), act1=nn.ReLU(inplace=True)))
 
 
 class GhostModuleV2(nn.Module):
@@ -72,7 +68,7 @@ class GhostModuleV2(nn.Module):
         self.primary_conv = _conv_bn_act(inp, init, 1, relu=relu)
         self.cheap_operation = _conv_bn_act(init, init, 3, groups=init, relu=relu)
         if attn:
-            self.short_conv = nn.Sequential(
+            self.short_conv = ConvBn(
                 _conv(inp, oup, 1), nn.BatchNorm2d(oup, eps=BN_EPS),
                 _conv(oup, oup, (1, 5), 1, (0, 2), oup), nn.BatchNorm2d(oup, eps=BN_EPS),
                 _conv(oup, oup, (5, 1), 1, (2, 0), oup), nn.BatchNorm2d(oup, eps=BN_EPS))
@@ -103,7 +99,7 @@ class GhostBottleneckV2(nn.Module):
         if s.in_chs == s.out_chs and s.stride == 1:
             self.shortcut = nn.Sequential()
         else:
-            self.shortcut = nn.Sequential(
+            self.shortcut = ConvBn(
                 _conv(s.in_chs, s.in_chs, k, s.stride, (k - 1) // 2, s.in_chs), nn.BatchNorm2d(s.in_chs, eps=BN_EPS),
                 _conv(s.in_chs, s.out_chs, 1), nn.BatchNorm2d(s.out_chs, eps=BN_EPS))
 
