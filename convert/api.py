@@ -14,6 +14,7 @@ import torch
 
 import ms_models
 import torch_ref
+from ms_models.context import execution_mode
 from specs import get_model_cfg
 from specs.errors import CheckpointError
 
@@ -81,17 +82,11 @@ def torch_model_from(name: str, checkpoint: str | os.PathLike, key: str | None =
 def ms_twin(torch_model: torch.nn.Module, mode: int | None = None, **model_kwargs: Any):
     """The ms_models model with ``torch_model``'s name, form and weights, built in ``mode`` (default: current);
     ``model_kwargs`` that leave the parameters alone (``drop_rate``, ...) go to the MindSpore constructor."""
-    import mindspore as ms
+    from mindspore.nn.utils import no_init_parameters
     cfg = torch_model.pretrained_cfg
     kwargs = {"num_classes": cfg.num_classes, **_form_kwargs(torch_model)}
-    from mindspore.nn.utils import no_init_parameters
-    prev = ms.get_context("mode")
-    ms.set_context(mode=prev if mode is None else mode)
-    try:
-        with no_init_parameters():      # every weight is overwritten below: skip the random init
-            model = ms_models.create_model(cfg.name, **kwargs, **model_kwargs)
-    finally:
-        ms.set_context(mode=prev)
+    with execution_mode(mode), no_init_parameters():    # every weight is overwritten below: skip the random init
+        model = ms_models.create_model(cfg.name, **kwargs, **model_kwargs)
     return _load_ms_state(model, torch_state_of(torch_model), name_map(cfg.name, **kwargs))
 
 
