@@ -1,4 +1,8 @@
-"""The converter's importable API; the CLI (``python -m convert``) is a thin layer over these functions."""
+"""The converter's importable API; the CLI (``python -m convert``) is a thin layer over these functions.
+
+This is the torch bridge: it imports torch (before mindspore). Loading MindSpore-named files into ms_models
+needs none of it (:mod:`convert.state`).
+"""
 from __future__ import annotations
 
 import os
@@ -10,11 +14,13 @@ import torch
 
 import ms_models
 import torch_ref
+from ms_models.context import execution_mode
 from specs import get_model_cfg
 from specs.errors import CheckpointError
 
-from .io import read_checkpoint, write_checkpoint
+from .io import write_checkpoint
 from .mapping import NameMap, build_name_map, ms_to_torch, naming_of, torch_to_ms
+from .state import assign_ms_state, load_into_ms, read_state  # noqa: F401  (load_into_ms: public here too)
 
 
 def model_kwargs_for(name: str, state: Mapping[str, np.ndarray]) -> dict:
@@ -45,26 +51,6 @@ def _form_kwargs(model) -> dict:
     return out
 
 
-# the official MindSpore AdderQuant ResNet-20 (research/cv/AdderQuant/adder_quant.py) saves per adder layer a
-# copy ``adder_new`` and a placeholder ``scale_para`` next to ``adder``; optimizer state may come along too
-_ADDERQUANT_EXTRA = (".adder_new", ".scale_para")
-_OPTIMIZER_KEYS = ("learning_rate", "global_step", "momentum")
-
-
-def official_adderquant_state(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A state in the official MindSpore AdderQuant layout with its extra entries dropped (float weights are
-    ``adder``; ``adder_new``/``scale_para`` are only filled by its quantization step); other states unchanged."""
-    if not any(k.endswith(".adder_new") for k in state):
-        return dict(state)
-    return {k: v for k, v in state.items() if not k.endswith(_ADDERQUANT_EXTRA)
-            and not k.startswith(("moments.", "accum.")) and k not in _OPTIMIZER_KEYS}
-
-
-def read_state(path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarray]:
-    """:func:`convert.io.read_checkpoint` plus the official AdderQuant layout (see above)."""
-    return official_adderquant_state(read_checkpoint(path, key))
-
-
 def _load_torch_state(model: torch.nn.Module, state: Mapping[str, np.ndarray], nm: NameMap) -> torch.nn.Module:
     if naming_of(state, nm) == "mindspore":
         state = ms_to_torch(state, nm)
@@ -77,27 +63,18 @@ def _load_torch_state(model: torch.nn.Module, state: Mapping[str, np.ndarray], n
 
 def load_into_torch(model: torch.nn.Module, path: str | os.PathLike, key: str | None = None) -> torch.nn.Module:
     """Strictly load a checkpoint of either naming into a torch_ref model."""
-    return _load_torch_state(model, read_state(path, key), _model_name_map(model))
+    return _load_torch_state(model, read_state(model.pretrained_cfg.name, path, key), _model_name_map(model))
 
 
 def _load_ms_state(model, state: Mapping[str, np.ndarray], nm: NameMap, source: str = "state"):
-    import mindspore as ms
+    """Strictly load a state of either naming into an ms_models model through the name map ``nm``."""
     state = torch_to_ms(state, nm) if naming_of(state, nm) == "torch" else ms_to_torch_check(state, nm)
-    params = {k: ms.Parameter(ms.Tensor(np.array(v)), name=k) for k, v in state.items()}
-    not_loaded, unused = ms.load_param_into_net(model, params, strict_load=True)
-    if not_loaded or unused:
-        raise CheckpointError(f"{source}: MindSpore refused {len(not_loaded)} parameter(s), ignored {len(unused)}")
-    return model
-
-
-def load_into_ms(model, path: str | os.PathLike, key: str | None = None):
-    """Strictly load a checkpoint of either naming into an ms_models model."""
-    return _load_ms_state(model, read_state(path, key), _model_name_map(model), str(path))
+    return assign_ms_state(model, state, source)
 
 
 def torch_model_from(name: str, checkpoint: str | os.PathLike, key: str | None = None, **kwargs: Any):
     """A torch_ref model in the form and head size the checkpoint implies, loaded strictly."""
-    state = read_state(checkpoint, key)
+    state = read_state(name, checkpoint, key)
     kwargs = {**model_kwargs_for(name, state), **kwargs}
     return _load_torch_state(torch_ref.create_model(name, **kwargs), state, name_map(name, **kwargs))
 
@@ -105,17 +82,11 @@ def torch_model_from(name: str, checkpoint: str | os.PathLike, key: str | None =
 def ms_twin(torch_model: torch.nn.Module, mode: int | None = None, **model_kwargs: Any):
     """The ms_models model with ``torch_model``'s name, form and weights, built in ``mode`` (default: current);
     ``model_kwargs`` that leave the parameters alone (``drop_rate``, ...) go to the MindSpore constructor."""
-    import mindspore as ms
+    from mindspore.nn.utils import no_init_parameters
     cfg = torch_model.pretrained_cfg
     kwargs = {"num_classes": cfg.num_classes, **_form_kwargs(torch_model)}
-    from mindspore.nn.utils import no_init_parameters
-    prev = ms.get_context("mode")
-    ms.set_context(mode=prev if mode is None else mode)
-    try:
-        with no_init_parameters():      # every weight is overwritten below: skip the random init
-            model = ms_models.create_model(cfg.name, **kwargs, **model_kwargs)
-    finally:
-        ms.set_context(mode=prev)
+    with execution_mode(mode), no_init_parameters():    # every weight is overwritten below: skip the random init
+        model = ms_models.create_model(cfg.name, **kwargs, **model_kwargs)
     return _load_ms_state(model, torch_state_of(torch_model), name_map(cfg.name, **kwargs))
 
 
@@ -161,7 +132,7 @@ def convert_file(name: str, src: str | os.PathLike, dst: str | os.PathLike, dire
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, not {source!r}")
     get_model_cfg(name)
-    state = read_state(src, key)
+    state = read_state(name, src, key)
     if source == "mindspore-official":
         if direction == "torch2ms":
             raise CheckpointError("an official MindSpore checkpoint converts with ms2torch or ms2ms, not torch2ms")

@@ -74,9 +74,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {out} ({args.cmd}{', deploy form' if args.deploy else ''}) in {time.perf_counter() - t0:.2f} s")
         return 0
     if args.cmd == "onnx":
+        from .api import ms_twin, torch_model_from      # torch before mindspore
         import mindspore as ms
         from specs import check_input_size, get_model_cfg
-        from .api import ms_twin, torch_model_from
         from .onnx import export_onnx
         cfg = get_model_cfg(args.model)
         size = check_input_size(cfg, args.input_size or cfg.input_size[-1])

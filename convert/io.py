@@ -1,8 +1,9 @@
 """Reading and writing checkpoint files as ``{name: numpy array}``, safely and atomically.
 
 Reads ``.pth``/``.pth.tar``/``.pt``/``.th``/``.bin`` (``torch.load(weights_only=True)``: never unpickles code),
-``.safetensors`` and MindSpore ``.ckpt``; unwraps the containers the official repositories use. Writes to a
-temporary file in the destination folder and renames it, so an error or Ctrl-C leaves nothing half-written.
+``.safetensors`` and MindSpore ``.ckpt`` (these two without torch); unwraps the containers the official
+repositories use. Writes to a temporary file in the destination folder and renames it, so an error or Ctrl-C
+leaves nothing half-written. torch is imported only to read or write a torch file.
 """
 from __future__ import annotations
 
@@ -96,7 +97,10 @@ def read_checkpoint(path: str | os.PathLike, key: str | None = None) -> dict[str
             import mindspore as ms
             obj = ms.load_checkpoint(str(path))
         else:
-            import torch
+            try:
+                import torch
+            except ImportError:
+                raise CheckpointError(f"{path}: reading a torch file needs torch, which is not installed") from None
             try:
                 obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except RuntimeError as exc:

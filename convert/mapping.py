@@ -15,6 +15,8 @@ from torch import nn
 
 from specs.errors import KeyMismatchError
 
+from .state import check_keys
+
 _NORM = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
 _RENAMES: dict[type, dict[str, str]] = {
     nn.BatchNorm1d: _NORM, nn.BatchNorm2d: _NORM,
@@ -74,18 +76,9 @@ def build_name_map(torch_model: nn.Module, ms_model, model: str = "model") -> Na
     return NameMap(model, pairs, torch_shapes, ms_shapes, torch_only, ms_only)
 
 
-def _check(state: Mapping[str, np.ndarray], expected: Mapping[str, tuple], optional: set, model: str) -> None:
-    missing = [k for k in expected if k not in state and k not in optional]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [(k, tuple(state[k].shape), expected[k]) for k in state
-                  if k in expected and tuple(state[k].shape) != tuple(expected[k])]
-    if missing or unexpected or mismatched:
-        raise KeyMismatchError(model, missing, unexpected, mismatched)
-
-
 def torch_to_ms(state: Mapping[str, np.ndarray], nm: NameMap) -> dict[str, np.ndarray]:
     """Rename a torch state dict to MindSpore names; strict: any missing/extra/mis-shaped key raises."""
-    _check(state, nm.torch_shapes, set(nm.torch_only), nm.model)
+    check_keys(state, nm.torch_shapes, set(nm.torch_only), nm.model)
     out = {nm.torch_to_ms[k]: v for k, v in state.items() if k in nm.torch_to_ms}
     out.update(nm.ms_only)
     return out
@@ -93,7 +86,7 @@ def torch_to_ms(state: Mapping[str, np.ndarray], nm: NameMap) -> dict[str, np.nd
 
 def ms_to_torch(state: Mapping[str, np.ndarray], nm: NameMap) -> dict[str, np.ndarray]:
     """Rename a MindSpore state to torch keys (in the torch state-dict order); strict like :func:`torch_to_ms`."""
-    _check(state, nm.ms_shapes, set(nm.ms_only), nm.model)
+    check_keys(state, nm.ms_shapes, set(nm.ms_only), nm.model)
     return {k: nm.torch_only[k] if k in nm.torch_only else state[nm.torch_to_ms[k]] for k in nm.torch_shapes}
 
 

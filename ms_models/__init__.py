@@ -1,7 +1,8 @@
 """MindSpore implementations (graph mode and PyNative), parameter names mirroring the official PyTorch keys.
 
 ``models/`` holds the families (one file each), ``layers/`` the shared layers, ``methods/`` the training and
-compression methods; ``torch_ref`` mirrors the tree. Importing this package does not import torch."""
+compression methods; ``torch_ref`` mirrors the tree. Importing, building, loading MindSpore-named checkpoints
+and training need no torch (``tests/test_torch_free.py``)."""
 from __future__ import annotations
 
 import os
@@ -24,8 +25,10 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def load_checkpoint(model: nn.Cell, path: str | os.PathLike, key: str | None = None) -> nn.Cell:
-    """Load any supported checkpoint file (MindSpore or torch naming) into ``model`` strictly."""
-    from convert.api import load_into_ms
+    """Load any supported checkpoint file (MindSpore or torch naming) into ``model`` strictly: all keys and
+    shapes, one-line :class:`specs.CheckpointError`/:class:`specs.KeyMismatchError` otherwise. A ``.ckpt`` or
+    ``.safetensors`` file in MindSpore names needs no torch; torch names are mapped through torch."""
+    from convert.state import load_into_ms
     return load_into_ms(model, path, key=key)
 
 

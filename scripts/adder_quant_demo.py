@@ -12,6 +12,7 @@ the trained network in MindSpore instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import sys
@@ -83,6 +84,7 @@ def main(argv=None) -> int:
 
     if args.framework == "torch":
         from torch_ref.methods.quantize import quantize
+        mode = contextlib.nullcontext()
 
         def prepare(m):
             return copy.deepcopy(m)
@@ -96,8 +98,9 @@ def main(argv=None) -> int:
         import mindspore as ms
         from convert.mapping import build_name_map, torch_to_ms
         from ms_models.models.addernet import AdderResNet as MsAdderResNet
+        from ms_models.context import execution_mode
         from ms_models.methods.quantize import quantize
-        ms.set_context(mode=ms.PYNATIVE_MODE)
+        mode = execution_mode(ms.PYNATIVE_MODE)
 
         def prepare(m):
             mm = MsAdderResNet(layers=(1, 1, 1), width=args.width, num_classes=10)
@@ -109,13 +112,14 @@ def main(argv=None) -> int:
         def predictor(m):
             return lambda x: m(ms.Tensor(x)).asnumpy()
 
-    rows = [("float32", "-", accuracy(predictor(prepare(model)), xte, yte))]
-    for bits in args.bits:
-        for label, groups, clamp in ((f"{args.groups} groups + clamp (2212.10200)", args.groups, True),
-                                     ("single shared scale (prior)", 1, False)):
-            q = prepare(model)
-            quantize(q, calib, bits, groups, clamp=clamp, progress=False)
-            rows.append((f"{bits}-bit", label, accuracy(predictor(q), xte, yte)))
+    with mode:
+        rows = [("float32", "-", accuracy(predictor(prepare(model)), xte, yte))]
+        for bits in args.bits:
+            for label, groups, clamp in ((f"{args.groups} groups + clamp (2212.10200)", args.groups, True),
+                                         ("single shared scale (prior)", 1, False)):
+                q = prepare(model)
+                quantize(q, calib, bits, groups, clamp=clamp, progress=False)
+                rows.append((f"{bits}-bit", label, accuracy(predictor(q), xte, yte)))
     print(f"Adder ResNet (3 stages x 1 BasicBlock, width {args.width}) on digits {args.size}x{args.size}: "
           f"{args.epochs} epochs in {t_train:.1f} s; quantized in {args.framework}; "
           f"test set {len(xte)} images; calibration/BN {args.calib_batches} x 64 training images")

@@ -26,6 +26,7 @@ import numpy as np
 
 import torch_ref
 from convert.api import ms_twin
+from ms_models.context import execution_mode, in_execution_mode
 from specs import check_input_size, get_model_cfg
 from torch_ref.testing import deterministic_weights
 
@@ -87,12 +88,12 @@ def bench_model(name: str, form: str, batch: int, size: int, repeats: int, warmu
         row["torch"] = median_time(lambda: tm(xt), repeats, warmup)
     xm = ms.Tensor(x)
     for mode, key in ((ms.GRAPH_MODE, "ms_graph"), (ms.PYNATIVE_MODE, "ms_pynative")):
-        ms.set_context(mode=mode)
-        mm = ms_twin(tm, mode)
-        mm.set_train(False)
-        row[key] = median_time(lambda: mm(xm).asnumpy(), repeats, warmup)
-        if knn_share and key == "ms_graph":
-            row.update(knn_times(tm, mm, x, repeats, warmup))
+        with execution_mode(mode):
+            mm = ms_twin(tm)
+            mm.set_train(False)
+            row[key] = median_time(lambda: mm(xm).asnumpy(), repeats, warmup)
+            if knn_share and key == "ms_graph":
+                row.update(knn_times(tm, mm, x, repeats, warmup))
     if use_ort:
         import onnxruntime as ort
         with tempfile.TemporaryDirectory() as d:
@@ -209,6 +210,7 @@ ADDER_SHAPES = {   # name: (batch, in channels, out channels, image size, kernel
 }
 
 
+@in_execution_mode(ms.GRAPH_MODE)
 def bench_adder(name: str, repeats: int, warmup: int) -> dict:
     """Adder2d vs Conv2d of the same shape: forward and forward+backward (input and weight gradients),
     torch eager and MindSpore GRAPH_MODE."""
@@ -233,7 +235,6 @@ def bench_adder(name: str, repeats: int, warmup: int) -> dict:
             fn(xg, wg).backward(g)
             xg.grad = wg.grad = None
         row[f"torch_{kind}_fwdbwd"] = median_time(step, repeats, warmup)
-    ms.set_context(mode=ms.GRAPH_MODE)
     mx = ms.Tensor(x)
     adder = ms_adder.Adder2d(cin, cout, k, stride, pad)
     conv = ms.nn.Conv2d(cin, cout, k, stride, pad_mode="pad", padding=pad, has_bias=False)
@@ -255,9 +256,9 @@ def adder_peak_memory(framework: str, batch: int = 8, size: int = 224) -> tuple[
         code = (f"import torch_ref\nm = torch_ref.create_model('adder_resnet50').eval()\n"
                 f"x = torch.randn({batch}, 3, {size}, {size})\nwith torch.no_grad():\n    m(x)")
     else:
-        code = (f"import ms_models, numpy as np\nmindspore.set_context(mode=mindspore.GRAPH_MODE)\n"
-                f"m = ms_models.create_model('adder_resnet50')\nm.set_train(False)\n"
-                f"m(mindspore.Tensor(np.random.randn({batch}, 3, {size}, {size}).astype(np.float32))).asnumpy()")
+        code = (f"import ms_models, numpy as np\nwith ms_models.execution_mode(mindspore.GRAPH_MODE):\n"
+                f"    m = ms_models.create_model('adder_resnet50')\n    m.set_train(False)\n"
+                f"    m(mindspore.Tensor(np.random.randn({batch}, 3, {size}, {size}).astype(np.float32))).asnumpy()")
     t, base, peak = _peak_rss_child(code)
     return t, peak - base
 

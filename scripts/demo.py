@@ -25,6 +25,7 @@ from convert.api import convert_file, load_into_ms
 from convert.io import write_checkpoint
 from convert.onnx import export_onnx
 from convert.parity import DEFAULT_TOL, compare, compare_models
+from ms_models.context import execution_mode
 from specs import check_input_size, get_model_cfg
 from torch_ref.testing import deterministic_weights
 
@@ -56,8 +57,8 @@ def main(argv=None) -> int:
     print(f"wrote {dst} in {time.perf_counter() - t0:.2f} s")
     ms_models_by_mode = {}
     for mode in (ms.PYNATIVE_MODE, ms.GRAPH_MODE):
-        ms.set_context(mode=mode)
-        ms_models_by_mode[mode] = load_into_ms(ms_models.create_model(args.model), dst)
+        with execution_mode(mode):
+            ms_models_by_mode[mode] = load_into_ms(ms_models.create_model(args.model), dst)
     pyn, graph = ms_models_by_mode[ms.PYNATIVE_MODE], ms_models_by_mode[ms.GRAPH_MODE]
 
     x = np.random.RandomState(0).randn(1, 3, h, w).astype(np.float32)
@@ -78,15 +79,17 @@ def main(argv=None) -> int:
     ok &= report.ok
     with torch.no_grad():
         same = compare("deploy vs train (torch)", "logits", train_out, tm(torch.from_numpy(x)).numpy(), DEFAULT_TOL)
-    ms.set_context(mode=ms.GRAPH_MODE)
-    same_ms = compare("deploy vs train (MindSpore)", "logits", train_out, graph(ms.Tensor(x)).asnumpy(), DEFAULT_TOL)
+    with execution_mode(ms.GRAPH_MODE):
+        same_ms = compare("deploy vs train (MindSpore)", "logits", train_out, graph(ms.Tensor(x)).asnumpy(),
+                          DEFAULT_TOL)
     for d in (same, same_ms):
         print(f"{d.name}: max abs {d.max_abs:.3g}, relative {d.max_rel:.3g} -> {'ok' if d.ok else 'FAIL'}")
         ok &= d.ok
 
     step("5. ONNX export of the deploy form, checked with onnxruntime")
     for fw, model in (("torch", tm), ("mindspore", graph)):
-        print(export_onnx(model, out / f"{args.model}_deploy_{fw}.onnx", fw, (h, w)))
+        with execution_mode(ms.GRAPH_MODE if fw == "mindspore" else None):
+            print(export_onnx(model, out / f"{args.model}_deploy_{fw}.onnx", fw, (h, w)))
 
     print(f"\n{'DEMO OK' if ok else 'DEMO FAILED'}")
     return 0 if ok else 1

@@ -19,6 +19,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+_RULE_FUNCTIONS = ("infer_kwargs", "checkpoint_filter", "official_ms_entry")    # not plain data: not in to_dict
+
+
 @dataclass(frozen=True)
 class ModelCfg:
     """What a user needs to know about one registered model, besides its code."""
@@ -40,12 +43,22 @@ class ModelCfg:
     first_conv: str = ""
     classifier: tuple[str, ...] = ()
     notes: str = ""
+    # Checkpoint rules of the family, beside its cfg (timm's ``checkpoint_filter_fn`` pattern); framework-free
+    # functions over {name: ndarray} that ``convert`` and ``ms_models.load_checkpoint`` apply:
     # (state-dict key -> shape) -> model kwargs the checkpoint implies (num_classes, deploy form, ...)
     infer_kwargs: Callable[[Mapping[str, tuple]], dict] | None = field(default=None, compare=False)
+    # every state read for this model passes through it (drops the extra entries of an official layout)
+    checkpoint_filter: Callable[[Mapping[str, Any]], dict[str, Any]] | None = field(default=None, compare=False)
+    # one entry of an official mindspore-ai/models checkpoint -> (our MindSpore name, value); None: not declared
+    official_ms_entry: Callable[[str, Any], tuple[str, Any] | None] | None = field(default=None, compare=False)
+    # MindSpore parameters without a torch state-dict counterpart (schedule state: torch keeps it as Python
+    # attributes or non-persistent buffers), as fnmatch patterns: optional in a MindSpore-named checkpoint
+    # (left as they are when absent)
+    ms_only_params: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
-        """Plain-data view (for printing and JSON), without the callable."""
-        out = {k: v for k, v in self.__dict__.items() if k != "infer_kwargs"}
+        """Plain-data view (for printing and JSON), without the checkpoint-rule callables."""
+        out = {k: v for k, v in self.__dict__.items() if k not in _RULE_FUNCTIONS}
         out["arch"] = dict(self.arch)
         return out
 

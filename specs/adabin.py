@@ -9,6 +9,7 @@ frameworks set bit-identical float32 ``t``/``k``.
 from __future__ import annotations
 
 import math
+import re
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -46,6 +47,25 @@ def infer_kwargs(shapes: Mapping[str, tuple]) -> dict:
     return {}
 
 
+# The official MindSpore CIFAR-10 ResNet-20 (mindspore-ai/models ``research/cv/AdaBin/src/resnet.py``, checkpoint
+# ``adabin_ascend_v180_cifar10_research_cv_acc88.15.ckpt``) has our names; its ``Maxout`` scales are (1, C, 1, 1).
+_BN = r"(gamma|beta|moving_mean|moving_variance)"
+_OFFICIAL_MS = re.compile(rf"^(conv1\.weight|bn[12]\.{_BN}|nonlinear1\.(neg|pos)_scale|linear\.(weight|bias)|"
+                          rf"layer\d\.\d+\.(conv[12]\.(weight|binary_a\.(alpha_a|beta_a))|bn[12]\.{_BN}|"
+                          r"nonlinear[12]\.(neg|pos)_scale))$")
+# the estimator temperatures: MindSpore Parameters, non-persistent buffers in torch (official state dicts lack them)
+MS_ONLY_PARAMS = ("*.t", "*.k")
+
+
+def official_ms_entry(key: str, value: np.ndarray) -> tuple[str, np.ndarray] | None:
+    """One entry of the official MindSpore checkpoint (see above): same name, ``Maxout`` scales (1, C, 1, 1)
+    -> our (C,); None if the layout has no such name. The temperatures ``t``/``k`` it lacks keep their
+    initial values (:data:`MS_ONLY_PARAMS`)."""
+    if not _OFFICIAL_MS.match(key):
+        return None
+    return key, value.reshape(-1) if key.endswith(("neg_scale", "pos_scale")) else value
+
+
 def _arch(layers: tuple[int, ...], stem: str, shortcut: str, width: int, init: str) -> dict:
     return dict(layers=layers, stem=stem, shortcut=shortcut, width=width, init=init)
 
@@ -57,7 +77,8 @@ def _cfg(name: str, arch: dict, official: str, cifar: bool, notes: str = "", url
         test_input_size=(3, 32, 32) if cifar else (3, 64, 64), min_input_size=(3, 8, 8) if cifar else (3, 32, 32),
         mean=IMAGENET_MEAN, std=IMAGENET_STD,              # the official CIFAR-10 main.py normalises with these too
         crop_pct=1.0 if cifar else 0.875, interpolation="bilinear", num_classes=10 if cifar else 1000,
-        first_conv="conv1", classifier=("linear",) if cifar else ("fc",), infer_kwargs=infer_kwargs, notes=notes)
+        first_conv="conv1", classifier=("linear",) if cifar else ("fc",), infer_kwargs=infer_kwargs,
+        official_ms_entry=official_ms_entry, ms_only_params=MS_ONLY_PARAMS, notes=notes)
 
 
 CFGS = [

@@ -53,6 +53,21 @@ def infer_kwargs(shapes: Mapping[str, tuple]) -> dict:
     return out
 
 
+# The official MindSpore AdderQuant ResNet-20 (research/cv/AdderQuant/adder_quant.py) saves per adder layer a
+# copy ``adder_new`` and a placeholder ``scale_para`` next to ``adder``; optimizer state may come along too.
+_ADDERQUANT_EXTRA = (".adder_new", ".scale_para")
+_OPTIMIZER_KEYS = ("learning_rate", "global_step", "momentum")
+
+
+def checkpoint_filter(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A state in the official MindSpore AdderQuant layout with its extra entries dropped (float weights are
+    ``adder``; ``adder_new``/``scale_para`` are only filled by its quantization step); other states unchanged."""
+    if not any(k.endswith(".adder_new") for k in state):
+        return dict(state)
+    return {k: v for k, v in state.items() if not k.endswith(_ADDERQUANT_EXTRA)
+            and not k.startswith(("moments.", "accum.")) and k not in _OPTIMIZER_KEYS}
+
+
 def _cfg(name: str, arch: dict, cifar: bool) -> ModelCfg:
     size = (3, 32, 32) if cifar else (3, 224, 224)
     return ModelCfg(
@@ -60,7 +75,7 @@ def _cfg(name: str, arch: dict, cifar: bool) -> ModelCfg:
         input_size=size, test_input_size=(3, 32, 32), min_input_size=(3, 8, 8) if cifar else (3, 32, 32),
         mean=CIFAR10_MEAN if cifar else (0.485, 0.456, 0.406), std=CIFAR10_STD if cifar else (0.229, 0.224, 0.225),
         crop_pct=1.0 if cifar else 0.875, interpolation="bilinear", num_classes=10 if cifar else 1000,
-        first_conv="conv1", classifier=("fc",), infer_kwargs=infer_kwargs,
+        first_conv="conv1", classifier=("fc",), infer_kwargs=infer_kwargs, checkpoint_filter=checkpoint_filter,
         notes=f"post-training quantization: arXiv {QUANT_PAPER} ({QUANT_CODE})")
 
 

@@ -6,8 +6,11 @@ count, stride and DFC flag from :func:`block_plan`.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
 
 from ._registry import ModelCfg, register_cfgs
 
@@ -123,6 +126,46 @@ def infer_kwargs(shapes: Mapping[str, tuple]) -> dict:
     return {"num_classes": int(shapes["classifier.weight"][0]) if "classifier.weight" in shapes else 0}
 
 
+# The official MindSpore checkpoint ``ghostnetv2_1x.ckpt`` (mindspore-ai/models
+# ``research/cv/ghostnetv2/src/ghostnetv2.py``): a flat ``blocks.0..15`` (one per cfg row) plus ``blocks.16``
+# (the final ConvUnit), ``ConvUnit`` children ``conv``/``bn``. Official flat block index -> our "stage.index":
+_OFFICIAL_MS_BLOCKS = [f"{s}.{j}" for s, rows in enumerate(STAGES) for j in range(len(rows))] + [f"{len(STAGES)}.0"]
+_BN = r"(gamma|beta|moving_mean|moving_variance)"
+# (pattern inside one official block, replacement); ConvUnit i of a Sequential -> children 2i (conv), 2i+1 (bn)
+_OFFICIAL_MS_RULES: tuple[tuple[str, Callable[[re.Match], str]], ...] = (
+    (r"^(ghost[12]\.(?:primary_conv|cheap_operation))\.conv\.weight$", lambda m: f"{m[1]}.0.weight"),
+    (rf"^(ghost[12]\.(?:primary_conv|cheap_operation))\.bn\.{_BN}$", lambda m: f"{m[1]}.1.{m[2]}"),
+    (r"^(ghost1\.short_conv|shortcut)\.(\d)\.conv\.weight$", lambda m: f"{m[1]}.{2 * int(m[2])}.weight"),
+    (rf"^(ghost1\.short_conv|shortcut)\.(\d)\.bn\.{_BN}$", lambda m: f"{m[1]}.{2 * int(m[2]) + 1}.{m[3]}"),
+    (r"^dw\.conv\.weight$", lambda m: "conv_dw.weight"),
+    (rf"^dw\.bn\.{_BN}$", lambda m: f"bn_dw.{m[1]}"),
+    (r"^(se\.conv_(?:reduce|expand)\.(?:weight|bias))$", lambda m: m[1]),
+)
+_OFFICIAL_MS_FINAL_RULES = (
+    (r"^conv\.weight$", lambda m: "conv.weight"),
+    (rf"^bn\.{_BN}$", lambda m: f"bn1.{m[1]}"),
+)
+_OFFICIAL_MS_TOP = re.compile(rf"^(conv_stem\.weight|bn1\.{_BN}|conv_head\.(weight|bias)|classifier\.(weight|bias))$")
+
+
+def official_ms_entry(key: str, value: np.ndarray) -> tuple[str, np.ndarray] | None:
+    """Our MindSpore name of one ``ghostnetv2_1x.ckpt`` entry (see above), value unchanged; None if the layout
+    has no such name. That network upsamples the DFC gate bilinearly (align_corners): load the result into a
+    model built with ``dfc_upsample='bilinear'`` to reproduce it. Its ``ceil`` channel rounding equals the
+    PyTorch rounding at width 1.0 only."""
+    if _OFFICIAL_MS_TOP.match(key):
+        return key, value
+    m = re.match(r"^blocks\.(\d+)\.(.+)$", key)
+    if not m or int(m[1]) >= len(_OFFICIAL_MS_BLOCKS):
+        return None
+    final = int(m[1]) == len(_OFFICIAL_MS_BLOCKS) - 1
+    for pattern, repl in (_OFFICIAL_MS_FINAL_RULES if final else _OFFICIAL_MS_RULES):
+        hit = re.match(pattern, m[2])
+        if hit:
+            return f"blocks.{_OFFICIAL_MS_BLOCKS[int(m[1])]}.{repl(hit)}", value
+    return None
+
+
 def _cfg(name: str, width: float) -> ModelCfg:
     m = min_input_size()
     return ModelCfg(
@@ -132,7 +175,7 @@ def _cfg(name: str, width: float) -> ModelCfg:
         # the last stage sees 4 x 3; non-square on purpose.
         test_input_size=(3, 112, 80), first_conv="conv_stem", classifier=("classifier",),
         notes=f"width {width}; timm ghostnetv2_{name[-3:]}.in1k holds the same weights under the same keys",
-        infer_kwargs=infer_kwargs)
+        infer_kwargs=infer_kwargs, official_ms_entry=official_ms_entry)
 
 
 CFGS = [_cfg(name, w) for name, w in WIDTHS.items()]

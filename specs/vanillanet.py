@@ -67,13 +67,18 @@ def deep_training_lambda(epoch: int, decay_epochs: int = 100, linear: bool = Tru
     return r if linear else 0.5 * (1.0 - math.cos(math.pi * r))
 
 
+# the deep-training slope: a MindSpore Parameter (read at run time in GRAPH_MODE), a Python float in torch
+MS_ONLY_PARAMS = ("act_learn",)
+
+
 def _cfg(name: str, arch: dict, notes: str = "") -> ModelCfg:
     m = min_input_size(arch)
     return ModelCfg(
         name=name, family="vanillanet", arch=arch, paper=PAPER, official_code=OFFICIAL_CODE,
         urls=(URL.format(name),), min_input_size=(3, m, m),
         test_input_size=(3, max(m, 64), max(m, 64)),
-        first_conv="stem1.0", classifier=("cls1.2", "cls2.0"), notes=notes, infer_kwargs=infer_kwargs)
+        first_conv="stem1.0", classifier=("cls1.2", "cls2.0"), notes=notes, infer_kwargs=infer_kwargs,
+        ms_only_params=MS_ONLY_PARAMS)
 
 
 CFGS = [_cfg(f"vanillanet_{d}", _arch(d)) for d in sorted(_PLANS)] + [
