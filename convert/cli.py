@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--deploy", action="store_true")
     s.add_argument("--graph", choices=("shared", "free"), default="shared",
                    help="graph models (ViG): feed torch's neighbour indices to MindSpore (shared) or not (free)")
+    s.add_argument("--steps", choices=("shared", "free"), default="shared",
+                   help="binary models (step layers): feed torch's binarised values to MindSpore (shared) or "
+                        "not (free); flips are counted and classified in both")
     s.add_argument("--float64", action="store_true",
                    help="float64 mode: torch f64 vs its float32 graph, MindSpore f64 where its kernels allow")
     s.add_argument("--json", action="store_true")
@@ -101,7 +104,7 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(asdict(report) | {"ok": report.ok}, indent=1) if args.json else report.table())
         return 0 if report.ok else 1
     report = run_parity(args.model, args.checkpoint, args.input_size, args.batch, args.tol or DEFAULT_TOL,
-                        deploy=args.deploy, graph_mode=args.graph)
+                        deploy=args.deploy, graph_mode=args.graph, steps=args.steps)
     print(report.to_json() if args.json else report.table())
     return 0 if report.ok else 1
 

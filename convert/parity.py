@@ -19,6 +19,20 @@ discontinuous function of the features:
 * :func:`float64_check`: torch in float64 must reproduce itself fed with the float32 graph to 1e-9 relative
   (so the float32 graph is the exact one); MindSpore runs in float64 where its CPU kernels allow, and the ops
   that lack float64 are listed.
+
+Binary networks get the same treatment for their step functions (layers whose class has ``step_function =
+True``: activation binarisers such as AdaBin's ``ApproxSign`` and BiMLP's ``ActQuantize``), where an input
+within float32 rounding of a threshold binarises differently in the two frameworks:
+
+* per step layer, the elements whose output flipped (moved by more than :data:`FLIP` of the output scale), and
+  for each flip the distance of torch's input to the threshold of torch's own step between the two
+  frameworks' inputs (found by bisection on the float32 line), in ulps of the layer's input scale
+  ``max|input|``; the verdict is "float32 rounding at a threshold" when every flip is such a crossing within
+  :data:`ROUNDING_ULPS` ulps (see :func:`step_diff`); a step layer's row compares the elements that did not flip;
+* ``steps='shared'`` (:class:`SharedSteps`): MindSpore's step layers output torch's values (their own output
+  is still recorded and compared), so every later layer is compared at the float tolerance; ``steps='free'``
+  runs the two models independently (a rounding flip then moves everything downstream). Hooks only run in
+  PyNative, so with shared steps the GRAPH_MODE output is compared with MindSpore's own PyNative output.
 """
 from __future__ import annotations
 
@@ -28,6 +42,16 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 DEFAULT_TOL = 1e-4   # float32: errors of ~1e-6 relative are observed; 1e-4 leaves room for depth
+# A flip moves a step layer's output element by a whole step (at least half its output scale); float rounding
+# between the frameworks moves it by ~1e-7 of that scale (ApproxSign's ``sign - poly + poly``: 1 ulp of 1).
+FLIP = 1e-3
+# "A few ulps": the two frameworks' inputs to a step layer agree to ~1e-6 of its input scale max|input| (8 to 16
+# float32 ulps of it; an ulp is 6e-8 to 1.2e-7 of the scale) and the flips seen on AdaBin ResNet-18 at 224 px
+# lie within 5 ulps of the threshold. 16 ulps (<= 2e-6 of the scale, 50x under DEFAULT_TOL) is what float32
+# rounding alone reaches; a wrong weight, scale or threshold moves the inputs by orders of magnitude more.
+ROUNDING_ULPS = 16
+STEP_EXACT, STEP_ROUNDING = "exact", "float32 rounding at a threshold"
+STEP_INPUT, STEP_FAULT = "input differs beyond the tolerance", "flips beyond float32 rounding"
 
 
 @dataclass
@@ -42,6 +66,32 @@ class LayerDiff:
 
 
 @dataclass
+class StepDiff:
+    """One step layer: ``flipped`` of ``total`` output elements flipped; ``max_ulps`` / ``max_dist`` the largest
+    distance of a flip's torch input to its threshold in ulps of / relative to the input scale (inf: torch's
+    own step does not change between the two inputs); ``input_rel`` the inputs' max error relative to that
+    scale; ``verdict`` one of ``STEP_EXACT``, ``STEP_ROUNDING``, ``STEP_INPUT``, ``STEP_FAULT``."""
+
+    name: str
+    flipped: int
+    total: int
+    max_ulps: float
+    max_dist: float
+    input_rel: float
+    verdict: str
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict in (STEP_EXACT, STEP_ROUNDING)
+
+    def summary(self) -> str:
+        if not self.flipped:
+            return "step: no flip"
+        return (f"step: {self.flipped}/{self.total} flipped, <= {self.max_ulps:.3g} ulp "
+                f"({self.max_dist:.2g} of input scale): {self.verdict}")
+
+
+@dataclass
 class ParityReport:
     model: str
     input_shape: tuple
@@ -52,6 +102,8 @@ class ParityReport:
     unmatched: list[str] = field(default_factory=list)
     graph_mode: str = "free"
     agreement: dict[str, float] = field(default_factory=dict)   # Grapher kNN layer -> neighbour agreement
+    steps_mode: str = "none"                  # "shared" / "free" for models with step layers
+    steps: dict[str, StepDiff] = field(default_factory=dict)    # step layer -> its flips
 
     @property
     def first_failure(self) -> str | None:
@@ -71,14 +123,31 @@ class ParityReport:
         head = f"{'layer':<34} {'type':<18} {'shape':<20} {'max abs':>10} {'max rel':>10} {'cosine':>10}"
         rows = [head, "-" * len(head)]
         for d in self.layers + [x for x in (self.output, self.graph_output) if x is not None]:
+            step = f"  {self.steps[d.name].summary()}" if d.name in self.steps else ""
             mark = "" if d.ok else "  <-- over tolerance"
             rows.append(f"{d.name:<34} {d.kind:<18} {str(tuple(d.shape)):<20} {d.max_abs:>10.3g} "
-                        f"{d.max_rel:>10.3g} {d.cosine:>10.7f}{mark}")
+                        f"{d.max_rel:>10.3g} {d.cosine:>10.7f}{step}{mark}")
         if self.agreement:
             rows.append(f"neighbour agreement (MindSpore's own kNN vs torch's), graph mode {self.graph_mode}:")
             rows += [f"  {k:<48} {v:8.2%}" for k, v in self.agreement.items()]
-        verdict = (f"PASS: every layer within {self.tol:g} of its output scale" if self.ok
-                   else f"FAIL: first layer over tolerance {self.tol:g}: {self.first_failure}")
+        if self.steps:
+            flips = [d for d in self.steps.values() if d.flipped]
+            fed = ("MindSpore's step layers output torch's values" if self.steps_mode == "shared"
+                   else "the models run independently")
+            rows.append(f"steps {self.steps_mode} ({fed}): {len(self.steps)} step layers, {len(flips)} with "
+                        f"flips; a step row compares MindSpore's own output where it did not flip")
+            rows.append(f"  rounding rule: every flip crosses torch's threshold between the two inputs, torch's "
+                        f"input within {ROUNDING_ULPS} ulps of max|input| from it")
+        if self.ok:
+            verdict = f"PASS: every layer within {self.tol:g} of its output scale"
+        else:
+            verdict = f"FAIL: first layer over tolerance {self.tol:g}: {self.first_failure}"
+            names = [d.name for d in self.layers]
+            rounding = [n for n, d in self.steps.items() if d.verdict == STEP_ROUNDING]
+            if (self.steps_mode == "free" and rounding and self.first_failure in names
+                    and names.index(rounding[0]) < names.index(self.first_failure)):
+                verdict += (f" (after float32 rounding flips at {rounding[0]}; --steps shared compares the "
+                            f"layers past them)")
         return "\n".join(rows + [verdict])
 
     def to_json(self) -> str:
@@ -87,17 +156,22 @@ class ParityReport:
         return json.dumps(out, indent=1)
 
 
-def compare(name: str, kind: str, ref: np.ndarray, got: np.ndarray, tol: float) -> LayerDiff:
+def compare(name: str, kind: str, ref: np.ndarray, got: np.ndarray, tol: float,
+            skip: np.ndarray | None = None) -> LayerDiff:
+    """Errors of ``got`` against ``ref`` (elements where ``skip`` is True left out: a step layer's flips)."""
     ref = np.asarray(ref, dtype=np.float64)
     got = np.asarray(got, dtype=np.float64)
     if ref.shape != got.shape:
         return LayerDiff(name, kind, tuple(ref.shape), float("inf"), float("inf"), 0.0, False)
+    shape = ref.shape
+    if skip is not None:
+        ref, got = ref[~skip], got[~skip]
     err = float(np.abs(ref - got).max()) if ref.size else 0.0
     scale = float(np.abs(ref).max()) if ref.size else 0.0
     rel = err / scale if scale > 0 else err
     denom = np.linalg.norm(ref) * np.linalg.norm(got)
     cos = float((ref.ravel() @ got.ravel()) / denom) if denom > 0 else float(err == 0)
-    return LayerDiff(name, kind, tuple(ref.shape), err, rel, cos, bool(rel <= tol and np.isfinite(got).all()))
+    return LayerDiff(name, kind, tuple(shape), err, rel, cos, bool(rel <= tol and np.isfinite(got).all()))
 
 
 def neighbour_agreement(ref: np.ndarray, got: np.ndarray) -> float:
@@ -116,6 +190,135 @@ def _first_tensor(out):
     if isinstance(out, (tuple, list)):
         return out[0] if out else None
     return out
+
+
+def step_layers(model) -> list[tuple[str, object]]:
+    """(name, layer) of the step-function layers (class attribute ``step_function``) of a torch module or
+    MindSpore cell; the names are equal in both frameworks."""
+    items = model.cells_and_names() if hasattr(model, "cells_and_names") else model.named_modules()
+    return [(n, m) for n, m in items if getattr(type(m), "step_function", False)]
+
+
+def flip_mask(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
+    """The elements of a step layer's output ``got`` that moved from ``ref`` by a step (:data:`FLIP`)."""
+    ref = np.asarray(ref, np.float64)
+    return np.abs(ref - got) > FLIP * max(np.abs(ref).max(initial=0.0), 1e-12)
+
+
+class SharedSteps:
+    """Shared binarisation, the step-function analogue of the shared kNN graph: an activation within float32
+    rounding of a threshold binarises differently in the two frameworks and moves everything downstream.
+
+    ``watch(model)`` hooks every step layer of a torch module or MindSpore (PyNative) cell and records its
+    input and its own output (float32, last call) in ``inputs`` / ``outputs``; ``force(model, outs)`` also
+    makes each step layer output ``outs[name]`` (torch float32's values) while keeping its own gradient
+    (``o + stop_gradient(t - o)``), and counts the elements where its own output differed (``flipped`` of
+    ``total``, :func:`flip_mask`). ``remove()`` takes the hooks off."""
+
+    def __init__(self):
+        self.flipped = 0
+        self.total = 0
+        self.inputs: dict[str, np.ndarray] = {}
+        self.outputs: dict[str, np.ndarray] = {}
+        self.handles: list = []
+
+    def _record(self, name: str, x, own: np.ndarray, forced: np.ndarray | None) -> None:
+        self.inputs[name], self.outputs[name] = x, own
+        if forced is not None:
+            self.flipped += int(flip_mask(forced, own).sum())
+            self.total += forced.size
+
+    def _hook(self, model, outs: dict[str, np.ndarray] | None) -> None:
+        for name, layer in step_layers(model):
+            forced = None if outs is None else outs[name]
+            if not hasattr(model, "cells_and_names"):
+                import torch
+
+                def hook(_m, inputs, o, name=name, t=None if forced is None else torch.from_numpy(forced)):
+                    self._record(name, inputs[0].detach().float().numpy().copy(),
+                                 o.detach().float().numpy().copy(), None if t is None else t.numpy())
+                    return None if t is None else o + (t.to(o.dtype) - o).detach()
+            else:
+                import mindspore as ms
+                from mindspore import ops
+
+                def hook(_c, inputs, o, name=name, t=None if forced is None else ms.Tensor(forced), t_np=forced):
+                    self._record(name, inputs[0].asnumpy().astype(np.float32),
+                                 o.asnumpy().astype(np.float32), t_np)
+                    return None if t is None else o + ops.stop_gradient(t - o)
+            self.handles.append(layer.register_forward_hook(hook))
+
+    def watch(self, model) -> None:
+        self._hook(model, None)
+
+    def force(self, model, outs: dict[str, np.ndarray]) -> None:
+        self._hook(model, outs)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+def _ordered(x: np.ndarray) -> np.ndarray:
+    """float32 -> int64 in the order of the values, consecutive floats one apart (both zeros at 0)."""
+    bits = x.astype(np.float32).view(np.int32).astype(np.int64)
+    return np.where(bits < 0, -(bits & 0x7FFFFFFF), bits)
+
+
+def _from_ordered(o: np.ndarray) -> np.ndarray:
+    return np.where(o < 0, -o + 2 ** 31, o).astype(np.uint32).view(np.float32)
+
+
+def threshold_distance(layer, ref_in: np.ndarray, ref_out: np.ndarray, got_in: np.ndarray, got_out: np.ndarray,
+                       where: np.ndarray) -> np.ndarray:
+    """For the elements ``where`` of an elementwise torch step ``layer`` (output ``ref_out`` on ``ref_in``;
+    the other framework's ``got_out`` on ``got_in``): the distance from ``ref_in`` to the nearest float32 on
+    the way to ``got_in`` at which ``layer``'s output flips (bisection on the float32 line); inf where it
+    does not flip between the two or where ``layer`` on ``got_in`` does not give ``got_out``."""
+    import torch
+    idx = np.flatnonzero(where)
+    ref_flat = ref_in.ravel()
+
+    def run(values: np.ndarray) -> np.ndarray:
+        probe = ref_flat.copy()
+        probe[idx] = values
+        with torch.no_grad():
+            return layer(torch.from_numpy(probe.reshape(ref_in.shape))).numpy()
+
+    lo, hi = _ordered(ref_flat[idx]), _ordered(got_in.ravel()[idx])
+    at_got = run(_from_ordered(hi))
+    crossing = flip_mask(ref_out, at_got).ravel()[idx] & ~flip_mask(got_out, at_got).ravel()[idx]
+    while True:                          # invariant: no flip at lo, a flip at hi (where crossing)
+        gap = crossing & (np.abs(hi - lo) > 1)
+        if not gap.any():
+            break
+        mid = lo + (hi - lo) // 2
+        hit = flip_mask(ref_out, run(np.where(gap, _from_ordered(mid), _from_ordered(lo)))).ravel()[idx]
+        hi, lo = np.where(gap & hit, mid, hi), np.where(gap & ~hit, mid, lo)
+    dist = np.abs(_from_ordered(hi).astype(np.float64) - ref_flat[idx])
+    return np.where(crossing, dist, np.inf)
+
+
+def step_diff(name: str, layer, ref_in: np.ndarray, ref_out: np.ndarray, got_in: np.ndarray,
+              got_out: np.ndarray, tol: float) -> StepDiff:
+    """Classify the flips of one step layer (torch ``layer``: input ``ref_in``, output ``ref_out``; MindSpore's
+    own ``got_in`` / ``got_out``). The rule: "float32 rounding at a threshold" when every flipped element is a
+    crossing of torch's own step between the two inputs to the value MindSpore gives (see
+    :func:`threshold_distance`) and torch's input lies within ``ROUNDING_ULPS`` float32 ulps of the input scale (``ulp(max|ref_in|)``) from it; otherwise
+    "input differs beyond the tolerance" if the inputs differ by more than ``tol`` of that scale (the cause is
+    upstream), else "flips beyond float32 rounding" (the step itself differs)."""
+    if ref_in.shape != got_in.shape or ref_out.shape != got_out.shape:
+        return StepDiff(name, ref_out.size, ref_out.size, float("inf"), float("inf"), float("inf"), STEP_FAULT)
+    scale = max(float(np.abs(ref_in).max(initial=0.0)), float(np.finfo(np.float32).tiny))
+    ulp = float(np.spacing(np.float32(scale)))
+    input_rel = float(np.abs(ref_in.astype(np.float64) - got_in).max(initial=0.0)) / scale
+    mask = flip_mask(ref_out, got_out)
+    if not mask.any():
+        return StepDiff(name, 0, mask.size, 0.0, 0.0, input_rel, STEP_EXACT)
+    far = float(threshold_distance(layer, ref_in, ref_out, got_in, got_out, mask).max())
+    verdict = (STEP_ROUNDING if far <= ROUNDING_ULPS * ulp else STEP_INPUT if input_rel > tol else STEP_FAULT)
+    return StepDiff(name, int(mask.sum()), mask.size, far / ulp, far / scale, input_rel, verdict)
 
 
 def _capture_torch(model, x: np.ndarray, graph=None):
@@ -181,49 +384,76 @@ def shared_graph(torch_model, x: np.ndarray):
     return graph, tuple(ms.Tensor(g.numpy()) for g in graph)
 
 
+def _run_ms(model, x: np.ndarray, feed):
+    import mindspore as ms
+    return (model(ms.Tensor(x)) if feed is None else model(ms.Tensor(x), feed)).asnumpy()
+
+
 def compare_models(torch_model, ms_model, x: np.ndarray, tol: float = DEFAULT_TOL, model_name: str = "model",
-                   ms_graph_model=None, graph: str = "shared") -> ParityReport:
+                   ms_graph_model=None, graph: str = "shared", steps: str = "shared") -> ParityReport:
     """Compare two models holding the same weights on input ``x``, layer by layer.
 
     ``ms_model`` must have been built in PYNATIVE_MODE (hooks); ``ms_graph_model``, if given, is a copy
     built in GRAPH_MODE whose final output is compared as well. For graph models, ``graph='shared'`` feeds
     torch's neighbour indices to MindSpore, ``'free'`` lets it build its own graph; the per-Grapher
-    neighbour agreement is reported in both cases (see the module docstring).
+    neighbour agreement is reported in both cases. For models with step layers, ``steps='shared'`` feeds
+    torch's step outputs to MindSpore, ``'free'`` does not; the flips of every step layer are classified in
+    both cases (see the module docstring).
     """
     import mindspore as ms
+    from ms_models.context import execution_mode
     from ms_models.layers import layerwise_mode
-    if graph not in ("shared", "free"):
-        raise ValueError(f"graph must be 'shared' or 'free', not {graph!r}")
+    for arg, value in (("graph", graph), ("steps", steps)):
+        if value not in ("shared", "free"):
+            raise ValueError(f"{arg} must be 'shared' or 'free', not {value!r}")
     torch_model.eval()
     ms_model.set_train(False)
     _, graph_m = shared_graph(torch_model, x)
     feed = graph_m if graph == "shared" else None
-    mode = ms.get_context("mode")
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    try:
-        t_rec, t_out = _capture_torch(torch_model, x)
-        with layerwise_mode(ms_model):      # every conv and BN cell runs (no fold, no fused kernel)
-            m_rec, m_out, m_own = _capture_ms(ms_model, x, feed)
-    finally:
-        ms.set_context(mode=mode)
-    report = ParityReport(model_name, tuple(x.shape), tol, graph_mode=graph if graph_m is not None else "none")
+    t_steps, m_steps = SharedSteps(), SharedSteps()
+    with execution_mode(ms.PYNATIVE_MODE):
+        t_steps.watch(torch_model)
+        try:
+            t_rec, t_out = _capture_torch(torch_model, x)
+        finally:
+            t_steps.remove()
+        share = steps == "shared" and bool(t_steps.outputs)
+        if share:
+            m_steps.force(ms_model, t_steps.outputs)
+        else:
+            m_steps.watch(ms_model)
+        try:
+            with layerwise_mode(ms_model):      # every conv and BN cell runs (no fold, no fused kernel)
+                m_rec, m_out, m_own = _capture_ms(ms_model, x, feed)
+        finally:
+            m_steps.remove()
+        # hooks only run in PyNative: with shared steps GRAPH_MODE is compared with MindSpore's own PyNative run
+        free_out = _run_ms(ms_model, x, feed) if share and ms_graph_model is not None else None
+    report = ParityReport(model_name, tuple(x.shape), tol, graph_mode=graph if graph_m is not None else "none",
+                          steps_mode=steps if t_steps.outputs else "none")
+    torch_layers = dict(torch_model.named_modules())
     for name, (kind, ref) in t_rec.items():
         if _is_graph(ref):
             report.agreement[name] = neighbour_agreement(ref, m_own.get(name, np.empty(0)))
+        elif name in t_steps.outputs and name in m_steps.outputs:
+            own = m_steps.outputs[name]
+            step = report.steps[name] = step_diff(name, torch_layers[name], t_steps.inputs[name], ref,
+                                                  m_steps.inputs[name], own, tol)
+            diff = compare(name, kind, ref, own, tol,
+                           skip=flip_mask(ref, own) if ref.shape == own.shape else None)
+            diff.ok = diff.ok and step.ok
+            report.layers.append(diff)
         elif name in m_rec:
             report.layers.append(compare(name, kind, ref, m_rec[name], tol))
         else:
             report.unmatched.append(name)
     report.output = compare("output", "logits", t_out, m_out, tol)
     if ms_graph_model is not None:
-        ms.set_context(mode=ms.GRAPH_MODE)
-        try:
+        with execution_mode(ms.GRAPH_MODE):
             ms_graph_model.set_train(False)
-            xm = ms.Tensor(x)
-            g_out = (ms_graph_model(xm) if feed is None else ms_graph_model(xm, feed)).asnumpy()
-        finally:
-            ms.set_context(mode=mode)
-        report.graph_output = compare("output (GRAPH_MODE)", "logits", t_out, g_out, tol)
+            g_out = _run_ms(ms_graph_model, x, feed)
+        report.graph_output = (compare("output (GRAPH_MODE)", "logits", t_out, g_out, tol) if free_out is None
+                               else compare("output (GRAPH_MODE vs PyNative)", "logits", free_out, g_out, tol))
     return report
 
 
@@ -251,16 +481,17 @@ def _build_pair(name: str, checkpoint: str | None, input_size: int | None, batch
 
 def run_parity(name: str, checkpoint: str | None = None, input_size: int | None = None, batch: int = 2,
                tol: float = DEFAULT_TOL, seed: int = 0, deploy: bool = False, graph: bool = True,
-               graph_mode: str = "shared") -> ParityReport:
+               graph_mode: str = "shared", steps: str = "shared") -> ParityReport:
     """Build ``name`` in both frameworks with the same weights (``checkpoint``, or deterministic test weights)
     and compare them with :func:`compare_models`; ``deploy`` switches both to deploy form first; ``graph``
-    also compares the GRAPH_MODE output; ``graph_mode`` is the kNN graph handling of graph models."""
+    also compares the GRAPH_MODE output; ``graph_mode`` is the kNN graph handling of graph models, ``steps``
+    the step-layer handling of binary models."""
     import mindspore as ms
     from .api import ms_twin
 
     tm, x = _build_pair(name, checkpoint, input_size, batch, seed, deploy)
     graph_model = ms_twin(tm, ms.GRAPH_MODE) if graph else None
-    return compare_models(tm, ms_twin(tm, ms.PYNATIVE_MODE), x, tol, name, graph_model, graph_mode)
+    return compare_models(tm, ms_twin(tm, ms.PYNATIVE_MODE), x, tol, name, graph_model, graph_mode, steps)
 
 
 F64_TOL = 1e-9   # float64 end to end: rounding alone gives ~1e-15; 1e-9 catches any float32 step or graph change
@@ -352,6 +583,7 @@ def float64_check(name: str, checkpoint: str | None = None, input_size: int | No
     import copy
     import mindspore as ms
     import torch
+    from ms_models.context import execution_mode
     from .api import ms_twin
 
     tm, x = _build_pair(name, checkpoint, input_size, batch, seed)
@@ -366,9 +598,7 @@ def float64_check(name: str, checkpoint: str | None = None, input_size: int | No
         for (gname, _), g32, g64 in zip(((n, m) for n, m in tm.named_modules() if type(m).__name__ == "DilatedKnnGraph"),
                                          graph_t, t64.graph_indices(x64)):
             report.agreement_32_64[gname] = neighbour_agreement(g32.numpy(), g64.numpy())
-    mode = ms.get_context("mode")
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    try:
+    with execution_mode(ms.PYNATIVE_MODE):
         mm = ms_twin(tm, ms.PYNATIVE_MODE)
         mm.set_train(False)
         report.ms_missing = _probe_ms_float64(mm, x, None)
@@ -378,6 +608,4 @@ def float64_check(name: str, checkpoint: str | None = None, input_size: int | No
             xm = ms.Tensor(x.astype(np.float64))
             out = (mm(xm) if graph_m is None else mm(xm, _to64(graph_m))).asnumpy()
             report.ms_rel = float(np.abs(own - out).max() / max(np.abs(own).max(), 1e-300))
-    finally:
-        ms.set_context(mode=mode)
     return report

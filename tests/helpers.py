@@ -9,6 +9,7 @@ import torch
 
 import mindspore as ms
 import torch_ref
+from convert.parity import SharedSteps
 from torch_ref.testing import deterministic_weights
 
 ROOT = Path(__file__).resolve().parents[1]     # the project checkout
@@ -166,9 +167,6 @@ def separate_rows(idx: np.ndarray, keys: np.ndarray, tol: float) -> np.ndarray:
     return idx
 
 
-# A flip changes a step layer's output by a whole step (2 alpha); rounding differences between the frameworks
-# move it by ~1e-7 of its scale.
-FLIP = 1e-3
 class ProjectedSum(ms.nn.Cell):
     """``sum(net(x) * proj)``: a fixed vector-Jacobian product of ``net``'s output, as a cell (GRAPH_MODE
     cannot differentiate a lambda)."""
@@ -207,65 +205,16 @@ def adam_losses(model, x: np.ndarray, y: np.ndarray, steps: int, lr: float) -> l
 MAX_FLIPS = 1e-4
 
 
-def step_layers(model) -> list[tuple[str, object]]:
-    """(name, layer) of the step-function layers (activation binarisers, class attribute ``step_function``) of
-    a torch module or MindSpore cell; the names are equal in both frameworks."""
-    items = model.named_modules() if isinstance(model, torch.nn.Module) else model.cells_and_names()
-    return [(n, m) for n, m in items if getattr(type(m), "step_function", False)]
-
-
 def record_steps(torch_model, run) -> dict[str, np.ndarray]:
-    """Outputs of ``torch_model``'s step layers while ``run()`` runs."""
-    outs: dict[str, np.ndarray] = {}
-    handles = [m.register_forward_hook(lambda mod, i, o, n=n: outs.__setitem__(n, o.detach().float().numpy().copy()))
-               for n, m in step_layers(torch_model)]
+    """Outputs of ``torch_model``'s step layers while ``run()`` runs (the parity tool's
+    :class:`convert.parity.SharedSteps`, which also forces them: the tests share the binarisation like the tool)."""
+    steps = SharedSteps()
+    steps.watch(torch_model)
     try:
         run()
     finally:
-        for h in handles:
-            h.remove()
-    return outs
-
-
-class SharedSteps:
-    """Shared binarisation, the step-function analogue of the shared kNN graph: a binary network is a
-    discontinuous function of its input, and an activation within float32 rounding of a threshold binarises
-    differently in the two frameworks and moves random-weight logits by tens of percent (AdaBin CIFAR
-    ResNet-18: one near tie at ``layer1.0.conv2.binary_a`` gives 59 % on the logits). ``force(model, outs)``
-    makes every step layer of a torch or MindSpore (PyNative) model output torch float32's values ``outs``
-    while keeping its own gradient (``o + stop_gradient(t - o)``), so every layer downstream is compared at
-    the unchanged tolerances; the elements where the layer's own output differed are counted (``flipped``
-    of ``total``) and must stay a near-tie rarity (``MAX_FLIPS``)."""
-
-    def __init__(self):
-        self.flipped = 0
-        self.total = 0
-        self.handles: list = []
-
-    def _check(self, own: np.ndarray, forced: np.ndarray) -> None:
-        self.flipped += int((np.abs(own - forced) > FLIP * max(np.abs(forced).max(), 1e-12)).sum())
-        self.total += forced.size
-
-    def force(self, model, outs: dict[str, np.ndarray]) -> None:
-        for name, layer in step_layers(model):
-            forced = outs[name]
-            if isinstance(model, torch.nn.Module):
-                def hook(mod, inputs, o, t=torch.from_numpy(forced)):
-                    self._check(o.detach().float().numpy(), t.numpy())
-                    return o + (t.to(o.dtype) - o).detach()
-            else:
-                import mindspore as ms
-                from mindspore import ops
-
-                def hook(cell, inputs, o, t=ms.Tensor(forced), t_np=forced):
-                    self._check(o.asnumpy(), t_np)
-                    return o + ops.stop_gradient(t - o)
-            self.handles.append(layer.register_forward_hook(hook))
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles = []
+        steps.remove()
+    return steps.outputs
 
 
 def pad_hw(x: np.ndarray, p: int) -> np.ndarray:
