@@ -5,23 +5,26 @@ import pytest
 import torch
 
 import mindspore as ms
+from ms_models.context import execution_mode
 
 torch.set_num_threads(2)
 ms.set_device("CPU")
 
 
-def _in_mode(mode):
-    prev = ms.get_context("mode")
-    ms.set_context(mode=mode)
-    yield
-    ms.set_context(mode=prev)
-
-
 @pytest.fixture
 def graph_mode():
-    yield from _in_mode(ms.GRAPH_MODE)
+    with execution_mode(ms.GRAPH_MODE):
+        yield
 
 
 @pytest.fixture
 def pynative_mode():
-    yield from _in_mode(ms.PYNATIVE_MODE)
+    with execution_mode(ms.PYNATIVE_MODE):
+        yield
+
+
+@pytest.fixture(params=[ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
+def any_mode(request):
+    """The test runs once in each execution mode; yields the mode."""
+    with execution_mode(request.param) as mode:
+        yield mode

@@ -82,9 +82,24 @@ def make_torch(name: str, **kwargs) -> torch.nn.Module:
 
 
 def torch_with_state(name: str) -> torch.nn.Module:
-    model = torch_ref.create_model(name)
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in cached_state(name).items()})
-    return model.eval()
+    return load_torch_state(torch_ref.create_model(name), cached_state(name)).eval()
+
+
+def load_torch_state(model: torch.nn.Module, state: dict[str, np.ndarray], strict: bool = True) -> torch.nn.Module:
+    """``model`` with the NumPy ``state`` (torch keys) loaded; strict: every key matches. Read-only arrays
+    (safetensors files) are copied, torch tensors need writable memory."""
+    model.load_state_dict({k: torch.from_numpy(np.require(v, requirements="W")) for k, v in state.items()},
+                          strict=strict)
+    return model
+
+
+def load_ms_state(model: ms.nn.Cell, state: dict[str, np.ndarray], strict: bool = True) -> ms.nn.Cell:
+    """``model`` with the NumPy ``state`` (MindSpore names) loaded; strict: every parameter of ``model`` is
+    loaded and every entry of ``state`` is used."""
+    params = {k: ms.Parameter(ms.Tensor(np.asarray(v)), name=k) for k, v in state.items()}
+    not_loaded, unused = ms.load_param_into_net(model, params, strict_load=strict)
+    assert not strict or not (not_loaded or unused), f"not loaded: {not_loaded}, unused: {unused}"
+    return model
 
 
 def sample_input(name: str, batch: int = 2, seed: int = 0) -> np.ndarray:
@@ -105,6 +120,12 @@ def run_eval(framework: str, model, x: np.ndarray) -> np.ndarray:
     import mindspore as ms
     model.set_train(False)
     return model(ms.Tensor(x)).asnumpy()
+
+
+def ms_train_output(cell, x: np.ndarray) -> np.ndarray:
+    """Training-mode output of a MindSpore ``cell`` on ``x`` (the cell is left in training mode)."""
+    cell.set_train(True)
+    return cell(ms.Tensor(x)).asnumpy()
 
 
 def separated_graph(model: torch.nn.Module, x: np.ndarray, margin: float) -> list[torch.Tensor]:
@@ -168,15 +189,20 @@ def separate_rows(idx: np.ndarray, keys: np.ndarray, tol: float) -> np.ndarray:
 
 
 class ProjectedSum(ms.nn.Cell):
-    """``sum(net(x) * proj)``: a fixed vector-Jacobian product of ``net``'s output, as a cell (GRAPH_MODE
-    cannot differentiate a lambda)."""
+    """``sum(net(*inputs) * proj)``: a fixed vector-Jacobian product of ``net``'s output (a cell, a primitive or
+    a custom op), as a cell (GRAPH_MODE cannot differentiate a lambda); ``net``'s parameters keep their names.
+    ``with_output``: returns ``(sum, net(*inputs))``, for ``value_and_grad(..., has_aux=True)``."""
 
-    def __init__(self, net, proj):
-        super().__init__()
-        self.net, self.proj = net, proj
+    def __init__(self, net, proj: np.ndarray | ms.Tensor, with_output: bool = False):
+        super().__init__(auto_prefix=False)
+        self.net, self.with_output = net, with_output
+        self.proj = proj if isinstance(proj, ms.Tensor) else ms.Tensor(proj)
 
-    def construct(self, x):
-        return (self.net(x) * self.proj).sum()
+    def construct(self, *inputs):
+        y = self.net(*inputs)
+        if self.with_output:
+            return (y * self.proj).sum(), y
+        return (y * self.proj).sum()
 
 
 def adam_losses(model, x: np.ndarray, y: np.ndarray, steps: int, lr: float) -> list[float]:

@@ -14,7 +14,7 @@ import torch
 
 import ms_models.layers.adder as ms_adder
 import torch_ref.layers.adder as t_adder
-from helpers import naive_adder, pad_hw, rel_err
+from helpers import ProjectedSum, naive_adder, pad_hw, rel_err
 
 TOL = 1e-4   # float32 vs float64 reference, relative to the tensor's scale (sums of <= 600 terms: ~1e-6 seen)
 
@@ -34,17 +34,6 @@ def naive_grads(x, w, g, stride, padding):
     gw *= math.sqrt(w.size) / 5 / max(np.linalg.norm(gw), 1e-12)
     h, wd = x.shape[2:]
     return gw, gxp[:, :, padding:padding + h, padding:padding + wd]
-
-
-class ProjLoss(ms.nn.Cell):
-    """``sum(layer(x) * g)``: a fixed projection, so gradients are vector-Jacobian products with ``g``."""
-
-    def __init__(self, layer, g):
-        super().__init__()
-        self.layer, self.g = layer, ms.Tensor(g)
-
-    def construct(self, x):
-        return (self.layer(x) * self.g).sum()
 
 
 CASES = [(2, 3, 5, 7, 3, 1, 1), (1, 4, 6, 8, 3, 2, 1), (2, 6, 3, 5, 1, 2, 0), (1, 2, 4, 6, 1, 1, 0)]
@@ -90,7 +79,7 @@ def test_mindspore_adder_equals_naive(n, c, o, hw, k, stride, padding, mode, req
     assert layer.core.kernel
     layer.adder.set_data(ms.Tensor(w))
     g = np.random.RandomState(1).randn(*ref.shape).astype(np.float32)
-    fn = ms.value_and_grad(ProjLoss(layer, g), 0, layer.trainable_params())
+    fn = ms.value_and_grad(ProjectedSum(layer, g), 0, layer.trainable_params())
     _, (gx, (gw,)) = fn(ms.Tensor(x))
     assert rel_err(ref, layer(ms.Tensor(x)).asnumpy()) <= TOL
     rgw, rgx = naive_grads(x, w, g, stride, padding)
@@ -148,7 +137,7 @@ def test_chunked_input_gradient_bounds_memory_and_is_exact(framework, monkeypatc
             layer = ms_adder.Adder2d(3, 8, 3, 1, 1)
             assert not layer.core.kernel
             layer.adder.set_data(ms.Tensor(w))
-            _, (gx, (gw,)) = ms.value_and_grad(ProjLoss(layer, g), 0, layer.trainable_params())(ms.Tensor(x))
+            _, (gx, (gw,)) = ms.value_and_grad(ProjectedSum(layer, g), 0, layer.trainable_params())(ms.Tensor(x))
             runs.append((layer(ms.Tensor(x)).asnumpy(), gw.asnumpy(), gx.asnumpy()))
     assert rel_err(runs[0][2], runs[1][2]) <= 1e-6
     rgw, rgx = naive_grads(x, w, g, 1, 1)
@@ -156,7 +145,7 @@ def test_chunked_input_gradient_bounds_memory_and_is_exact(framework, monkeypatc
     assert rel_err(rgw, runs[1][1]) <= TOL and rel_err(rgx, runs[1][2]) <= TOL
 
 
-# ------------------------------------------------------------------ post-training quantization
+# ------------------------------------------------------------------ working memory
 
 
 _MEMORY_CHILD = """
@@ -166,6 +155,7 @@ import torch
 import mindspore as ms
 import ms_models.layers.adder as ms_adder
 import torch_ref.layers.adder as t_adder
+from ms_models.context import execution_mode
 
 def peak_above(run):
     with open('/proc/self/clear_refs', 'w') as f:
@@ -180,10 +170,10 @@ x = np.random.RandomState(0).rand(8, 64, 56, 56).astype(np.float32)
 w = np.random.RandomState(1).randn(64, 64, 3, 3).astype(np.float32)
 with torch.no_grad():
     t = peak_above(lambda: t_adder.adder2d(torch.from_numpy(x), torch.from_numpy(w), 1, 1))
-ms.set_context(mode=ms.GRAPH_MODE)
-layer = ms_adder.Adder2d(64, 64, 3, 1, 1)
-layer.adder.set_data(ms.Tensor(w))
-m = peak_above(lambda: layer(ms.Tensor(x)).asnumpy())
+with execution_mode(ms.GRAPH_MODE):
+    layer = ms_adder.Adder2d(64, 64, 3, 1, 1)
+    layer.adder.set_data(ms.Tensor(w))
+    m = peak_above(lambda: layer(ms.Tensor(x)).asnumpy())
 print(t, m)
 """
 

@@ -1,5 +1,5 @@
-"""AdaBin: agreement with the official code (forward and backward), the estimators, the temperature schedule,
-the official MindSpore layout, and a short training run.
+"""AdaBin: agreement with the official code (forward and backward), the temperature schedule, the official
+MindSpore layout, and a short training run. Its binary layers' estimators: ``tests/layers/test_binary.py``.
 
 Test data (made by running the official code from a copy in /tmp, nothing of it committed):
 - ``adabin_official_resnet20_1w1a.th``: the official checkpoint from huawei-noah/Efficient-Computing
@@ -34,14 +34,13 @@ import torch
 
 import ms_models
 import torch_ref
-from convert.api import _load_ms_state, convert_file, name_map, torch_state_of
+from convert.api import convert_file, name_map, torch_state_of
 from convert.io import read_checkpoint, write_checkpoint
+from convert.mapping import torch_to_ms
 from convert.official_ms import official_ms_to_ours
-from helpers import DATA, adam_losses, rel_err
-from ms_models.layers import binary as ms_binary
+from helpers import DATA, ProjectedSum, adam_losses, load_ms_state, load_torch_state, rel_err
 from specs.adabin import T_MAX, T_MIN, temperature
 from builtin_data import digits
-from torch_ref.layers import binary as torch_binary
 
 TOL = 1e-4
 CKPT = DATA / "adabin_official_resnet20_1w1a.th"
@@ -69,9 +68,8 @@ def _torch(case: str) -> torch.nn.Module:
     if case == "resnet20_ckpt":       # the official file itself: container, 'module.' prefix, weights_only load
         return torch_ref.create_model(name, checkpoint=CKPT)
     d = _data(case)
-    model = torch_ref.create_model(name, **kwargs)
-    model.load_state_dict({k[6:]: torch.from_numpy(v) for k, v in d.items() if k.startswith("state/")}, strict=True)
-    return model
+    return load_torch_state(torch_ref.create_model(name, **kwargs),
+                            {k[6:]: v for k, v in d.items() if k.startswith("state/")})
 
 
 def _grad_err(ref: np.ndarray, got: np.ndarray) -> float:
@@ -130,15 +128,6 @@ def test_torch_matches_official_code(case):
     assert rel_err(d["logits_train"], y.detach().numpy()) <= 1e-5
 
 
-class _ProjLoss(ms.nn.Cell):
-    def __init__(self, net, proj):
-        super().__init__()
-        self.net, self.proj = net, ms.Tensor(proj)
-
-    def construct(self, x):
-        return (self.net(x) * self.proj).sum()
-
-
 class _GradStep(ms.nn.Cell):
     """Gradients of ``sum(net(x) * proj)`` w.r.t. the trainable parameters, as one compiled cell; ``names``
     are the parameters' names in ``net`` (wrapping renames them to ``loss.net.*``)."""
@@ -146,7 +135,7 @@ class _GradStep(ms.nn.Cell):
     def __init__(self, net, proj):
         self.names = [p.name for p in net.trainable_params()]
         super().__init__()
-        self.loss = _ProjLoss(net, proj)
+        self.loss = ProjectedSum(net, proj)
         self.params = ms.ParameterTuple(net.trainable_params())
         self.grad = ms.ops.GradOperation(get_by_list=True)
 
@@ -157,8 +146,8 @@ class _GradStep(ms.nn.Cell):
 def _ms(case: str):
     """The MindSpore twin of :func:`_torch` (name map of the reduced-width architecture)."""
     name, _, kwargs, _ = CASES[case]
-    return _load_ms_state(ms_models.create_model(name, **kwargs), torch_state_of(_torch(case)),
-                          name_map(name, **kwargs))
+    return load_ms_state(ms_models.create_model(name, **kwargs),
+                         torch_to_ms(torch_state_of(_torch(case)), name_map(name, **kwargs)))
 
 
 def _ms_grads(case: str, step: _GradStep, x) -> dict[str, np.ndarray]:
@@ -206,51 +195,6 @@ def test_set_epoch_takes_effect_in_graph_mode_without_recompiling(graph_mode):
     _check_grads(d, second)                                 # ... to the official epoch-100 gradients
 
 
-def _np_ste(u: np.ndarray, t: float, k: float) -> np.ndarray:
-    return k * t * (1 - np.tanh(u * t) ** 2)
-
-
-def _np_approx(u: np.ndarray) -> np.ndarray:
-    return np.where((u >= -1) & (u < 0), 2 + 2 * u, np.where((u >= 0) & (u < 1), 2 - 2 * u, 0.0))
-
-
-@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
-def test_estimator_gradients_are_not_sign_zero_gradient(mode):
-    """Both estimators' gradients equal their formulas in both frameworks (MindSpore's own ``Sign`` would give 0)."""
-    u = np.linspace(-2.5, 2.5, 101).astype(np.float32)
-    w = np.random.RandomState(1).rand(101).astype(np.float32) + 0.5
-    t, k = temperature(37, 120)
-    ut = torch.tensor(u, requires_grad=True)
-    (torch_binary.BinaryQuantize.apply(ut, torch.tensor([k]), torch.tensor([t])) * torch.from_numpy(w)).sum().backward()
-    ref = _np_ste(u.astype(np.float64), float(t), float(k)) * w
-    assert np.abs(ut.grad.numpy() - ref).max() <= 1e-5 * np.abs(ref).max()
-    ua = torch.tensor(u, requires_grad=True)
-    out_t = torch_binary.ApproxSign()(ua)
-    (out_t * torch.from_numpy(w)).sum().backward()
-    assert np.abs(ua.grad.numpy() - _np_approx(u) * w).max() <= 1e-5
-    assert np.abs(out_t.detach().numpy() - np.sign(u)).max() <= 2e-7      # sign, up to the official rounding
-    prev = ms.get_context("mode")
-    ms.set_context(mode=mode)
-    try:
-        quantize = ms_binary.BinaryQuantize()
-        kt = (ms.Tensor([k], ms.float32), ms.Tensor([t], ms.float32))
-        weight, sign = ms.Tensor(w), ms_binary.ApproxSign()
-
-        def ste_loss(a):
-            return (quantize(a, *kt) * weight).sum()
-
-        def approx_loss(a):
-            return (sign(a) * weight).sum()
-
-        g = ms.grad(ste_loss)(ms.Tensor(u))
-        assert np.abs(g.asnumpy() - ref).max() <= 1e-5 * np.abs(ref).max()
-        g = ms.grad(approx_loss)(ms.Tensor(u))
-        assert np.abs(g.asnumpy() - _np_approx(u) * w).max() <= 1e-5
-        assert np.array_equal(sign(ms.Tensor(u)).asnumpy(), out_t.detach().numpy())
-    finally:
-        ms.set_context(mode=prev)
-
-
 def _official_ms_layout(shapes: dict[str, list]) -> dict[str, np.ndarray]:
     """The official PyTorch checkpoint written in the official MindSpore layout (names and shapes from the
     JSON dumped from mindspore-ai/models' ``resnet20()``): BN names translated, Maxout reshaped to (1, C, 1, 1)."""
@@ -287,20 +231,23 @@ def test_official_mindspore_layout_maps_onto_ours(tmp_path):
 TRAIN = dict(layers=(1, 1, 1), width=8)      # a 1-block-per-stage ResNet-20 body: seconds, same layers
 
 
-def test_training_steps_lower_the_loss_torch():
+def _training_losses(create_model) -> list[float]:
+    """Eight Adam steps of a ``TRAIN`` AdaBin ResNet-20 from ``create_model`` (either framework's; seeded by the
+    caller) on 128 digits, at the schedule's first epoch."""
     x, y = (a[:128] for a in digits(8))            # 8x8 digits in [-1, 1]
-    torch.manual_seed(0)
-    model = torch_ref.create_model("adabin_resnet20_cifar", **TRAIN)
+    model = create_model("adabin_resnet20_cifar", **TRAIN)
     model.set_epoch(0, 10)
-    losses = adam_losses(model, x, y, steps=8, lr=1e-2)
+    return adam_losses(model, x, y, steps=8, lr=1e-2)
+
+
+def test_training_steps_lower_the_loss_torch():
+    torch.manual_seed(0)
+    losses = _training_losses(torch_ref.create_model)
     assert losses[-1] < 0.8 * losses[0], losses
 
 
 def test_training_steps_lower_the_loss_mindspore(graph_mode):
-    x, y = (a[:128] for a in digits(8))            # 8x8 digits in [-1, 1]
     ms.set_seed(0)
-    model = ms_models.create_model("adabin_resnet20_cifar", **TRAIN)
-    model.set_epoch(0, 10)
-    losses = adam_losses(model, x, y, steps=8, lr=1e-2)
+    losses = _training_losses(ms_models.create_model)
     assert losses[-1] < 0.8 * losses[0], losses
     assert math.isfinite(losses[-1])

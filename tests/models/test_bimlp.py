@@ -1,5 +1,5 @@
-"""What is special to BiMLP: official names and outputs, the binary quantisers and their gradients, MindSpore's
-``same`` max-pool, gradient parity in both MindSpore modes, training.
+"""What is special to BiMLP: official names and outputs, MindSpore's ``same`` max-pool, gradient parity in both
+MindSpore modes, training. Its binary layers (``XnorConv2d``, the quantisers): ``tests/layers/test_binary.py``.
 
 ``bimlp_official_keys.json`` lists the parameter names and shapes of mindspore-ai/models@eab643f
 ``research/cv/BiMLP/src/bimlp.py`` ``BiMLP_S``/``BiMLP_M`` (``ms_shapes``; ``forms.train.shapes`` the same under
@@ -20,16 +20,13 @@ from safetensors import safe_open
 from safetensors.numpy import load_file
 
 import ms_models
-from convert.mapping import build_name_map, ms_to_torch
-from helpers import DATA, adam_losses, rel_err
+from convert.mapping import build_name_map, ms_to_torch, torch_to_ms
+from helpers import DATA, ProjectedSum, adam_losses, load_ms_state, load_torch_state, rel_err
 from builtin_data import digits
 from ms_models.models.bimlp import BiMLP as MsBiMLP
-from ms_models.layers.binary import ActQuantize as MsActQuantize, XnorConv2d as MsXnorConv2d
 from torch_ref.models.bimlp import BiMLP, max_pool_same
-from torch_ref.layers.binary import ActQuantize, XnorConv2d
 
 TOL = 1e-4      # float32, relative to the output scale
-MODES = pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
 
 
 def _set_mode(mode, request):
@@ -51,10 +48,8 @@ def _pair(tag: str, **extra):
     kwargs = {**kwargs, **extra}
     tm, mm = BiMLP(**kwargs), MsBiMLP(**kwargs)
     nm = build_name_map(tm, mm)
-    tm.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in ms_to_torch(state, nm).items()}, strict=True)
-    not_loaded, unused = ms.load_param_into_net(mm, {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in state.items()},
-                                                strict_load=True)
-    assert not not_loaded and not unused
+    load_torch_state(tm, ms_to_torch(state, nm))
+    load_ms_state(mm, state)
     return tm, mm, nm, arrays
 
 
@@ -102,59 +97,6 @@ def test_same_max_pool_equals_mindspore(pynative_mode):
     assert np.array_equal(max_pool_same(torch.from_numpy(x), 3)[:, :, 0, 0].numpy(), x[:, :, :2, :3].max((2, 3)))
 
 
-@MODES
-@pytest.mark.parametrize("act", ["round", "sign"])
-def test_binary_conv_values_and_straight_through_gradients(act, mode, request):
-    """Activations in {-1, 0, +1} (round half to even: +-0.5 -> 0) or sign; weights ``sign(W) mean_c|W|``;
-    gradients: input ``g * (|x| <= 1)`` through the quantiser, weight the unclipped straight-through ``dW``.
-    A quantiser that fell back to MindSpore's zero (or missing) gradient of Sign/Rint fails here."""
-    _set_mode(mode, request)
-    rs = np.random.RandomState(0)
-    x = (rs.randn(2, 6, 5, 5) * 1.5).astype(np.float32)
-    x[0, 0, 0, :5] = [0.5, -0.5, 1.5, -1.0, 0.0]
-    torch.manual_seed(0)
-    tc = XnorConv2d(6, 4, act_binarize=act)
-    mc = MsXnorConv2d(6, 4, act_binarize=act)
-    w = tc.weight.detach().numpy()
-    mc.weight.set_data(ms.Tensor(w))
-    xt = torch.from_numpy(x).requires_grad_()
-    out = tc(xt)
-    proj = rs.randn(*out.shape).astype(np.float32)
-    (out * torch.from_numpy(proj)).sum().backward()
-    q = np.round(np.clip(x, -1, 1)) if act == "round" else np.sign(np.clip(x, -1, 1))
-    assert set(np.unique(q)) == {-1.0, 0.0, 1.0} and q[0, 0, 0, 4] == 0
-    assert (q[0, 0, 0, :2] == 0).all() if act == "round" else (q[0, 0, 0, :2] == [1, -1]).all()
-    wb = np.sign(w) * np.abs(w).mean(1, keepdims=True)
-    ref = np.einsum("nchw,oc->nohw", q, wb[:, :, 0, 0])
-    assert np.abs(out.detach().numpy() - ref).max() <= 1e-5
-    mask = (np.abs(x) <= 1).astype(np.float32)
-    gx_ref = np.einsum("nohw,oc->nchw", proj, wb[:, :, 0, 0]) * mask
-    gw_ref = np.einsum("nohw,nchw->oc", proj, q)[:, :, None, None]
-    assert np.abs(xt.grad.numpy() - gx_ref).max() <= 1e-5
-    assert np.abs(tc.weight.grad.numpy() - gw_ref).max() <= 1e-4
-    assert np.abs(gx_ref).max() > 0.1 and np.abs(gw_ref).max() > 0.1
-    p = ms.Tensor(proj)
-
-    def loss(a):
-        return (mc(a) * p).sum()
-
-    gx, gw = ms.grad(loss, 0, [mc.weight])(ms.Tensor(x))
-    assert np.abs(mc(ms.Tensor(x)).asnumpy() - ref).max() <= 1e-5
-    assert np.abs(gx.asnumpy() - gx_ref).max() <= 1e-5
-    assert np.abs(gw[0].asnumpy() - gw_ref).max() <= 1e-4
-
-
-def test_quantiser_gradient_is_not_zero_in_both_frameworks(pynative_mode):
-    """The quantisers' gradient is the clip mask, not the zero gradient of Sign/Rint."""
-    x = np.linspace(-2, 2, 41, dtype=np.float32)
-    for mode in ("round", "sign"):
-        g = ms.grad(MsActQuantize(mode))(ms.Tensor(x)).asnumpy()
-        assert np.array_equal(g, (np.abs(x) <= 1).astype(np.float32))
-        xt = torch.from_numpy(x).requires_grad_()
-        ActQuantize(mode)(xt).sum().backward()
-        assert np.array_equal(xt.grad.numpy(), g)
-
-
 @pytest.mark.parametrize("tag,act,mode", [("bn", "round", ms.GRAPH_MODE), ("gn", "sign", ms.PYNATIVE_MODE),
                                           ("bn", "sign", ms.PYNATIVE_MODE)],
                          ids=["bn-round-graph", "gn-sign-pynative", "bn-sign-pynative"])
@@ -171,12 +113,7 @@ def test_gradients_equal_torch(tag, act, mode, request):
     ref = {k: p.grad.numpy() for k, p in tm.named_parameters()}
     params = mm.trainable_params()
     mm.set_train(False)
-    p = ms.Tensor(proj)
-
-    def loss(i):
-        return (mm(i) * p).sum()
-
-    _, grads = ms.value_and_grad(loss, None, params)(ms.Tensor(x))
+    _, grads = ms.value_and_grad(ProjectedSum(mm, proj), None, params)(ms.Tensor(x))
     floor = 1e-6 * max(np.abs(g).max() for g in ref.values())
     to_torch = nm.ms_to_torch
     assert len(grads) == len(ref)
@@ -199,8 +136,7 @@ def test_training_lowers_the_loss_in_both_frameworks(pynative_mode):
     init = BiMLP(**kwargs)
     mm = MsBiMLP(**kwargs)
     nm = build_name_map(init, mm)
-    state = {nm.torch_to_ms[k]: v.numpy() for k, v in init.state_dict().items() if k in nm.torch_to_ms}
-    ms.load_param_into_net(mm, {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in state.items()}, strict_load=True)
+    load_ms_state(mm, torch_to_ms({k: v.numpy() for k, v in init.state_dict().items()}, nm))
     losses_m = adam_losses(mm, x, y, steps=4, lr=5e-2)
     assert losses_m[-1] < 0.85 * losses_m[0], losses_m
 

@@ -1,5 +1,5 @@
-"""What is special to GhostNetV2: rounding, official outputs, DFC upsampling, thop buffers, the official
-MindSpore checkpoint layout, ONNX.
+"""What is special to GhostNetV2: rounding, official outputs, the DFC module, thop buffers, the official
+MindSpore checkpoint layout, ONNX. Its resizes and conv + BN fast paths: ``tests/layers``.
 
 ``ghostnetv2_official_w025.safetensors`` was made by running the official huawei-noah/Efficient-AI-Backbones
 @f90e129 ``ghostnetv2_pytorch/model/ghostnetv2_torch.py`` at width 0.25 with 10 classes and
@@ -15,7 +15,6 @@ import mindspore as ms
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
@@ -28,13 +27,13 @@ from convert.mapping import build_name_map, torch_to_ms
 from convert.official_ms import official_ms_to_ours
 from convert.onnx import export_onnx, ort_run
 from convert.parity import run_parity
-from helpers import DATA, ProjectedSum, cached_state, rel_err, run_eval, torch_with_state
+from helpers import (DATA, ProjectedSum, cached_state, load_ms_state, load_torch_state, rel_err, run_eval,
+                     torch_with_state)
+from ms_models.context import execution_mode
 from ms_models.models.ghostnetv2 import GhostModuleV2 as MsGhostModule, GhostNetV2 as MsGhostNetV2
-from ms_models.layers import resize
 from specs import check_input_size, get_model_cfg
 from specs.errors import CheckpointError, InputSizeError
 from specs.ghostnetv2 import block_plan, make_divisible, min_input_size
-from specs.pooling import nearest_indices
 from torch_ref.models.ghostnetv2 import GhostModuleV2, GhostNetV2
 
 TOL = 1e-4   # float32, relative to the output scale (observed ~2e-6 to 2e-5)
@@ -49,11 +48,13 @@ def _official():
     return kwargs, {k[6:]: v for k, v in arrays.items() if k.startswith("state.")}, arrays
 
 
+def _torch_copy(state, **kwargs):
+    return load_torch_state(GhostNetV2(**kwargs), state)
+
+
 def _ms_copy(torch_model, **kwargs):
     model = MsGhostNetV2(**kwargs)
-    state = torch_to_ms(torch_state_of(torch_model), build_name_map(torch_model, model))
-    ms.load_param_into_net(model, {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in state.items()},
-                           strict_load=True)
+    load_ms_state(model, torch_to_ms(torch_state_of(torch_model), build_name_map(torch_model, model)))
     model.set_train(False)
     return model
 
@@ -89,8 +90,7 @@ def test_parameter_counts_equal_official(name):
 
 def test_torch_matches_official_code():
     kwargs, state, a = _official()
-    model = GhostNetV2(**kwargs)
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    model = _torch_copy(state, **kwargs)
     model.eval()
     for size in ("112x80", "99x67"):
         with torch.no_grad():
@@ -100,17 +100,12 @@ def test_torch_matches_official_code():
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
 def test_mindspore_matches_official_code(mode):
     kwargs, state, a = _official()
-    tm = GhostNetV2(**kwargs)
-    tm.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
-    prev = ms.get_context("mode")
-    ms.set_context(mode=mode)
-    try:
+    tm = _torch_copy(state, **kwargs)
+    with execution_mode(mode):
         mm = _ms_copy(tm, **kwargs)
         for size in ("112x80", "99x67"):
             got = mm(ms.Tensor(a[f"input_{size}"])).asnumpy()
             assert rel_err(a[f"logits_{size}"], got) <= TOL, size
-    finally:
-        ms.set_context(mode=prev)
 
 
 def test_graph_mode_gradients_equal_torch(graph_mode):
@@ -119,14 +114,13 @@ def test_graph_mode_gradients_equal_torch(graph_mode):
     Every parameter gradient of ``sum(logits * proj)`` (eval mode) on the width-0.25 official-code model at
     112x80 must be as close to torch float64 as torch float32 is (4x, or 1e-5 of the tensor's scale), plus
     1e-6 of the largest gradient. Train mode differs only by real BatchNorm after the kernel, whose gradients
-    ``test_kernels.py`` checks in both modes (one more compile here would cost 18 s of CI time)."""
+    ``test_conv_bn.py`` checks in both modes (one more compile here would cost 18 s of CI time)."""
     kwargs, state, a = _official()
     x = a["input_112x80"]
     proj = np.random.RandomState(5).randn(len(x), kwargs["num_classes"]).astype(np.float32)
     grads_t = {}
     for dtype in (torch.float64, torch.float32):
-        tm = GhostNetV2(**kwargs, drop_rate=0.0)
-        tm.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+        tm = _torch_copy(state, **kwargs, drop_rate=0.0)
         tm.eval().to(dtype)
         (tm(torch.from_numpy(x).to(dtype)) * torch.from_numpy(proj).to(dtype)).sum().backward()
         grads_t[dtype] = {k: p.grad.double().numpy() for k, p in tm.named_parameters()}
@@ -141,25 +135,6 @@ def test_graph_mode_gradients_equal_torch(graph_mode):
         ref, t32 = grads_t[torch.float64][to_torch[name]], grads_t[torch.float32][to_torch[name]]
         bound = max(4 * np.abs(t32 - ref).max(), 1e-5 * np.abs(ref).max()) + floor
         assert np.abs(g.asnumpy() - ref).max() <= bound, name
-
-
-@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
-def test_dfc_upsample_equals_torch_interpolate(mode):
-    """3 -> 7 repeats rows [0, 0, 0, 1, 1, 2, 2] (PyTorch's legacy nearest); every DFC size pair, non-square
-    maps and the bilinear (align_corners) option equal ``F.interpolate``."""
-    assert nearest_indices(3, 7) == (0, 0, 0, 1, 1, 2, 2)
-    prev = ms.get_context("mode")
-    ms.set_context(mode=mode)
-    try:
-        for (h, w) in [(7, 7), (7, 5), (4, 3), (5, 14), (28, 28), (1, 3)]:
-            x = np.random.RandomState(h * w).randn(2, 3, max(h // 2, 1), max(w // 2, 1)).astype(np.float32)
-            ref = F.interpolate(torch.from_numpy(x), size=(h, w), mode="nearest").numpy()
-            assert np.array_equal(resize(ms.Tensor(x), (h, w)).asnumpy(), ref), (h, w)
-            ref = F.interpolate(torch.from_numpy(x), size=(h, w), mode="bilinear", align_corners=True).numpy()
-            # weights in float64 here, float32 in torch: a few float32 ulps apart
-            assert rel_err(ref, resize(ms.Tensor(x), (h, w), "bilinear").asnumpy()) <= 1e-5, (h, w)
-    finally:
-        ms.set_context(mode=prev)
 
 
 @pytest.mark.parametrize("name", list(OFFICIAL_PARAMS))
@@ -186,8 +161,7 @@ def test_dfc_module_on_a_7x7_map(upsample, graph_mode):
             bn.weight.uniform_(0.5, 1.5), bn.bias.normal_(0, 0.5), bn.running_mean.normal_(0, 0.1)
             bn.running_var.uniform_(0.5, 1.5)
     mm = MsGhostModule(24, 40, attn=True, dfc_upsample=upsample)
-    state = torch_to_ms(torch_state_of(tm), build_name_map(tm, mm))
-    ms.load_param_into_net(mm, {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in state.items()}, strict_load=True)
+    load_ms_state(mm, torch_to_ms(torch_state_of(tm), build_name_map(tm, mm)))
     mm.set_train(False)
     x = np.abs(np.random.RandomState(0).randn(2, 24, 7, 7)).astype(np.float32)
     with torch.no_grad():

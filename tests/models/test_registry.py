@@ -23,8 +23,9 @@ import ms_models
 import torch_ref
 from convert.api import convert_file, ms_twin, name_map
 from convert.io import read_checkpoint, write_checkpoint
-from helpers import (DATA, MAX_FLIPS, SharedSteps, cached_state, is_heavy, record_steps, rel_err, sample_input,
-                     separated_graph, smallest_per_structure, torch_with_state)
+from helpers import (DATA, MAX_FLIPS, ProjectedSum, SharedSteps, cached_state, is_heavy, load_torch_state, record_steps,
+                     rel_err, sample_input, separated_graph, smallest_per_structure, torch_with_state)
+from ms_models.context import execution_mode
 from specs import list_cfgs
 
 MODELS = torch_ref.list_models()
@@ -87,7 +88,7 @@ def _shared_graph(torch_model, x: np.ndarray, separated: bool = False):
     ``graph_indices`` the parity and gradient tests therefore run in shared-graph mode: the neighbour indices
     torch computes (same weights, input, train/eval mode) are fed to every model under comparison through the
     models' own ``graph`` argument, so everything downstream is compared at the unchanged tolerances. The
-    free-running graphs' agreement is tested in ``test_vig.py`` and reported by ``convert.parity``.
+    free-running graphs' agreement is tested in ``test_convert.py`` and reported by ``convert.parity``.
 
     ``separated``: the gradient of a max-relative graph conv is discontinuous too (it routes each node's and
     channel's gradient to the neighbour holding the maximum), so the gradient test edits the graph until every
@@ -119,7 +120,7 @@ def test_torch_forward(name):
 
 
 @pytest.mark.parametrize("name", LIGHT)
-def test_parity_torch_vs_mindspore(name, graph_mode):
+def test_parity_torch_vs_mindspore(name):
     """Same converted weights, same input: MindSpore GRAPH_MODE logits equal torch's (float32).
 
     Binary networks run in PyNative with shared binarisation (``helpers.SharedSteps``: forward hooks are
@@ -132,12 +133,12 @@ def test_parity_torch_vs_mindspore(name, graph_mode):
         ref = _run(model, torch.from_numpy(x), graph_t).numpy()
         steps = record_steps(model, lambda: _run(model, torch.from_numpy(x), graph_t))
     shared = SharedSteps()
-    if steps:
-        ms.set_context(mode=ms.PYNATIVE_MODE)          # the fixture restores GRAPH_MODE
-    mm = ms_twin(model, ms.get_context("mode"))
-    mm.set_train(False)
-    shared.force(mm, steps)
-    got = _run(mm, ms.Tensor(x), graph_m).asnumpy()
+    mode = ms.PYNATIVE_MODE if steps else ms.GRAPH_MODE
+    with execution_mode(mode):
+        mm = ms_twin(model, mode)
+        mm.set_train(False)
+        shared.force(mm, steps)
+        got = _run(mm, ms.Tensor(x), graph_m).asnumpy()
     shared.remove()
     assert got.shape == ref.shape and np.isfinite(got).all()
     assert rel_err(ref, got) <= TOL
@@ -199,12 +200,12 @@ def test_mindspore_gradients_equal_torch(name, pynative_mode):
         grads_t[dtype] = {k: p.grad.double().numpy() for k, p in tm.named_parameters() if p.requires_grad}
     mm = ms_twin(torch_with_state(name), **_no_dropout(name))
     params = mm.trainable_params()
-    grad_fn = ms.value_and_grad(lambda a: (_run(mm, a, graph_m) * ms.Tensor(proj)).sum(), None, params)
+    grad_fn = ms.value_and_grad(ProjectedSum(mm, proj), None, params)
     to_torch = name_map(name).ms_to_torch
     floor = 1e-6 * max(np.abs(g).max() for g in grads_t[torch.float64].values())
     mm.set_train(False)
     shared.force(mm, steps)
-    _, grads = grad_fn(ms.Tensor(x))
+    _, grads = _run(grad_fn, ms.Tensor(x), graph_m)
     shared.remove()
     assert len(grads) == len(grads_t[torch.float64])
     # the feature API, in PyNative (a non-construct method of a GRAPH_MODE cell is compiled anew: 20 s for ViG)
@@ -223,8 +224,7 @@ def test_mindspore_gradients_equal_torch(name, pynative_mode):
     loss, grads = ce(ms.Tensor(x), ms.Tensor(y.astype(np.int32)))
     losses = {}
     for dtype in (torch.float64, torch.float32):
-        no_drop = torch_ref.create_model(name, **_no_dropout(name))
-        no_drop.load_state_dict({k: torch.from_numpy(v) for k, v in cached_state(name).items()})
+        no_drop = load_torch_state(torch_ref.create_model(name, **_no_dropout(name)), cached_state(name))
         losses[dtype] = torch.nn.functional.cross_entropy(
             _run(no_drop.train().to(dtype), torch.from_numpy(x).to(dtype), graph_t), torch.from_numpy(y)).item()
     loss_t = losses[torch.float64]     # binary nets: a float32 rounding can flip a quantised activation

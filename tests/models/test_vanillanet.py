@@ -19,10 +19,12 @@ from safetensors.numpy import load_file
 
 from convert.api import convert_file, ms_state_of, ms_twin, torch_state_of
 from convert.io import read_checkpoint, write_checkpoint
-from helpers import DATA, rel_err, run_eval
+from helpers import DATA, load_ms_state, load_torch_state, rel_err, run_eval
+from ms_models.context import execution_mode
 from ms_models.models.vanillanet import VanillaNet as MsVanillaNet
 from specs.vanillanet import deep_training_lambda
 from torch_ref.models.vanillanet import VanillaNet as TorchVanillaNet
+from torch_ref.testing import deterministic_weights
 
 import ms_models
 import torch_ref
@@ -42,9 +44,7 @@ def _official(case):
 
 
 def _torch_model(kwargs, state, deploy=False):
-    model = TorchVanillaNet(**kwargs, deploy=deploy)
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
-    return model.eval()
+    return load_torch_state(TorchVanillaNet(**kwargs, deploy=deploy), state).eval()
 
 
 def _ms_model(kwargs, torch_model, deploy=False):
@@ -52,8 +52,7 @@ def _ms_model(kwargs, torch_model, deploy=False):
     from convert.mapping import build_name_map, torch_to_ms
     model = MsVanillaNet(**kwargs, deploy=deploy)
     nm = build_name_map(torch_model, model)
-    state = torch_to_ms(torch_state_of(torch_model), nm)
-    ms.load_param_into_net(model, {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in state.items()})
+    load_ms_state(model, torch_to_ms(torch_state_of(torch_model), nm))
     model.set_train(False)
     return model
 
@@ -80,9 +79,7 @@ def test_torch_matches_official_code(case):
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
 def test_mindspore_matches_official_code(case, mode):
     kwargs, train, _, a = _official(case)
-    prev = ms.get_context("mode")
-    ms.set_context(mode=mode)
-    try:
+    with execution_mode(mode):
         model = _ms_model(kwargs, _torch_model(kwargs, train))
         x = ms.Tensor(a["input"])
         assert rel_err(a["logits_lam1"], model(x).asnumpy()) <= TOL
@@ -92,8 +89,6 @@ def test_mindspore_matches_official_code(case, mode):
         model.switch_to_deploy()          # after a compiled train-form call: the graph must be refreshed
         assert rel_err(a["logits_deploy"], model(x).asnumpy()) <= TOL
         assert "stem.0.weight" in ms_state_of(model) and "stem1.0.weight" not in ms_state_of(model)
-    finally:
-        ms.set_context(mode=prev)
 
 
 def test_change_act_takes_effect_in_graph_mode_without_recompiling(graph_mode):
@@ -131,12 +126,19 @@ def test_ada_pool_bins_equal_torch():
     assert model.stem1[0].stride == (3, 3) and model.stem1[0].padding == (1, 1)
 
 
+def _calibrated(name: str, **kwargs) -> torch.nn.Module:
+    """The registered ``name`` with seeded, BN-calibrated weights (64 px)."""
+    torch.manual_seed(0)
+    return deterministic_weights(torch_ref.create_model(name, **kwargs), input_size=64)
+
+
+def _input() -> np.ndarray:
+    return np.random.RandomState(1).randn(2, 3, 64, 64).astype(np.float32)
+
+
 @pytest.mark.parametrize("framework", ["torch", "mindspore"])
 def test_deploy_equals_train_on_registered_model(framework, graph_mode):
-    torch.manual_seed(0)
-    from torch_ref.testing import deterministic_weights
-    tm = deterministic_weights(torch_ref.create_model("vanillanet_6"), input_size=64)
-    x = np.random.RandomState(1).randn(2, 3, 64, 64).astype(np.float32)
+    tm, x = _calibrated("vanillanet_6"), _input()
     with torch.no_grad():
         ref = tm(torch.from_numpy(x)).numpy()
     n_train = sum(p.numel() for p in tm.parameters())
@@ -156,15 +158,13 @@ def test_deploy_equals_train_on_registered_model(framework, graph_mode):
 
 def test_deploy_checkpoint_converts_like_any_other(tmp_path, graph_mode):
     """A deploy-form torch checkpoint (official --switch_to_deploy layout: {'model': sd}) converts and loads."""
-    torch.manual_seed(0)
-    from torch_ref.testing import deterministic_weights
-    tm = deterministic_weights(torch_ref.create_model("vanillanet_5", num_classes=10), input_size=64)
+    tm = _calibrated("vanillanet_5", num_classes=10)
     tm.switch_to_deploy()
     write_checkpoint(torch_state_of(tm), tmp_path / "deploy.pth", container="model")
     convert_file("vanillanet_5", tmp_path / "deploy.pth", tmp_path / "deploy.ckpt", "torch2ms")
     mm = ms_models.create_model("vanillanet_5", num_classes=10, deploy=True, checkpoint=tmp_path / "deploy.ckpt")
     mm.set_train(False)
-    x = np.random.RandomState(1).randn(2, 3, 64, 64).astype(np.float32)
+    x = _input()
     with torch.no_grad():
         ref = tm(torch.from_numpy(x)).numpy()
     assert rel_err(ref, mm(ms.Tensor(x)).asnumpy()) <= TOL
@@ -172,9 +172,7 @@ def test_deploy_checkpoint_converts_like_any_other(tmp_path, graph_mode):
 
 @pytest.mark.parametrize("direction", ["torch2ms", "ms2torch"])
 def test_convert_with_deploy_fuses(tmp_path, direction):
-    torch.manual_seed(0)
-    from torch_ref.testing import deterministic_weights
-    tm = deterministic_weights(torch_ref.create_model("vanillanet_5", num_classes=10), input_size=64)
+    tm = _calibrated("vanillanet_5", num_classes=10)
     src = tmp_path / "train.pth"
     write_checkpoint(torch_state_of(tm), src)
     if direction == "ms2torch":
@@ -184,7 +182,7 @@ def test_convert_with_deploy_fuses(tmp_path, direction):
     convert_file("vanillanet_5", src, dst, direction, deploy=True)
     state = read_checkpoint(dst)
     assert "stem.0.weight" in state and "stages.0.conv.weight" in state and "stem1.0.weight" not in state
-    x = np.random.RandomState(1).randn(2, 3, 64, 64).astype(np.float32)
+    x = _input()
     with torch.no_grad():
         ref = tm.eval()(torch.from_numpy(x)).numpy()
     if direction == "torch2ms":

@@ -1,25 +1,27 @@
 """ViG / Pyramid ViG specifics: schedules, parameter counts, the official relative_pos and Grapher outputs (data
-generated from huawei-noah/Efficient-AI-Backbones ``vig_pytorch``), bicubic resize, graph-aware parity modes,
-checkpoint containers. The registry tests (tests/test_models.py) cover forward, parity, gradients, keys."""
+generated from huawei-noah/Efficient-AI-Backbones ``vig_pytorch``), checkpoint containers, drop path in the
+blocks. The registry tests (``test_registry.py``) cover forward, parity, gradients, keys; the bicubic resize,
+the DropPath layer and the graph-aware parity modes are tested with their code (``tests/layers``,
+``tests/convert``)."""
 from __future__ import annotations
 
 import mindspore as ms
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import ms_models
 import torch_ref
-from convert.parity import compare_models, float64_check, neighbour_agreement
-from convert.api import ms_twin
+from convert.parity import neighbour_agreement
+from convert.api import torch_state_of
 from convert.mapping import build_name_map, torch_to_ms
-from helpers import DATA, cached_state, rel_err, sample_input, separate_rows, torch_with_state
+from helpers import (DATA, cached_state, load_ms_state, load_torch_state, rel_err, ms_train_output, sample_input,
+                     separate_rows, torch_with_state)
 from ms_models.models import vig as ms_vig
 from ms_models.layers import DropPath as MsDropPath, resize as ms_resize
 from specs import vig as spec
 from torch_ref.models import vig as pt_vig
-from torch_ref.layers import DropPath as PtDropPath, resize as pt_resize
+from torch_ref.layers import DropPath as PtDropPath
 
 # trainable parameters counted from the official code (equal to the notes' recount), and with the frozen
 # relative_pos tables (pyramid). README/paper: ViG 7.1/22.7/86.8 M, PViG 10.7/27.3/51.7/82.6 M.
@@ -87,16 +89,13 @@ def test_grapher_equals_official(tag, pynative_mode):
     equal); MindSpore fed the official indices: its output to 1e-5 relative (observed ~1e-7); MindSpore's own
     graph: at least 95 % of the official neighbours (float32 distance rounding may swap near-ties)."""
     state, x, y, idx = _official_grapher(tag)
-    tg = pt_vig.Grapher(16, GRAPHERS[tag]).eval()
-    tg.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    tg = load_torch_state(pt_vig.Grapher(16, GRAPHERS[tag]), state).eval()
     with torch.no_grad():
         out = tg(torch.from_numpy(x)).numpy()
     assert np.array_equal(tg.graph_conv.dilated_knn_graph.last_index.numpy(), idx)
     assert rel_err(y, out) <= 1e-6
     mg = ms_vig.Grapher(16, GRAPHERS[tag])
-    params = dict(mg.parameters_and_names())
-    for k, v in torch_to_ms(state, build_name_map(tg, mg, tag)).items():
-        params[k].set_data(ms.Tensor(v))
+    load_ms_state(mg, torch_to_ms(state, build_name_map(tg, mg, tag)))
     mg.set_train(False)
     assert rel_err(y, mg(ms.Tensor(x), ms.Tensor(idx)).asnumpy()) <= 1e-5
     knn = mg.graph_conv.dilated_knn_graph
@@ -108,39 +107,6 @@ def test_grapher_equals_official(tag, pynative_mode):
     keys = mg.graph_conv.pool(feats) if mg.graph_conv.pool is not None else feats
     own = knn(feats.reshape(b, c, -1), keys.reshape(b, c, -1), rel).asnumpy()
     assert neighbour_agreement(idx, own) >= 0.95
-
-
-def test_bicubic_resize_equals_torch(pynative_mode):
-    """MindSpore's and NumPy's bicubic (A = -0.75, align_corners False, down and up) equal F.interpolate to 1e-5
-    relative: torch rounds the source coordinate ``(dst + 0.5) * in / out - 0.5`` to float32 and the kernel's
-    slope amplifies that (observed <= 2.7e-6 for MindSpore float32, <= 4.6e-6 for NumPy float64; an A = -0.5
-    kernel or align_corners=True is off by > 1e-2). Integer ratios (relative_pos tables) agree to 1 ulp."""
-    x = np.random.RandomState(0).randn(1, 2, 13, 40).astype(np.float32)
-    for size in ((7, 17), (20, 12), (13, 55), (26, 80)):
-        ref = F.interpolate(torch.from_numpy(x), size=size, mode="bicubic", align_corners=False).numpy()
-        assert rel_err(ref, ms_resize(ms.Tensor(x), size, "bicubic").asnumpy()) <= 1e-5
-        assert rel_err(ref, pt_resize(torch.from_numpy(x), size, "bicubic").numpy()) == 0.0
-        assert rel_err(ref, spec.resize_bicubic(x, *size)) <= 1e-5
-
-
-def test_shared_graph_parity_and_agreement():
-    """Shared-graph mode: every layer within the float32 tolerance; the free-running MindSpore graphs share
-    >= 90 % of torch's neighbours in every Grapher (random weights, near-ties; observed >= 97 %)."""
-    name = "vig_ti_224_gelu"
-    tm, x = torch_with_state(name), sample_input(name, batch=1)
-    report = compare_models(tm, ms_twin(tm, ms.PYNATIVE_MODE), x, model_name=name, graph="shared")
-    assert report.ok, report.table()
-    assert len(report.agreement) == 12 and min(report.agreement.values()) >= 0.9, report.table()
-    assert any(d.kind == "MRConv" for d in report.layers)
-
-
-def test_float64_mode():
-    """torch float64 fed torch float32's graph reproduces its own float64 graph run to 1e-9 (the float32 graph is
-    the exact one on these inputs); MindSpore CPU float64 runs the model or names the ops without float64."""
-    report = float64_check("vig_ti_224_gelu", batch=1, input_size=128)
-    assert report.ok, report.table()
-    assert len(report.agreement_32_64) == 12
-    assert report.ms_rel is not None or {"Conv2d", "BatchNorm2d"} <= set(report.ms_missing), report.table()
 
 
 @pytest.mark.parametrize("container", [None, "state_dict", "state_dict_ema"])
@@ -204,53 +170,14 @@ def test_drop_path_schedule_equals_official():
     assert list(tm.state_dict()) == list(plain.state_dict())
 
 
-def _ms_train(cell, x):
-    cell.set_train(True)
-    return cell(ms.Tensor(x)).asnumpy()
-
-
-@pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE])
-def test_drop_path_layer(mode):
-    """timm semantics in both frameworks: identity in eval and at p = 0; in training each sample is either
-    dropped (exactly 0) or kept and scaled by exactly float32(1 / (1 - p)), kept with probability 1 - p
-    (4000 samples: within 5 binomial standard deviations), independently per call."""
-    prev = ms.get_context("mode")
-    ms.set_context(mode=mode)
-    try:
-        x = np.random.RandomState(0).randn(4000, 2, 3, 3).astype(np.float32)
-        torch.manual_seed(0)
-        ms.set_seed(0)
-        t = PtDropPath(0.25)
-        with torch.no_grad():
-            t_out = [t.train()(torch.from_numpy(x)).numpy() for _ in range(2)]
-            assert np.array_equal(t.eval()(torch.from_numpy(x)).numpy(), x)
-            assert np.array_equal(PtDropPath(0.0).train()(torch.from_numpy(x)).numpy(), x)
-        m = MsDropPath(0.25)
-        m_out = [_ms_train(m, x) for _ in range(2)]
-        m.set_train(False)
-        assert np.array_equal(m(ms.Tensor(x)).asnumpy(), x)
-        assert np.array_equal(_ms_train(MsDropPath(0.0), x), x)
-        scaled = x * (np.float32(1) / np.float32(0.75))
-        for a, b in (t_out, m_out):
-            for out in (a, b):
-                kept = (out == scaled).all(axis=(1, 2, 3))
-                assert ((out == 0).all(axis=(1, 2, 3)) | kept).all()
-                assert abs(kept.sum() - 3000) <= 5 * np.sqrt(4000 * 0.75 * 0.25)
-            assert ((a == 0).all(axis=(1, 2, 3)) != (b == 0).all(axis=(1, 2, 3))).any()
-    finally:
-        ms.set_context(mode=prev)
-
-
 def _block_pair(kind: str, p: float, state: dict | None = None):
     """A torch and a MindSpore Grapher ("grapher", official test weights) or FFN (C = 16) with drop path p."""
     plan = GRAPHERS["grapher_r1_d3"]
     tm = pt_vig.Grapher(16, plan, p) if kind == "grapher" else pt_vig.FFN(16, 64, p)
     mm = ms_vig.Grapher(16, plan, p) if kind == "grapher" else ms_vig.FFN(16, 64, p)
     if state is not None:
-        tm.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-    params = dict(mm.parameters_and_names())
-    for k, v in torch_to_ms({k: v.numpy() for k, v in tm.state_dict().items()}, build_name_map(tm, mm, kind)).items():
-        params[k].set_data(ms.Tensor(v))
+        load_torch_state(tm, state)
+    load_ms_state(mm, torch_to_ms(torch_state_of(tm), build_name_map(tm, mm, kind)))
     return tm, mm
 
 
@@ -283,12 +210,12 @@ def test_drop_path_in_blocks(pynative_mode):
         tm, mm = _block_pair(kind, 1.0, state if kind == "grapher" else None)
         with torch.no_grad():
             assert np.array_equal(tm.train()(torch.from_numpy(inp)).numpy(), inp)
-        assert np.array_equal(_ms_train(mm, inp), inp)
+        assert np.array_equal(ms_train_output(mm, inp), inp)
     torch.manual_seed(0)
     ms.set_seed(0)
     tm, mm = _block_pair("ffn", 0.5)
     with torch.no_grad():
-        outs = {"torch": (tm, tm.train()(torch.from_numpy(x16)).numpy()), "mindspore": (mm, _ms_train(mm, x16))}
+        outs = {"torch": (tm, tm.train()(torch.from_numpy(x16)).numpy()), "mindspore": (mm, ms_train_output(mm, x16))}
     for fw, (module, out) in outs.items():
         dropped = (out == x16).all(axis=(1, 2, 3))
         assert 0 < dropped.sum() < len(x16), fw
