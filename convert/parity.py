@@ -36,6 +36,7 @@ within float32 rounding of a threshold binarises differently in the two framewor
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field
 
@@ -220,7 +221,7 @@ class SharedSteps:
         self.total = 0
         self.inputs: dict[str, np.ndarray] = {}
         self.outputs: dict[str, np.ndarray] = {}
-        self.handles: list = []
+        self.handles: list = []                 # callables that take the hooks off
 
     def _record(self, name: str, x, own: np.ndarray, forced: np.ndarray | None) -> None:
         self.inputs[name], self.outputs[name] = x, own
@@ -238,15 +239,24 @@ class SharedSteps:
                     self._record(name, inputs[0].detach().float().numpy().copy(),
                                  o.detach().float().numpy().copy(), None if t is None else t.numpy())
                     return None if t is None else o + (t.to(o.dtype) - o).detach()
+                self.handles.append(layer.register_forward_hook(hook).remove)
             else:
-                import mindspore as ms
-                from mindspore import ops
+                self._wrap_ms(name, layer, forced)
 
-                def hook(_c, inputs, o, name=name, t=None if forced is None else ms.Tensor(forced), t_np=forced):
-                    self._record(name, inputs[0].asnumpy().astype(np.float32),
-                                 o.asnumpy().astype(np.float32), t_np)
-                    return None if t is None else o + ops.stop_gradient(t - o)
-            self.handles.append(layer.register_forward_hook(hook))
+    def _wrap_ms(self, name: str, cell, forced: np.ndarray | None) -> None:
+        """MindSpore skips the forward hooks of a cell with a custom ``bprop`` (BiMLP's ``ActQuantize``, 2.8.0;
+        pre-hooks still run), so the step cell's ``construct`` is wrapped instead; the forced value added
+        under ``stop_gradient`` leaves the gradient to the cell's own ``bprop`` or ops."""
+        import mindspore as ms
+        from mindspore import ops
+        own_construct, t = cell.construct, None if forced is None else ms.Tensor(forced)
+
+        def construct(*args):
+            o = own_construct(*args)
+            self._record(name, args[0].asnumpy().astype(np.float32), o.asnumpy().astype(np.float32), forced)
+            return o if t is None else o + ops.stop_gradient(t - o)
+        cell.construct = construct
+        self.handles.append(functools.partial(delattr, cell, "construct"))
 
     def watch(self, model) -> None:
         self._hook(model, None)
@@ -255,8 +265,8 @@ class SharedSteps:
         self._hook(model, outs)
 
     def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
+        for undo in self.handles:
+            undo()
         self.handles = []
 
 

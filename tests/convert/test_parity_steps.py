@@ -10,8 +10,8 @@ import torch
 from convert.api import ms_twin
 from convert.cli import main as cli
 from convert.io import write_checkpoint
-from convert.parity import (ROUNDING_ULPS, STEP_FAULT, STEP_INPUT, STEP_ROUNDING, compare_models, run_parity,
-                            step_diff)
+from convert.parity import (ROUNDING_ULPS, STEP_FAULT, STEP_INPUT, STEP_ROUNDING, SharedSteps, compare_models,
+                            run_parity, step_diff)
 from helpers import torch_with_state
 from ms_models.context import execution_mode
 from torch_ref.layers.binary import ActQuantize, ApproxSign
@@ -82,6 +82,26 @@ def test_flip_from_a_diverged_input_is_named_as_such():
     d = step_diff(STEP, layer, u, _torch_step(layer, u), got_in, _torch_step(layer, got_in), TOL)
     assert (d.flipped, d.verdict) == (1, STEP_INPUT)
     assert d.input_rel == pytest.approx(0.02 / 3, rel=1e-6)
+
+
+def test_shared_steps_force_a_custom_bprop_cell(pynative_mode):
+    """MindSpore runs no forward hook on a cell with a custom ``bprop`` (BiMLP's ``ActQuantize``): the forced
+    values still come out, the gradient is the cell's own straight-through estimator (1 where |x| <= 1) and
+    the elements where its own output differs are counted."""
+    from ms_models.layers.binary import ActQuantize as MsActQuantize
+    cell = MsActQuantize("round")
+    x = ms.Tensor(np.array([[0.3, -1.5, 0.7, 0.2]], np.float32))     # own output: 0, -1, 1, 0
+    forced = np.array([[1.0, -1.0, 0.0, 0.0]], np.float32)
+    shared = SharedSteps()
+    shared.force(cell, {"": forced})
+    out = cell(x).asnumpy()
+    grad = ms.grad(lambda a: (cell(a) * ms.Tensor(np.array([[1.0, 2.0, 3.0, 4.0]], np.float32))).sum())(x)
+    shared.remove()
+    np.testing.assert_array_equal(out, forced)
+    np.testing.assert_array_equal(grad.asnumpy(), [[1.0, 0.0, 3.0, 4.0]])
+    assert (shared.flipped, shared.total) == (2 * 2, 2 * 4)           # two calls (forward, grad), 2 flips each
+    np.testing.assert_array_equal(shared.outputs[""], [[0.0, -1.0, 1.0, 0.0]])
+    np.testing.assert_array_equal(cell(x).asnumpy(), [[0.0, -1.0, 1.0, 0.0]])   # removed: its own output again
 
 
 @pytest.fixture(scope="module")
