@@ -8,8 +8,8 @@ max(||.||_2, 1e-12)``; input gradient ``sum_o clamp(W - X, -1, 1) * g``. On the 
 the input gradient run the compiled kernels of ``native/csrc/adder.cc`` as AOT custom ops (float32); where
 they cannot be built (:mod:`native`) or on other backends, ``ops.cdist`` and an input gradient
 accumulated over chunks of output channels (bounded memory in PyNative; a GRAPH_MODE graph keeps the chunks'
-intermediates alive: more than 10 GB for ResNet-50's 3x3 64-channel 56x56 layer at batch 8, measured on
-2.8.0). The im2col (``ops.unfold``) around it is differentiated by MindSpore.
+intermediates alive, see ``docs/addernet.md``). The im2col (``ops.unfold``) around it is differentiated by
+MindSpore.
 """
 from __future__ import annotations
 

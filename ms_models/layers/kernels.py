@@ -1,7 +1,7 @@
 """Compiled CPU kernels used as MindSpore AOT custom ops, with a clean fallback to native ops.
 
-MindSpore 2.8's CPU depthwise convolution is 3-20x slower than PyTorch's (measured for VanillaNet's 7x7
-activation: 512 channels at 56x56, batch 8: 250 ms vs 62 ms). ``native/csrc/dwconv.cc`` implements
+MindSpore 2.8's CPU depthwise convolution is several times slower than PyTorch's (figures:
+``docs/kernels.md``). ``native/csrc/dwconv.cc`` implements
 ``depthwise_conv(act(x), w) (+ b)`` (any kernel, stride and zero padding, ``act`` = relu or identity) and both
 gradients; it is compiled with the system C++ compiler on first use into a per-user cache (:mod:`native`)
 and loaded through ``ops.Custom(func_type="aot")``.

@@ -12,7 +12,7 @@ convs use stride-1 ``pad_mode='same'``, which for odd kernels is PyTorch's symme
 padding (and avoids the exporter's wrong order for asymmetric 4-tuple paddings). Weights are initialised like
 PyTorch's defaults (the official file has no custom init).
 
-Speed (MindSpore 2.8 CPU, where graph mode was 1.2-2x slower than torch eager at batch 16): depthwise convs run
+Speed (MindSpore 2.8 CPU, where graph mode was slower than torch eager; docs/ghostnetv2.md): depthwise convs run
 the compiled kernel of :mod:`ms_models.layers.kernels` (:func:`~ms_models.layers.depthwise_bn`); in eval mode every
 conv + BN pair runs with the BN folded into the conv (:func:`~ms_models.layers.conv_bn_apply`: a few float32
 ulps from conv-then-BN); a DFC gate upsampled by whole factors multiplies as a broadcast
