@@ -42,6 +42,18 @@ def smallest_per_structure(names: list[str]) -> list[str]:
     return [n for n in names if n in best.values()]
 
 
+def smallest_per_family(names: list[str]) -> list[str]:
+    """The smallest model (by parameters) of each family among ``names`` (one family = one file of
+    ``torch_ref/models``, so ViG and Pyramid ViG are one), in registry order: ``make test-fast`` runs the
+    registry-parametrized tests on these only (``conftest.py``, ``--fast``)."""
+    best: dict[str, str] = {}
+    for name in names:
+        family = torch_ref._registry.registry.model_class(name).__module__
+        if family not in best or _layer_types(name)[1] < _layer_types(best[family])[1]:
+            best[family] = name
+    return [n for n in names if n in best.values()]
+
+
 @functools.lru_cache(maxsize=None)
 def is_heavy(name: str) -> bool:
     """Models above 100 M parameters (train form) or 10 GFLOP per test batch are too slow to train-step and

@@ -167,6 +167,7 @@ def _ms_grads(case: str, step: _GradStep, x) -> dict[str, np.ndarray]:
     return {to_torch[n]: g.asnumpy() for n, g in zip(step.names, step(x))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["resnet20_ckpt", "resnet18_imagenet_w4"])
 def test_mindspore_matches_official_code(case, pynative_mode):
     """Same record in MindSpore: eval and train logits, and the official (eval-mode) gradients through the
@@ -186,6 +187,7 @@ def test_mindspore_matches_official_code(case, pynative_mode):
     assert rel_err(d["logits_train"], model(x).asnumpy()) <= TOL
 
 
+@pytest.mark.slow
 def test_set_epoch_takes_effect_in_graph_mode_without_recompiling(graph_mode):
     """GRAPH_MODE: official logits; a compiled gradient cell run at the initial (t, k), then after ``set_epoch``
     without recompiling, gives the official epoch-100 gradients."""
@@ -287,6 +289,7 @@ def test_official_mindspore_layout_maps_onto_ours(tmp_path):
 TRAIN = dict(layers=(1, 1, 1), width=8)      # a 1-block-per-stage ResNet-20 body: seconds, same layers
 
 
+@pytest.mark.slow
 def test_training_steps_lower_the_loss_torch():
     x, y = (a[:128] for a in digits(8))            # 8x8 digits in [-1, 1]
     torch.manual_seed(0)
@@ -296,6 +299,7 @@ def test_training_steps_lower_the_loss_torch():
     assert losses[-1] < 0.8 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_training_steps_lower_the_loss_mindspore(graph_mode):
     x, y = (a[:128] for a in digits(8))            # 8x8 digits in [-1, 1]
     ms.set_seed(0)

@@ -133,6 +133,7 @@ def test_shared_graph_parity_and_agreement():
     assert any(d.kind == "MRConv" for d in report.layers)
 
 
+@pytest.mark.slow
 def test_float64_mode():
     """torch float64 fed torch float32's graph reproduces its own float64 graph run to 1e-9 (the float32 graph is
     the exact one on these inputs); MindSpore CPU float64 runs the model or names the ops without float64."""
@@ -142,6 +143,7 @@ def test_float64_mode():
     assert report.ms_rel is not None or {"Conv2d", "BatchNorm2d"} <= set(report.ms_missing), report.table()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("container", [None, "state_dict", "state_dict_ema"])
 def test_official_containers(tmp_path, container):
     """Raw state_dict (vig_*.pth), timm ``state_dict`` / ``state_dict_ema`` (pvig_*.pth.tar), relative_pos included."""
