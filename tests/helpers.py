@@ -124,7 +124,7 @@ def separated_graph(model: torch.nn.Module, x: np.ndarray, margin: float) -> lis
 
     A max-relative graph conv takes, per node and channel, the largest of its neighbours' key values; where
     the two largest are closer than float32 rounding, frameworks (or two valid torch kernels) pick different
-    neighbours and the gradient routed back jumps by percents (``test_models``' gradient test). Here every
+    neighbours and the gradient routed back jumps by percents (``test_registry``' gradient test). Here every
     node whose two largest neighbour keys in some channel differ by less than ``margin`` times the largest key
     magnitude of that Grapher gets the runner-up replaced by other key nodes until every channel of its row is
     separated; later Graphers compute their kNN on features produced with the edited earlier rows. Any index

@@ -1,5 +1,5 @@
-"""The compiled depthwise-conv kernel (``ms_models/kernels.py``) against PyTorch and the native path: VanillaNet's
-relu + 7x7 activation and the generic geometries (stride 2, one-sided padding, (1, 5) / (5, 1) kernels)."""
+"""The compiled depthwise-conv kernel (``ms_models/layers/kernels.py``) against PyTorch and the native path:
+VanillaNet's relu + 7x7 activation and the generic geometries (stride 2, one-sided padding, (1, 5) / (5, 1) kernels)."""
 from __future__ import annotations
 
 import mindspore as ms

@@ -1,6 +1,6 @@
 """ViG / Pyramid ViG specifics: schedules, parameter counts, the official relative_pos and Grapher outputs (data
 generated from huawei-noah/Efficient-AI-Backbones ``vig_pytorch``), bicubic resize, graph-aware parity modes,
-checkpoint containers. The registry tests (tests/test_models.py) cover forward, parity, gradients, keys."""
+checkpoint containers. The registry tests (tests/models/test_registry.py) cover forward, parity, gradients, keys."""
 from __future__ import annotations
 
 import mindspore as ms
