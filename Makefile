@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,6 +17,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=20 tests
+
+# a representative subset for iteration (tests/conftest.py: --fast); `make test` stays the whole suite
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q --fast --durations=10 tests
 
 bench: $(STAMP)
 	$(BIN)/python scripts/benchmark.py

@@ -114,9 +114,9 @@ def bench_model(name: str, form: str, batch: int, size: int, repeats: int, warmu
 
 def bench_model_isolated(name: str, form: str, batch: int, size: int, repeats: int, warmup: int, threads: int,
                          use_ort: bool, knn_share: bool = False) -> dict | None:
-    """:func:`bench_model` in a fresh process. In one process torch eager ran 1.3-1.5x slower after MindSpore
-    had run a graph (measured here: 276 -> 412 ms, GhostNetV2 batch 16), so every row starts clean; within a
-    row torch is timed first (MindSpore's times do not change after torch's run)."""
+    """:func:`bench_model` in a fresh process. In one process torch eager ran slower after MindSpore had run a
+    graph (``docs/ghostnetv2.md``), so every row starts clean; within a row torch is timed first (MindSpore's
+    times do not change after torch's run)."""
     spec = json.dumps([name, form, batch, size, repeats, warmup, threads, use_ort, knn_share])
     proc = subprocess.run([sys.executable, __file__, "--row", spec], capture_output=True, text=True)
     if proc.returncode != 0:

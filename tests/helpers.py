@@ -43,6 +43,18 @@ def smallest_per_structure(names: list[str]) -> list[str]:
     return [n for n in names if n in best.values()]
 
 
+def smallest_per_family(names: list[str]) -> list[str]:
+    """The smallest model (by parameters) of each family among ``names`` (one family = one file of
+    ``torch_ref/models``, so ViG and Pyramid ViG are one), in registry order: ``make test-fast`` runs the
+    registry-parametrized tests on these only (``conftest.py``, ``--fast``)."""
+    best: dict[str, str] = {}
+    for name in names:
+        family = torch_ref._registry.registry.model_class(name).__module__
+        if family not in best or _layer_types(name)[1] < _layer_types(best[family])[1]:
+            best[family] = name
+    return [n for n in names if n in best.values()]
+
+
 @functools.lru_cache(maxsize=None)
 def is_heavy(name: str) -> bool:
     """Models above 100 M parameters (train form) or 10 GFLOP per test batch are too slow to train-step and
@@ -134,7 +146,7 @@ def separated_graph(model: torch.nn.Module, x: np.ndarray, margin: float) -> lis
 
     A max-relative graph conv takes, per node and channel, the largest of its neighbours' key values; where
     the two largest are closer than float32 rounding, frameworks (or two valid torch kernels) pick different
-    neighbours and the gradient routed back jumps by percents (``test_models``' gradient test). Here every
+    neighbours and the gradient routed back jumps by percents (``test_registry``' gradient test). Here every
     node whose two largest neighbour keys in some channel differ by less than ``margin`` times the largest key
     magnitude of that Grapher gets the runner-up replaced by other key nodes until every channel of its row is
     separated; later Graphers compute their kNN on features produced with the edited earlier rows. Any index

@@ -7,9 +7,9 @@ The core op is a Cell with a custom ``bprop`` (GRAPH_MODE and PyNative) on the i
 max(||.||_2, 1e-12)``; input gradient ``sum_o clamp(W - X, -1, 1) * g``. On the CPU backend the forward and
 the input gradient run the compiled kernels of ``native/csrc/adder.cc`` as AOT custom ops (float32); where
 they cannot be built (:mod:`native`) or on other backends, ``ops.cdist`` and an input gradient
-accumulated over chunks of output channels (bounded memory in PyNative; a GRAPH_MODE graph on 2.8.0 keeps the
-chunks' intermediates alive, too much memory for ResNet-50's large layers). The im2col (``ops.unfold``) around
-it is differentiated by MindSpore.
+accumulated over chunks of output channels (bounded memory in PyNative; a GRAPH_MODE graph keeps the chunks'
+intermediates alive, see ``docs/addernet.md``). The im2col (``ops.unfold``) around it is differentiated by
+MindSpore.
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """Compiled CPU kernels used as MindSpore AOT custom ops, with a clean fallback to native ops.
 
-MindSpore 2.8's CPU depthwise convolution is much slower than PyTorch's (VanillaNet's 7x7 activation,
-GhostNetV2's depthwise convs). ``native/csrc/dwconv.cc`` implements ``depthwise_conv(act(x), w) (+ b)`` (any
-kernel, stride and zero padding, ``act`` = relu or identity) and both gradients; it is compiled with the system
-C++ compiler on first use into a per-user cache (:mod:`native`) and loaded through ``ops.Custom(func_type="aot")``.
+MindSpore 2.8's CPU depthwise convolution is several times slower than PyTorch's (figures:
+``docs/kernels.md``). ``native/csrc/dwconv.cc`` implements
+``depthwise_conv(act(x), w) (+ b)`` (any kernel, stride and zero padding, ``act`` = relu or identity) and both
+gradients; it is compiled with the system C++ compiler on first use into a per-user cache (:mod:`native`)
+and loaded through ``ops.Custom(func_type="aot")``.
 
 Used only on the CPU backend with float32 inputs (Ascend and GPU keep MindSpore's native kernels), and
 never if ``MS_MODELS_NATIVE_KERNELS=0`` is set, the compiler is missing or the build fails: callers get

@@ -10,8 +10,8 @@ from .modes import graph_compiled
 
 def spatial_mean(x):
     """``x.mean((2, 3), keepdim=True)`` of an NCHW tensor as a product with a ``1 / HW`` column: the 2.8.0 CPU
-    ReduceMean is much slower than a MatMul over the same data (GhostNetV2's SE means). GRAPH_MODE only:
-    PyNative takes the plain mean (no shape sync, no constant built per call)."""
+    ReduceMean is much slower than a MatMul over the same data (figures: ``docs/ghostnetv2.md``).
+    GRAPH_MODE only: PyNative takes the plain mean (no shape sync, no constant built per call)."""
     if not graph_compiled():
         return x.mean(axis=(2, 3), keep_dims=True)
     n, c, h, w = x.shape

@@ -12,7 +12,7 @@ convs use stride-1 ``pad_mode='same'``, which for odd kernels is PyTorch's symme
 padding (and avoids the exporter's wrong order for asymmetric 4-tuple paddings). Weights are initialised like
 PyTorch's defaults (the official file has no custom init).
 
-Speed (MindSpore 2.8 CPU, GRAPH_MODE): every conv + BN pair is a :class:`~ms_models.layers.ConvBn` (or, where
+Speed (MindSpore 2.8 CPU, GRAPH_MODE; figures in ``docs/ghostnetv2.md``): every conv + BN pair is a :class:`~ms_models.layers.ConvBn` (or, where
 the official keys make it two named attributes, runs through :meth:`~ms_models.layers.ConvBn.forward_pair`):
 depthwise convs run the compiled kernel of :mod:`ms_models.layers.kernels` and in eval mode the BN is folded
 into the conv (a few float32 ulps from conv-then-BN); a DFC gate upsampled by whole factors multiplies as a

@@ -37,7 +37,8 @@ def _only(tmp_path, *names):
 
 
 @pytest.mark.parametrize("container", [None, "model", "model_ema", "state_dict", "state_dict_ema"])
-@pytest.mark.parametrize("suffix", [".pth", ".pth.tar", ".bin"])
+@pytest.mark.parametrize("suffix", [".pth", pytest.param(".pth.tar", marks=pytest.mark.slow),
+                                    pytest.param(".bin", marks=pytest.mark.slow)])
 def test_official_containers_and_extensions(tmp_path, container, suffix):
     state = {k: torch.from_numpy(v) for k, v in cached_state(NAME).items()}
     state = {"module." + k: v for k, v in state.items()} if container == "state_dict" else state
@@ -57,7 +58,7 @@ def test_ema_weights_win_over_model_weights(tmp_path):
     assert np.array_equal(read_checkpoint(tmp_path / "both.pth", key="model")["stem1.0.weight"], live["stem1.0.weight"].numpy())
 
 
-@pytest.mark.parametrize("out", [".ckpt", ".safetensors"])
+@pytest.mark.parametrize("out", [".ckpt", pytest.param(".safetensors", marks=pytest.mark.slow)])
 def test_cli_torch2ms_loads_strictly_in_mindspore(tmp_path, src, out, graph_mode):
     dst = tmp_path / f"v5{out}"
     assert cli(["torch2ms", "--model", NAME, str(src), str(dst)]) == 0
@@ -207,6 +208,7 @@ def test_shared_graph_parity_and_agreement():
     assert any(d.kind == "MRConv" for d in report.layers)
 
 
+@pytest.mark.slow
 def test_float64_mode():
     """torch float64 fed torch float32's graph reproduces its own float64 graph run to 1e-9 (the float32 graph is
     the exact one on these inputs); MindSpore CPU float64 runs the model or names the ops without float64."""
@@ -238,7 +240,7 @@ def test_onnx_that_disagrees_is_not_kept(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("framework", ["torch", "mindspore"])
+@pytest.mark.parametrize("framework", ["torch", pytest.param("mindspore", marks=pytest.mark.slow)])
 def test_onnx_export_of_non_divisible_adaptive_pools(tmp_path, framework, graph_mode):
     """The ada-pool design (stem stride 3, adaptive max pools 21 -> 10 -> 5 here) exports from both frameworks."""
     from torch_ref.testing import deterministic_weights
@@ -261,6 +263,7 @@ def test_onnx_export_of_non_divisible_adaptive_pools(tmp_path, framework, graph_
         assert rel_err(tm(torch.from_numpy(x)).numpy(), ort_run(tmp_path / "ada.onnx", x)) <= 1e-4
 
 
+@pytest.mark.slow
 def test_python_m_convert_exit_code(tmp_path):
     bad = tmp_path / "x.pth"
     bad.write_text("hello")

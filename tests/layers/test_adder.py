@@ -178,6 +178,7 @@ print(t, m)
 """
 
 
+@pytest.mark.slow
 def test_adder_layer_working_memory_at_resnet50_scale():
     """ResNet-50's largest adder layer (3x3, 64 channels at 56x56, batch 8: 0.9 G adder operations), compiled
     path, in a fresh process: peak RSS above the baseline stays a small multiple of its tensors (6.4 MB input

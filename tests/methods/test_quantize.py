@@ -132,6 +132,7 @@ def quantized_pair():
     return tm, mm, r_t, r_m
 
 
+@pytest.mark.slow
 def test_quantization_is_identical_in_both_frameworks(quantized_pair):
     """Same calibrated ranges (float32 forward of two runtimes: ~1e-6 relative), the same k-means groups and,
     from those, the same scales; the quantized models agree on the output."""
@@ -151,6 +152,7 @@ def test_quantization_is_identical_in_both_frameworks(quantized_pair):
     assert rel_err(ref, got) <= 2e-2 and (ref.argmax(1) == got.argmax(1)).mean() >= 0.9
 
 
+@pytest.mark.slow
 def test_quantized_model_parity_same_state(quantized_pair, tmp_path, graph_mode):
     """One quantized state (torch) loaded into MindSpore: GRAPH_MODE logits equal torch's (float32 parity)."""
     tm = quantized_pair[0]
@@ -188,6 +190,7 @@ def test_official_mindspore_adderquant_layout_loads(tmp_path):
                           state["layer2.0.conv1.adder"])
 
 
+@pytest.mark.slow
 def test_quantize_cli(tmp_path):
     write_checkpoint(cached_state(NAME), tmp_path / "f.pth", container="state_dict")
     base = [sys.executable, "-m", "convert", "quantize", "--model", NAME]
@@ -203,6 +206,7 @@ def test_quantize_cli(tmp_path):
     assert not (tmp_path / "x.pth").exists()
 
 
+@pytest.mark.slow
 def test_demo_script_runs_and_8_bit_stays_within_one_point(tmp_path):
     """scripts/adder_quant_demo.py end to end with its defaults (4 epochs; 2 epochs leave the float model
     unconverged and BN re-estimation alone moves it by ~3 points), 8 bits only for CI time."""

@@ -156,6 +156,7 @@ def _ms_grads(case: str, step: _GradStep, x) -> dict[str, np.ndarray]:
     return {to_torch[n]: g.asnumpy() for n, g in zip(step.names, step(x))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["resnet20_ckpt", "resnet18_imagenet_w4"])
 def test_mindspore_matches_official_code(case, pynative_mode):
     """Same record in MindSpore: eval and train logits, and the official (eval-mode) gradients through the
@@ -175,6 +176,7 @@ def test_mindspore_matches_official_code(case, pynative_mode):
     assert rel_err(d["logits_train"], model(x).asnumpy()) <= TOL
 
 
+@pytest.mark.slow
 def test_set_epoch_takes_effect_in_graph_mode_without_recompiling(graph_mode):
     """GRAPH_MODE: official logits; a compiled gradient cell run at the initial (t, k), then after ``set_epoch``
     without recompiling, gives the official epoch-100 gradients."""
@@ -240,12 +242,14 @@ def _training_losses(create_model) -> list[float]:
     return adam_losses(model, x, y, steps=8, lr=1e-2)
 
 
+@pytest.mark.slow
 def test_training_steps_lower_the_loss_torch():
     torch.manual_seed(0)
     losses = _training_losses(torch_ref.create_model)
     assert losses[-1] < 0.8 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_training_steps_lower_the_loss_mindspore(graph_mode):
     ms.set_seed(0)
     losses = _training_losses(ms_models.create_model)

@@ -74,6 +74,7 @@ def test_torch_matches_official_code(tag):
         assert rel_err(a[f"{tag}.logits_train"], tm.train()(x).numpy()) <= TOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tag,mode", [("bn", ms.GRAPH_MODE), ("bn", ms.PYNATIVE_MODE), ("gn", ms.PYNATIVE_MODE)],
                          ids=["bn-graph", "bn-pynative", "gn-pynative"])
 def test_mindspore_matches_official_code(tag, mode, request):
@@ -97,6 +98,7 @@ def test_same_max_pool_equals_mindspore(pynative_mode):
     assert np.array_equal(max_pool_same(torch.from_numpy(x), 3)[:, :, 0, 0].numpy(), x[:, :, :2, :3].max((2, 3)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tag,act,mode", [("bn", "round", ms.GRAPH_MODE), ("gn", "sign", ms.PYNATIVE_MODE),
                                           ("bn", "sign", ms.PYNATIVE_MODE)],
                          ids=["bn-round-graph", "gn-sign-pynative", "bn-sign-pynative"])
@@ -124,6 +126,7 @@ def test_gradients_equal_torch(tag, act, mode, request):
     assert binary and all(np.abs(ref[k]).max() > 0 for k in binary)
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_in_both_frameworks(pynative_mode):
     """Four Adam steps (lr 0.05) on 64 scikit-learn digits (16x16) with a tiny BiMLP lower the train-mode
     cross-entropy by over 15 % in torch and in MindSpore (PyNative), starting from the same weights."""

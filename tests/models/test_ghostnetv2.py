@@ -97,6 +97,7 @@ def test_torch_matches_official_code():
             assert rel_err(a[f"logits_{size}"], model(torch.from_numpy(a[f"input_{size}"])).numpy()) <= 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
 def test_mindspore_matches_official_code(mode):
     kwargs, state, a = _official()
@@ -108,6 +109,7 @@ def test_mindspore_matches_official_code(mode):
             assert rel_err(a[f"logits_{size}"], got) <= TOL, size
 
 
+@pytest.mark.slow
 def test_graph_mode_gradients_equal_torch(graph_mode):
     """GRAPH_MODE runs the fast paths (compiled depthwise kernel, the eval-mode BN folded into the convs,
     broadcast DFC gate, MatMul means); the registry gradient test runs PyNative, which runs the plain cells.
@@ -137,6 +139,7 @@ def test_graph_mode_gradients_equal_torch(graph_mode):
         assert np.abs(g.asnumpy() - ref).max() <= bound, name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(OFFICIAL_PARAMS))
 def test_parity_at_224_layer_by_layer(name):
     """The parity tool at 224 px (BN statistics from 224 px images, the stage sizes 112..7 and the 3 -> 7 DFC
@@ -181,6 +184,7 @@ def _with_thop_buffers(state: dict) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_official_pth_tar_with_thop_buffers_loads_strictly(tmp_path, graph_mode):
     name = "ghostnetv2_100"
     state = cached_state(name)
@@ -213,6 +217,7 @@ def test_official_mindspore_layout_maps_one_to_one():
         official_ms_to_ours("ghostnetv2_100", {"blocks.3.dw.conv2.weight": np.ones(1)})
 
 
+@pytest.mark.slow
 def test_official_mindspore_checkpoint_converts_and_runs_bilinear(tmp_path, graph_mode):
     """A checkpoint in the official MindSpore layout (with optimizer state) -> ms2ms and ms2torch; both load
     strictly, and with ``dfc_upsample='bilinear'`` MindSpore equals torch on the same weights."""
@@ -241,6 +246,7 @@ def test_official_mindspore_checkpoint_converts_and_runs_bilinear(tmp_path, grap
     assert rel_err(ref, nearest) > 1e-3          # the option changes the network
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("framework", ["torch", "mindspore"])
 def test_onnx_export_matches_framework(tmp_path, framework, graph_mode):
     """Exported graphs (nearest gather upsampling, non-square input) agree with onnxruntime; another input
@@ -255,7 +261,7 @@ def test_onnx_export_matches_framework(tmp_path, framework, graph_mode):
         assert rel_err(tm(torch.from_numpy(x)).numpy(), ort_run(tmp_path / "g.onnx", x)) <= TOL
 
 
-@pytest.mark.parametrize("framework", ["torch", "mindspore"])
+@pytest.mark.parametrize("framework", ["torch", pytest.param("mindspore", marks=pytest.mark.slow)])
 def test_reset_classifier_and_headless(framework, graph_mode):
     create = torch_ref.create_model if framework == "torch" else ms_models.create_model
     x = np.random.RandomState(0).randn(2, 3, 64, 48).astype(np.float32)

@@ -165,6 +165,7 @@ def _no_dropout(name: str) -> dict:
     return {"drop_rate": 0.0} if "drop_rate" in params else {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", GRADIENT)
 def test_mindspore_gradients_equal_torch(name, pynative_mode):
     """``ms.value_and_grad`` gives torch's parameter gradients on the same weights and input.

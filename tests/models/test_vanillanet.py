@@ -76,7 +76,8 @@ def test_torch_matches_official_code(case):
 
 
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
+@pytest.mark.parametrize("mode", [pytest.param(ms.GRAPH_MODE, marks=pytest.mark.slow), ms.PYNATIVE_MODE],
+                         ids=["graph", "pynative"])
 def test_mindspore_matches_official_code(case, mode):
     kwargs, train, _, a = _official(case)
     with execution_mode(mode):
@@ -121,7 +122,8 @@ def test_ada_pool_bins_equal_torch():
         got = ms.nn.AdaptiveMaxPool2d((size, size))(ms.Tensor(x)).asnumpy()
         assert np.array_equal(ref, got)
         x = ref
-    model = torch_ref.create_model("vanillanet_13_x1_5_ada_pool", num_classes=10)
+    with torch.device("meta"):          # structure only: no 128 M weights to initialise
+        model = torch_ref.create_model("vanillanet_13_x1_5_ada_pool", num_classes=10)
     assert [type(s.pool).__name__ for s in model.stages[:3]] == ["Identity", "AdaptiveMaxPool2d", "AdaptiveMaxPool2d"]
     assert model.stem1[0].stride == (3, 3) and model.stem1[0].padding == (1, 1)
 
@@ -136,6 +138,7 @@ def _input() -> np.ndarray:
     return np.random.RandomState(1).randn(2, 3, 64, 64).astype(np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("framework", ["torch", "mindspore"])
 def test_deploy_equals_train_on_registered_model(framework, graph_mode):
     tm, x = _calibrated("vanillanet_6"), _input()
@@ -170,7 +173,7 @@ def test_deploy_checkpoint_converts_like_any_other(tmp_path, graph_mode):
     assert rel_err(ref, mm(ms.Tensor(x)).asnumpy()) <= TOL
 
 
-@pytest.mark.parametrize("direction", ["torch2ms", "ms2torch"])
+@pytest.mark.parametrize("direction", ["torch2ms", pytest.param("ms2torch", marks=pytest.mark.slow)])
 def test_convert_with_deploy_fuses(tmp_path, direction):
     tm = _calibrated("vanillanet_5", num_classes=10)
     src = tmp_path / "train.pth"
@@ -196,7 +199,7 @@ def test_convert_with_deploy_fuses(tmp_path, direction):
     assert rel_err(ref, got) <= TOL
 
 
-@pytest.mark.parametrize("framework", ["torch", "mindspore"])
+@pytest.mark.parametrize("framework", ["torch", pytest.param("mindspore", marks=pytest.mark.slow)])
 def test_reset_classifier_and_headless(framework, graph_mode):
     create = torch_ref.create_model if framework == "torch" else ms_models.create_model
     x = np.random.RandomState(0).randn(2, 3, 64, 64).astype(np.float32)

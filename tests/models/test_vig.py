@@ -109,6 +109,7 @@ def test_grapher_equals_official(tag, pynative_mode):
     assert neighbour_agreement(idx, own) >= 0.95
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("container", [None, "state_dict", "state_dict_ema"])
 def test_official_containers(tmp_path, container):
     """Raw state_dict (vig_*.pth), timm ``state_dict`` / ``state_dict_ema`` (pvig_*.pth.tar), relative_pos included."""
