@@ -16,9 +16,13 @@ discontinuous function of the features:
   on its recorded inputs), in free mode along MindSpore's own run (flips compound with depth there);
 * ``graph='shared'``: torch's neighbour indices are fed to MindSpore through the models' ``graph`` argument, so
   every layer downstream is compared exactly in float32 (``graph='free'`` compares the free-running models);
-* :func:`float64_check`: torch in float64 must reproduce itself fed with the float32 graph to 1e-9 relative
-  (so the float32 graph is the exact one); MindSpore runs in float64 where its CPU kernels allow, and the ops
-  that lack float64 are listed.
+* :func:`float64_check`: on torch float32's graph, torch float32 must be within float32 rounding of torch
+  float64 (``DEFAULT_TOL``), and MindSpore float64 must agree with torch float64 to 1e-9 relative where its
+  CPU kernels allow (the ops that lack float64 are listed); per Grapher, the share of float32's neighbours that
+  float64's own kNN picks, and what float32's neighbour flips alone change in the float64 output, are reported.
+  (Torch float64 on its own graph equals torch float64 on float32's only where no neighbour is a float32 near
+  tie, which depends on the input and on the CPU's float32 kernels: on AMD EPYC without AVX-512 ViG-Ti's last
+  Grapher keeps 98.5 % of them at 128 px and the output moves 1.7 %. That is reported, not judged.)
 
 Binary networks get the same treatment for their step functions (layers whose class has ``step_function =
 True``: activation binarisers such as AdaBin's ``ApproxSign`` and BiMLP's ``ActQuantize``), where an input
@@ -504,28 +508,33 @@ def run_parity(name: str, checkpoint: str | None = None, input_size: int | None 
     return compare_models(tm, ms_twin(tm, ms.PYNATIVE_MODE), x, tol, name, graph_model, graph_mode, steps)
 
 
-F64_TOL = 1e-9   # float64 end to end: rounding alone gives ~1e-15; 1e-9 catches any float32 step or graph change
+F64_TOL = 1e-9   # float64 end to end on one graph: rounding alone gives ~1e-15
 
 
 @dataclass
 class Float64Report:
-    """:func:`float64_check` result: torch float64 against itself fed with the float32 graph, the float32 vs
-    float64 neighbour agreement per Grapher, and MindSpore float64 (or the ops its CPU kernels lack)."""
+    """:func:`float64_check` result, every figure relative to the float64 output's scale: torch float32 vs
+    float64 on float32's graph (judged at ``tol32``), MindSpore float64 vs torch float64 on that graph (judged
+    at ``tol``, or the ops its CPU kernels lack), and, reported only, the float32 vs float64 neighbour agreement
+    per Grapher and torch float64 on its own graph vs on float32's."""
 
     model: str
     tol: float
-    torch_rel: float                          # torch f64 (own graph) vs torch f64 fed torch f32's graph
+    tol32: float
+    torch_rel: float                          # torch f32 vs torch f64, both fed torch f32's graph
+    graph_rel: float = 0.0                    # torch f64: own graph vs torch f32's graph (not judged)
     agreement_32_64: dict[str, float] = field(default_factory=dict)
     ms_missing: dict[str, str] = field(default_factory=dict)   # cell type -> primitive without float64
     ms_rel: float | None = None               # MindSpore f64 vs torch f64, shared graph (if it could run)
 
     @property
     def ok(self) -> bool:
-        return self.torch_rel <= self.tol and (self.ms_rel is None or self.ms_rel <= self.tol)
+        return self.torch_rel <= self.tol32 and (self.ms_rel is None or self.ms_rel <= self.tol)
 
     def table(self) -> str:
-        rows = [f"{self.model}: float64 mode (tolerance {self.tol:g} relative)",
-                f"  torch float64, own graph vs float32 graph: {self.torch_rel:.3g}"]
+        rows = [f"{self.model}: float64 mode (float64 tolerance {self.tol:g}, float32 {self.tol32:g}, relative)",
+                f"  torch float32 vs float64 on float32's graph: {self.torch_rel:.3g}",
+                f"  torch float64, own graph vs float32's graph (reported): {self.graph_rel:.3g}"]
         rows += [f"  graph agreement float32 vs float64 {k:<40} {v:8.2%}" for k, v in self.agreement_32_64.items()]
         if self.ms_missing:
             rows.append("  MindSpore CPU float64 unavailable; ops without float64 kernels:")
@@ -588,7 +597,7 @@ def _probe_ms_float64(ms_model, x: np.ndarray, feed) -> dict[str, str]:
 
 
 def float64_check(name: str, checkpoint: str | None = None, input_size: int | None = None, batch: int = 2,
-                  seed: int = 0, tol: float = F64_TOL) -> Float64Report:
+                  seed: int = 0, tol: float = F64_TOL, tol32: float = DEFAULT_TOL) -> Float64Report:
     """Float64 mode of the parity tool (graph models; any model for the MindSpore part)."""
     import copy
     import mindspore as ms
@@ -600,10 +609,15 @@ def float64_check(name: str, checkpoint: str | None = None, input_size: int | No
     graph_t, graph_m = shared_graph(tm, x)
     t64 = copy.deepcopy(tm).double().eval()
     x64 = torch.from_numpy(x.astype(np.float64))
+    def on_graph(model, inp):                  # the model fed torch float32's graph (if it has one)
+        return (model(inp) if graph_t is None else model(inp, graph_t)).numpy()
+
     with torch.no_grad():
-        own = t64(x64).numpy()
-        fed = t64(x64, graph_t).numpy() if graph_t is not None else own
-    report = Float64Report(name, tol, float(np.abs(own - fed).max() / max(np.abs(own).max(), 1e-300)))
+        fed, f32 = on_graph(t64, x64), on_graph(tm.eval(), torch.from_numpy(x))
+        own = t64(x64).numpy() if graph_t is not None else fed
+    scale = max(np.abs(fed).max(), 1e-300)
+    report = Float64Report(name, tol, tol32, float(np.abs(f32 - fed).max() / scale),
+                           float(np.abs(own - fed).max() / scale))
     if graph_t is not None:
         for (gname, _), g32, g64 in zip(((n, m) for n, m in tm.named_modules() if type(m).__name__ == "DilatedKnnGraph"),
                                          graph_t, t64.graph_indices(x64)):
@@ -617,5 +631,5 @@ def float64_check(name: str, checkpoint: str | None = None, input_size: int | No
                 p.set_data(p.astype(ms.float64))
             xm = ms.Tensor(x.astype(np.float64))
             out = (mm(xm) if graph_m is None else mm(xm, _to64(graph_m))).asnumpy()
-            report.ms_rel = float(np.abs(own - out).max() / max(np.abs(own).max(), 1e-300))
+            report.ms_rel = float(np.abs(fed - out).max() / scale)
     return report

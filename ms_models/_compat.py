@@ -18,7 +18,7 @@ import time
 import mindspore as ms
 from mindspore import nn
 
-__all__ = ["CHECKED_VERSIONS", "drop_compiled_graphs", "check", "version_checked"]
+__all__ = ["CHECKED_VERSIONS", "compiled_graphs", "drop_compiled_graphs", "check", "version_checked"]
 
 CHECKED_VERSIONS = ("2.8.0",)      # versions whose private API below was read and tested
 
@@ -31,6 +31,11 @@ def version_checked() -> bool:
 def _executor():
     from mindspore.common.api import _cell_graph_executor
     return _cell_graph_executor
+
+
+def compiled_graphs(cell: nn.Cell) -> frozenset:
+    """The keys of the graphs compiled for ``cell`` so far (a new key after a call: it was compiled anew)."""
+    return frozenset(cell.compile_cache)
 
 
 def drop_compiled_graphs(cell: nn.Cell) -> None:

@@ -255,6 +255,139 @@ def record_steps(torch_model, run) -> dict[str, np.ndarray]:
     return steps.outputs
 
 
+# Where a binary network's gradient steps, by layer class (names mirrored in both frameworks): the clip of the
+# straight-through estimator (BiMLP's quantiser passes the gradient where |x| <= 1) and the slope change of the
+# piecewise-linear activations at 0 (BiMLP's PReLU inside RPReLU, AdaBin's Maxout).
+KINKS = {"ActQuantize": (-1.0, 1.0), "PReLU": (0.0,), "Maxout": (0.0,)}
+# A shared kink decision must be a float32 near tie: the reference input lies within this fraction of the
+# layer's input scale (max |input|) of the kink (float32 forward rounding moves inputs by ~1e-6 of it).
+NEAR_TIE = 1e-5
+
+
+def kink_layers(model) -> list[tuple[str, object, tuple[float, ...]]]:
+    """(name, layer, kinks) of the ``KINKS`` layers of a torch module or MindSpore cell; the quantiser's value
+    steps (+-0.5 when it rounds, 0 for the sign) count too, so that a forced input also gives the same value
+    (in GRAPH_MODE, where :class:`convert.parity.SharedSteps` cannot run)."""
+    items = model.cells_and_names() if isinstance(model, ms.nn.Cell) else model.named_modules()
+    out = []
+    for n, m in items:
+        kinks = KINKS.get(type(m).__name__)
+        if kinks is not None and type(m).__name__ == "ActQuantize":
+            kinks = kinks + ((-0.5, 0.5) if m.mode == "round" else (0.0,))
+        if kinks is not None:
+            out.append((n, m, kinks))
+    return out
+
+
+def record_kink_inputs(torch_model: torch.nn.Module, run) -> dict[str, np.ndarray]:
+    """Inputs of ``torch_model``'s kink layers (float32 copies) while ``run()`` runs."""
+    ins: dict[str, np.ndarray] = {}
+    handles = [m.register_forward_pre_hook(lambda _m, a, n=n: ins.__setitem__(n, a[0].detach().float().numpy()))
+               for n, m, _ in kink_layers(torch_model)]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    return ins
+
+
+def _other_side(x, ref, kinks):
+    """Elements of ``x`` on another side of some kink than ``ref`` (numpy, torch or MindSpore tensors)."""
+    differ = (x > kinks[0]) != (ref > kinks[0])
+    for k in kinks[1:]:
+        differ = differ | ((x > k) != (ref > k))
+    return differ
+
+
+class _KinkInput(ms.nn.Cell):
+    """A MindSpore kink layer whose input takes ``ref`` where it lies on another side of a kink (identity
+    gradient); its own input is kept in ``seen`` (an assignment, which GRAPH_MODE keeps too)."""
+
+    def __init__(self, layer: ms.nn.Cell, ref: np.ndarray, kinks: tuple[float, ...]):
+        super().__init__()
+        self.layer, self.kinks = layer, kinks
+        self.ref = ms.Parameter(ms.Tensor(ref), requires_grad=False)
+        self.seen = ms.Parameter(ms.Tensor(np.zeros_like(ref)), requires_grad=False)
+
+    def construct(self, x):
+        ms.ops.assign(self.seen, x)
+        return self.layer(x + ms.ops.stop_gradient(ms.ops.select(_other_side(x, self.ref, self.kinks), self.ref, x) - x))
+
+
+class SharedKinks:
+    """Shared gradient decisions, the companion of :class:`convert.parity.SharedSteps` (which shares step
+    *outputs*): where an input lies within float32 rounding of a kink, the two frameworks pick different slopes
+    and a gradient moves by percents. ``force(model, inputs)`` makes every kink layer of a torch module or
+    MindSpore cell (PyNative or GRAPH_MODE; MindSpore layers are wrapped, since MindSpore runs no forward hook
+    on a cell with a custom ``bprop``) take the reference input ``inputs[name]`` where its own lies on another
+    side of a kink; the forward value moves by that rounding only. ``flipped`` / ``worst``: how many elements
+    were forced in the forced models' last runs, and the largest distance of their reference input from the
+    kink relative to the layer's input scale. ``remove()`` undoes ``force`` and keeps the counts."""
+
+    def __init__(self):
+        self._seen: list[tuple[np.ndarray, np.ndarray, tuple]] = []      # (own input, reference, kinks)
+        self._wrapped: list[tuple[ms.nn.Cell, str, ms.nn.Cell, _KinkInput]] = []
+        self._handles: list = []
+
+    def force(self, model, inputs: dict[str, np.ndarray]) -> None:
+        if not isinstance(model, ms.nn.Cell):
+            for name, layer, kinks in kink_layers(model):
+                if name not in inputs:      # did not run in the reference (AdaBin ImageNet's unused Maxout)
+                    continue
+
+                def hook(_m, args, ref=inputs[name], kinks=kinks):
+                    x, r = args[0], torch.from_numpy(ref).to(args[0].dtype)
+                    self._seen.append((x.detach().double().numpy(), ref, kinks))
+                    return (x + (torch.where(_other_side(x, r, kinks), r, x) - x).detach(), *args[1:])
+                self._handles.append(layer.register_forward_pre_hook(hook))
+            return
+        cells = dict(model.cells_and_names())
+        for name, layer, kinks in kink_layers(model):
+            if name not in inputs:
+                continue
+            parent, _, child = name.rpartition(".")
+            names = {id(p): p.name for p in layer.get_parameters()}
+            wrapper = _KinkInput(layer, inputs[name], kinks)
+            setattr(cells[parent], child, wrapper)
+            for p in layer.get_parameters():        # the wrapper must not rename the layer's parameters
+                p.name = names[id(p)]
+            wrapper.ref.name, wrapper.seen.name = name + ".kink_ref", name + ".kink_seen"
+            self._wrapped.append((cells[parent], child, layer, wrapper))
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        for parent, child, layer, wrapper in self._wrapped:
+            self._seen.append((wrapper.seen.asnumpy().astype(np.float64), wrapper.ref.asnumpy(), wrapper.kinks))
+            names = {id(p): p.name for p in layer.get_parameters()}
+            setattr(parent, child, layer)
+            for p in layer.get_parameters():
+                p.name = names[id(p)]
+        self._wrapped, self._handles = [], []
+
+    def _distances(self) -> list[np.ndarray]:
+        out = []
+        for own, ref, kinks in self._seen:
+            ref = ref.astype(np.float64)
+            forced = _other_side(own, ref, kinks)
+            dist = np.min([np.abs(ref[forced] - k) for k in kinks], axis=0) if forced.any() else np.zeros(0)
+            out.append(dist / max(np.abs(ref).max(), 1e-12))
+        return out
+
+    @property
+    def flipped(self) -> int:
+        return sum(d.size for d in self._distances())
+
+    @property
+    def total(self) -> int:
+        return sum(ref.size for _, ref, _ in self._seen)
+
+    @property
+    def worst(self) -> float:
+        return max((float(d.max()) for d in self._distances() if d.size), default=0.0)
+
+
 def pad_hw(x: np.ndarray, p: int) -> np.ndarray:
     """Zero-pad the two spatial axes of an NCHW array by ``p``."""
     return np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))

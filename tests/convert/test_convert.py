@@ -210,11 +210,15 @@ def test_shared_graph_parity_and_agreement():
 
 @pytest.mark.slow
 def test_float64_mode():
-    """torch float64 fed torch float32's graph reproduces its own float64 graph run to 1e-9 (the float32 graph is
-    the exact one on these inputs); MindSpore CPU float64 runs the model or names the ops without float64."""
+    """On torch float32's graph, torch float32 is within the float32 tolerance of float64 (observed 2e-6);
+    MindSpore CPU float64 runs the model or names the ops without float64; every Grapher reports its float32 vs
+    float64 neighbour agreement (>= 95 %: near ties are rare; on AMD EPYC without AVX-512 the last Grapher
+    keeps 98.5 % and torch float64's own graph then moves the output by 1.7 %, which is reported, not judged:
+    it depends on the CPU's float32 kernels)."""
     report = float64_check("vig_ti_224_gelu", batch=1, input_size=128)
-    assert report.ok, report.table()
-    assert len(report.agreement_32_64) == 12
+    assert report.ok and report.torch_rel <= report.tol32, report.table()
+    assert report.torch_rel > 0 and np.isfinite(report.graph_rel)
+    assert len(report.agreement_32_64) == 12 and min(report.agreement_32_64.values()) >= 0.95, report.table()
     assert report.ms_rel is not None or {"Conv2d", "BatchNorm2d"} <= set(report.ms_missing), report.table()
 
 

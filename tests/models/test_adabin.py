@@ -8,7 +8,8 @@ Test data (made by running the official code from a copy in /tmp, nothing of it 
   random images: eval logits; then, at the official schedule's epoch 100 of 400 (``Log_UP`` t/k written into
   every ``AdaBin_Conv2d``), the gradients of ``sum(logits * proj)`` in eval mode (``grad/``) and in train mode
   (``grad_train/``, batch-statistics BN) for all 0/1-D parameters and four weight tensors, and the
-  train-mode logits. ``BinaryQuantize.backward``'s ``.cuda()`` calls were removed to run on CPU.
+  train-mode logits. ``BinaryQuantize.backward``'s ``.cuda()`` calls were removed to run on CPU. ``f64/*``: the
+  same record from the official code in float64 (same weights, input, t/k; run on AMD EPYC, torch 2.13).
 - ``adabin_official_resnet18_cifar_w4.npz`` / ``adabin_official_resnet18_w4.npz``: the same record for the
   official CIFAR ``resnet18_1w1a`` and ImageNet ``resnet18_1w1a`` with their channel widths divided by 16
   (64..512 -> 4..32 in a copy of the official file; the same code otherwise), random weights with non-trivial
@@ -33,6 +34,7 @@ import pytest
 import torch
 
 import ms_models
+from ms_models._compat import compiled_graphs
 import torch_ref
 from convert.api import convert_file, name_map, torch_state_of
 from convert.io import read_checkpoint, write_checkpoint
@@ -111,21 +113,49 @@ def test_temperature_schedule_equals_official():
         temperature(5, 0)
 
 
+def _torch_record(case: str, dtype: torch.dtype, prefixes: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Our torch model's eval logits, gradients of ``sum(logits * proj)`` at the official schedule's (t, k) in
+    eval (``grad/``) and train mode (``grad_train/``, batch statistics) and train logits, in ``dtype``."""
+    d, model = _data(case), _torch(case).to(dtype)
+    x, proj = (torch.from_numpy(d[k]).to(dtype) for k in ("input", "proj"))
+    with torch.no_grad():
+        out = {"logits_eval": model.eval()(x).numpy()}
+    model.set_epoch(*CASES[case][3])
+    for prefix in prefixes:
+        model.train(prefix == "grad_train/").zero_grad()
+        (model(x) * proj).sum().backward()
+        out.update({prefix + n: p.grad.numpy() for n, p in model.named_parameters() if p.grad is not None})
+    with torch.no_grad():
+        out["logits_train"] = model.train()(x).numpy()
+    return out
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_torch_matches_official_code(case):
-    """Eval logits; parameter gradients at the official schedule's (t, k) in eval and in train mode (batch
-    statistics), and the train-mode logits."""
-    d, model = _data(case), _torch(case)
-    x = torch.from_numpy(d["input"])
-    with torch.no_grad():
-        assert rel_err(d["logits_eval"], model.eval()(x).numpy()) <= 1e-5
-    model.set_epoch(*CASES[case][3])
-    for prefix, train in (("grad/", False), ("grad_train/", True)):
-        model.train(train).zero_grad()
-        y = model(x)
-        (y * torch.from_numpy(d["proj"])).sum().backward()
-        _check_grads(d, {n: p.grad.numpy() for n, p in model.named_parameters() if p.grad is not None}, prefix)
-    assert rel_err(d["logits_train"], y.detach().numpy()) <= 1e-5
+    """Float64 against the official code run in float64 (``f64/``): logits to 1e-12 of their scale (observed
+    <= 5.8e-15), every recorded gradient, eval and train mode, to 1e-7 of the tensor's own scale (observed
+    <= 2.9e-8: the weight estimator's ``k * t`` amplifies op-order differences of the standardisation; the next
+    epoch's t and k move ResNet-20's by 1.7e-5). Float32: logits within ``TOL`` of float64 (observed <= 1.1e-5) and the
+    eval-mode gradients against the official float32 record (:func:`_check_grads`).
+
+    Train-mode float32 gradients are not compared: they step wherever an activation lies within float32
+    rounding of a binarisation threshold or a Maxout kink, and two float32 machines decide such elements
+    differently (on AMD EPYC without AVX-512, the official code and ours both move
+    ``layer1.1.conv1.binary_a.alpha_a``'s ResNet-20 train gradient by 21 % of its scale from float64, and the
+    ImageNet record made on another CPU has ``layer4.1.bn2.bias`` 3 % of its scale from float64, where our
+    and the official float32 runs here agree with float64 to 4e-4)."""
+    d = _data(case)
+    got = _torch_record(case, torch.float64, ("grad/", "grad_train/"))
+    recorded = [k[len("f64/"):] for k in d if k.startswith("f64/")]
+    assert sum(k.startswith("grad_train/") for k in recorded) >= 100
+    for k in recorded:
+        ref = d["f64/" + k]
+        bound = (1e-12 if k.startswith("logits") else 1e-7) * np.abs(ref).max()
+        assert np.abs(got[k] - ref).max() <= bound, (k, np.abs(got[k] - ref).max() / np.abs(ref).max())
+    got = _torch_record(case, torch.float32, ("grad/",))
+    for k in ("logits_eval", "logits_train"):
+        assert rel_err(d["f64/" + k], got[k]) <= TOL, k
+    _check_grads(d, {k[len("grad/"):]: v for k, v in got.items() if k.startswith("grad/")})
 
 
 class _GradStep(ms.nn.Cell):
@@ -187,11 +217,11 @@ def test_set_epoch_takes_effect_in_graph_mode_without_recompiling(graph_mode):
     step = _GradStep(model, d["proj"])
     x = ms.Tensor(d["input"])
     first = _ms_grads("resnet20_ckpt", step, x)             # official initial t = 0.1, k = 10
-    compiled = set(step.compile_cache)
+    compiled = compiled_graphs(step)
     assert compiled
     model.set_epoch(*CASES["resnet20_ckpt"][3])
     second = _ms_grads("resnet20_ckpt", step, x)
-    assert set(step.compile_cache) == compiled              # no new graph
+    assert compiled_graphs(step) == compiled              # no new graph
     key = "layer3.2.conv2.weight"
     assert _grad_err(first[key], second[key]) > 1e-2        # ... yet the gradient moved
     _check_grads(d, second)                                 # ... to the official epoch-100 gradients

@@ -21,7 +21,8 @@ from safetensors.numpy import load_file
 
 import ms_models
 from convert.mapping import build_name_map, ms_to_torch, torch_to_ms
-from helpers import DATA, ProjectedSum, adam_losses, load_ms_state, load_torch_state, rel_err
+from helpers import (DATA, MAX_FLIPS, NEAR_TIE, ProjectedSum, SharedKinks, adam_losses, load_ms_state,
+                     load_torch_state, record_kink_inputs, rel_err)
 from builtin_data import digits
 from ms_models.models.bimlp import BiMLP as MsBiMLP
 from torch_ref.models.bimlp import BiMLP, max_pool_same
@@ -106,16 +107,28 @@ def test_gradients_equal_torch(tag, act, mode, request):
     """One forward+backward on the official tiny weights: every parameter gradient of MindSpore equals torch's
     (float32: 1e-4 of the tensor's largest gradient, plus 1e-6 of the overall largest), and the binary layers
     get non-zero gradients. BN in eval mode: in train mode, batch statistics over the 8 values per channel of
-    the last stage and quantised (near-constant) channels make the gradients ill-conditioned (up to 1e6)."""
+    the last stage and quantised (near-constant) channels make the gradients ill-conditioned (up to 1e6).
+
+    MindSpore takes torch's side of every kink and step (``helpers.SharedKinks``: quantiser clip and value
+    steps, PReLU slope) where its own input lies on another side: on AMD EPYC without AVX-512 the GRAPH_MODE
+    kernels put one ``network.6.0.mlp.fc1.quant_a`` input at 1.0000035 where torch has 0.9999982, the clip
+    drops that element's gradient and ``patch_embed.proj.weight``'s moves by 0.9 % of its scale (90x the bound).
+    Forced elements must be float32 near ties (``NEAR_TIE``) and rare (``MAX_FLIPS``)."""
     _set_mode(mode, request)
     tm, mm, nm, a = _pair(tag, act_binarize=act)
     x = a["input"]
     proj = np.random.RandomState(3).randn(len(x), 10).astype(np.float32)
-    (tm.eval()(torch.from_numpy(x)) * torch.from_numpy(proj)).sum().backward()
+    kinks = record_kink_inputs(tm.eval(), lambda: (tm(torch.from_numpy(x)) * torch.from_numpy(proj)).sum()
+                               .backward())
     ref = {k: p.grad.numpy() for k, p in tm.named_parameters()}
     params = mm.trainable_params()
     mm.set_train(False)
+    shared = SharedKinks()
+    shared.force(mm, kinks)
     _, grads = ms.value_and_grad(ProjectedSum(mm, proj), None, params)(ms.Tensor(x))
+    shared.remove()
+    assert shared.total and shared.flipped <= MAX_FLIPS * shared.total and shared.worst <= NEAR_TIE, \
+        (shared.flipped, shared.worst)
     floor = 1e-6 * max(np.abs(g).max() for g in ref.values())
     to_torch = nm.ms_to_torch
     assert len(grads) == len(ref)

@@ -24,8 +24,9 @@ import ms_models
 import torch_ref
 from convert.api import convert_file, ms_twin, name_map
 from convert.io import read_checkpoint, write_checkpoint
-from helpers import (DATA, MAX_FLIPS, ProjectedSum, SharedSteps, cached_state, is_heavy, load_torch_state, record_steps,
-                     rel_err, sample_input, separated_graph, smallest_per_structure, torch_with_state)
+from helpers import (DATA, MAX_FLIPS, NEAR_TIE, ProjectedSum, SharedKinks, SharedSteps, cached_state, is_heavy,
+                     load_torch_state, record_kink_inputs, record_steps, rel_err, sample_input, separated_graph,
+                     smallest_per_structure, torch_with_state)
 from ms_models.context import execution_mode
 from specs import list_cfgs
 
@@ -168,22 +169,29 @@ def test_mindspore_gradients_equal_torch(name, pynative_mode):
     (``_shared_graph(separated=True)``; with the unedited graph two PViG-Ti maxima 4e-7 apart flip in MindSpore,
     and in torch float32 with channels_last, and move one fc1 weight gradient by 5.6 %). Binary networks share
     torch float32's binarised activations in all three, with each framework's own gradient estimator
-    (``helpers.SharedSteps``). The train-mode loss is measured against torch float64 like the gradients (a
+    (``convert.parity.SharedSteps``), and torch float32's side of every kink of their gradients
+    (``helpers.SharedKinks``: straight-through clip, PReLU/Maxout slope; on AMD EPYC without AVX-512, BiMLP-S
+    has one clip flip in torch float64 at 4e-7 of its layer's scale and one PReLU flip in MindSpore at 1.6e-7,
+    and the patch-embedding gradient then misses the bound by 1.7x). The train-mode loss is measured against torch float64 like the gradients (a
     quantiser can flip on a float32 rounding: BiMLP-S's loss moves 2 %).
     """
     classes = torch_ref.get_model_cfg(name).num_classes
     x, y = sample_input(name), np.array([3, 917], dtype=np.int64) % classes
     proj = np.random.RandomState(5).randn(len(x), classes).astype(np.float32)
     graph_t, graph_m = _shared_graph(torch_with_state(name), x, separated=True)
-    ref_model, shared = torch_with_state(name), SharedSteps()
+    ref_model, shared, kinks = torch_with_state(name), SharedSteps(), SharedKinks()
     with torch.no_grad():
-        steps = record_steps(ref_model, lambda: _run(ref_model, torch.from_numpy(x), graph_t))
+        kink_inputs: dict[str, np.ndarray] = {}
+        steps = record_steps(ref_model, lambda: kink_inputs.update(
+            record_kink_inputs(ref_model, lambda: _run(ref_model, torch.from_numpy(x), graph_t))))
     grads_t = {}
     for dtype in (torch.float64, torch.float32):
         tm = torch_with_state(name).eval().to(dtype)
         shared.force(tm, steps)
+        kinks.force(tm, kink_inputs)
         (_run(tm, torch.from_numpy(x).to(dtype), graph_t) * torch.from_numpy(proj).to(dtype)).sum().backward()
         shared.remove()
+        kinks.remove()
         grads_t[dtype] = {k: p.grad.double().numpy() for k, p in tm.named_parameters() if p.requires_grad}
     mm = ms_twin(torch_with_state(name), **_no_dropout(name))
     params = mm.trainable_params()
@@ -192,8 +200,11 @@ def test_mindspore_gradients_equal_torch(name, pynative_mode):
     floor = 1e-6 * max(np.abs(g).max() for g in grads_t[torch.float64].values())
     mm.set_train(False)
     shared.force(mm, steps)
+    kinks.force(mm, kink_inputs)
     _, grads = _run(grad_fn, ms.Tensor(x), graph_m)
     shared.remove()
+    kinks.remove()
+    assert kinks.flipped <= MAX_FLIPS * max(kinks.total, 1) and kinks.worst <= NEAR_TIE, (kinks.flipped, kinks.worst)
     assert len(grads) == len(grads_t[torch.float64])
     for p, g in zip(params, grads):
         ref, t32 = grads_t[torch.float64][to_torch[p.name]], grads_t[torch.float32][to_torch[p.name]]

@@ -27,6 +27,7 @@ from torch_ref.models.vanillanet import VanillaNet as TorchVanillaNet
 from torch_ref.testing import deterministic_weights
 
 import ms_models
+from ms_models._compat import compiled_graphs
 import torch_ref
 
 CASES = ["tiny", "tiny_deep", "tiny_ada"]
@@ -59,13 +60,17 @@ def _ms_model(kwargs, torch_model, deploy=False):
 
 @pytest.mark.parametrize("case", CASES)
 def test_torch_matches_official_code(case):
+    """Logits at slopes 1 and 0.37 within 1e-5 of the official float32 record: the record itself lies up to
+    1.6e-6 from the float64 run of the same weights (another CPU's float32 kernels; ours here: <= 1.8e-6), and
+    a BN eps of 1e-5 instead of the official 1e-6 moves the logits by >= 3e-2. Then the deploy fusion's tensors
+    and logits."""
     kwargs, train, deploy, a = _official(case)
     model = _torch_model(kwargs, train)
     x = torch.from_numpy(a["input"])
     with torch.no_grad():
-        assert rel_err(a["logits_lam1"], model(x).numpy()) <= 1e-6
+        assert rel_err(a["logits_lam1"], model(x).numpy()) <= 1e-5
         model.change_act(0.37)
-        assert rel_err(a["logits_lam037"], model(x).numpy()) <= 1e-6
+        assert rel_err(a["logits_lam037"], model(x).numpy()) <= 1e-5
         model.change_act(1.0)
         model.switch_to_deploy()
         got = {k: v.numpy() for k, v in model.state_dict().items()}
@@ -97,11 +102,11 @@ def test_change_act_takes_effect_in_graph_mode_without_recompiling(graph_mode):
     model = _ms_model(kwargs, _torch_model(kwargs, train))
     x = ms.Tensor(a["input"])
     first = model(x).asnumpy()
-    compiled = set(model.compile_cache)
+    compiled = compiled_graphs(model)
     assert compiled                                       # the call above compiled a graph
     model.change_act(0.37)
     second = model(x).asnumpy()
-    assert set(model.compile_cache) == compiled           # no new graph
+    assert compiled_graphs(model) == compiled           # no new graph
     assert rel_err(first, second) > 1e-2                  # ... yet the output moved
     assert rel_err(a["logits_lam037"], second) <= TOL     # ... to the official lambda=0.37 output
 
