@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ._registry import IMAGENET_MEAN, IMAGENET_STD, ModelCfg, register_cfgs
+from .param_groups import Matcher, resnet_matcher
 
 PAPER = "2208.08084"
 OFFICIAL_CODE = "huawei-noah/Efficient-Computing BinaryNetworks/AdaBin/{cifar10,imagenet}/nets, utils/binarylib.py"
@@ -37,6 +38,12 @@ def temperature(epoch: int, epochs: int, t_min: float = T_MIN, t_max: float = T_
     t = np.float32(math.pow(10, lo + (hi - lo) / epochs * epoch))
     k = np.float32(1) / t if t < 1 else np.float32(1)
     return t, k
+
+
+def group_matcher(coarse: bool = False) -> Matcher:
+    """timm's ResNet groups with the stem Maxout: ``conv1``/``bn1``/``nonlinear1``, ``layer{i}[.{j}]``; the head
+    (``bn2``, ``linear``/``fc``, the ImageNet nets' unused ``nonlinear2``/``bn3``) last."""
+    return resnet_matcher(("conv1", "bn1", "nonlinear1"), coarse)
 
 
 def infer_kwargs(shapes: Mapping[str, tuple]) -> dict:

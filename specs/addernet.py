@@ -22,6 +22,7 @@ import numpy as np
 
 from ._registry import ModelCfg, register_cfgs
 from .errors import ZooError
+from .param_groups import Matcher, resnet_matcher
 
 PAPER = "1912.13200"
 QUANT_PAPER = "2212.10200"
@@ -66,6 +67,11 @@ def checkpoint_filter(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(state)
     return {k: v for k, v in state.items() if not k.endswith(_ADDERQUANT_EXTRA)
             and not k.startswith(("moments.", "accum.")) and k not in _OPTIMIZER_KEYS}
+
+
+def group_matcher(coarse: bool = False) -> Matcher:
+    """timm's ResNet groups: stem ``conv1``/``bn1``, ``layer{i}[.{j}]``; the head (``fc``, ``bn2``) last."""
+    return resnet_matcher(("conv1", "bn1"), coarse)
 
 
 def _cfg(name: str, arch: dict, cifar: bool) -> ModelCfg:

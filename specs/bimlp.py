@@ -7,9 +7,11 @@ The variant table is the only place the depths and widths are written.
 """
 from __future__ import annotations
 
-from typing import Mapping
+import re
+from typing import Iterable, Mapping
 
 from ._registry import ModelCfg, register_cfgs
+from .param_groups import MATCH_PREV_GROUP, Matcher
 
 PAPER = "2212.14158"
 OFFICIAL_CODE = "mindspore-ai/models research/cv/BiMLP/src/bimlp.py, src/quan_conv.py"
@@ -34,6 +36,28 @@ def check_arch(embed_dims, mlp_ratios) -> None:
 def infer_kwargs(shapes: Mapping[str, tuple]) -> dict:
     """Model kwargs a state dict (torch keys) implies: the number of classes."""
     return {"num_classes": int(shapes["head.weight"][0])} if "head.weight" in shapes else {}
+
+
+# ``LearnableBias.bias`` (``move*``) and the PReLU slope ``RPReLU.act.w``: per-channel vectors stored (1, C, 1, 1)
+_PER_CHANNEL = re.compile(r"(^|.*\.)(move[^.]*\.bias|act\.w)$")
+
+
+def no_weight_decay(names: Iterable[str]) -> set[str]:
+    """The per-channel shifts and PReLU slopes among ``names``: stored (1, C, 1, 1), so a 1-D rule misses them.
+    There is no official training code (the MindSpore port is inference-only); they are excluded as the
+    timm-style factory excludes the same kind of parameter stored 1-D (BN, biases)."""
+    return {n for n in names if _PER_CHANNEL.match(n)}
+
+
+def group_matcher(num_entries: int, coarse: bool = False) -> Matcher:
+    """Stem ``patch_embed``, then the ``network`` entries (stage ``s`` at ``2s``, a ``Downsample`` at ``2s + 1``):
+    one group per block (``network.2s.j``) and per Downsample, or (``coarse``) per stage with the Downsample
+    that opens it; the final ``norm`` joins the last group (timm), ``head`` last."""
+    if coarse:
+        blocks = [(rf"^network\.{i}\.", ((i + 1) // 2,)) for i in range(num_entries)]
+    else:
+        blocks = [(r"^network\.(\d+)\.(\d+)\.", None), (r"^network\.(\d+)\.", None)]
+    return dict(stem=r"^patch_embed\.", blocks=blocks + [(r"^norm\.", (MATCH_PREV_GROUP,))])
 
 
 def _cfg(name: str, arch: dict, notes: str) -> ModelCfg:

@@ -13,6 +13,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from ._registry import ModelCfg, register_cfgs
+from .param_groups import MATCH_PREV_GROUP, Matcher
 
 PAPER = "2211.12905"
 OFFICIAL_CODE = "huawei-noah/Efficient-AI-Backbones ghostnetv2_pytorch/model/ghostnetv2_torch.py"
@@ -164,6 +165,13 @@ def official_ms_entry(key: str, value: np.ndarray) -> tuple[str, np.ndarray] | N
         if hit:
             return f"blocks.{_OFFICIAL_MS_BLOCKS[int(m[1])]}.{repl(hit)}", value
     return None
+
+
+def group_matcher(coarse: bool = False) -> Matcher:
+    """timm's GhostNet matcher (``ghostnet.py``): stem ``conv_stem``/``bn1``, then ``blocks.i`` (coarse) or
+    ``blocks.i.j``, ``conv_head`` joining the last block; ``classifier`` last."""
+    blocks = r"^blocks\.(\d+)\." if coarse else r"^blocks\.(\d+)\.(\d+)\."
+    return dict(stem=r"^(?:conv_stem|bn1)\.", blocks=[(blocks, None), (r"^conv_head\.", (MATCH_PREV_GROUP,))])
 
 
 def _cfg(name: str, width: float) -> ModelCfg:

@@ -9,12 +9,14 @@ import math
 from typing import Mapping, Sequence
 
 from ._registry import ModelCfg, register_cfgs
+from .param_groups import Matcher
 
 PAPER = "2305.12972"
 OFFICIAL_CODE = "huawei-noah/VanillaNet models/vanillanet.py"
 URL = "https://github.com/huawei-noah/VanillaNet/releases/download/ckpt/{}.pth"
 BN_EPS = 1e-6
 ACT_NUM = 3          # the series-informed activation's kernel is (2 * ACT_NUM + 1) wide
+DECAY_EPOCHS = 100   # official main.py ``--decay_epochs``: length of the deep-training decay
 
 # depth -> (widths in units, pooling strides); units are 512 channels (x1.5 variants: 768)
 _PLANS: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
@@ -55,7 +57,7 @@ def infer_kwargs(shapes: Mapping[str, tuple]) -> dict:
     return out
 
 
-def deep_training_lambda(epoch: int, decay_epochs: int = 100, linear: bool = True) -> float:
+def deep_training_lambda(epoch: int, decay_epochs: int = DECAY_EPOCHS, linear: bool = True) -> float:
     """The leaky-ReLU slope of the deep-training strategy at ``epoch`` (official ``main.py``).
 
     Linear (default) ``epoch / decay_epochs`` or cosine ``(1 - cos(pi * epoch / decay_epochs)) / 2``;
@@ -69,6 +71,13 @@ def deep_training_lambda(epoch: int, decay_epochs: int = 100, linear: bool = Tru
 
 # the deep-training slope: a MindSpore Parameter (read at run time in GRAPH_MODE), a Python float in torch
 MS_ONLY_PARAMS = ("act_learn",)
+
+
+def group_matcher(coarse: bool = False) -> Matcher:
+    """Layer-decay groups of the official ``optim_factory.get_num_layer_for_vanillanet``: the stem (``stem1``,
+    ``stem2``; deploy ``stem``), one group per ``stages.i``, the head (``cls*``) last. A stage is one block,
+    so ``coarse`` groups the same way."""
+    return dict(stem=r"^stem", blocks=r"^stages\.(\d+)\.")
 
 
 def _cfg(name: str, arch: dict, notes: str = "") -> ModelCfg:

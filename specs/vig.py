@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from ._registry import ModelCfg, register_cfgs
+from .param_groups import Matcher
 from .pooling import bicubic_taps
 
 PAPER = "2206.00272"
@@ -150,6 +151,18 @@ def _relative_pos(channels: int, n: int, r: int) -> np.ndarray:
     p = sincos_2d(channels, int(round(n ** 0.5)))
     rel = np.float32(2 * p @ p.T / p.shape[1])
     return -resize_bicubic(rel, n, n // (r * r)).astype(np.float32)[None]
+
+
+def group_matcher(downsample: Sequence[bool], coarse: bool = False) -> Matcher:
+    """Stem and ``pos_embed``, then one group per ``backbone`` entry, the ``prediction`` head last.
+    ``downsample`` flags the backbone entries that are pyramid ``Downsample``s: with ``coarse`` each opens a
+    stage group with the blocks after it. Isotropic ViG (no Downsample) has one group per block either way,
+    like timm's ViT."""
+    blocks: str | list = r"^backbone\.(\d+)\."
+    if coarse and any(downsample):
+        stages = [sum(downsample[:i + 1]) for i in range(len(downsample))]
+        blocks = [(rf"^backbone\.{i}\.", (s,)) for i, s in enumerate(stages)]
+    return dict(stem=r"^(?:stem\.|pos_embed$)", blocks=blocks)
 
 
 # ---------------------------------------------------------------- cfgs

@@ -14,7 +14,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 from mindspore.common.initializer import HeNormal, HeUniform, Normal
 
-from specs.adabin import check_arch, temperature
+from specs.adabin import check_arch, group_matcher, temperature
 
 from .._registry import registry
 from ..layers.binary import AdaBinConv2d, Maxout, set_temperature
@@ -138,9 +138,17 @@ class AdaBinResNet(nn.Cell):
         self._build_head(num_classes)
         refresh_graph(self)
 
-    def set_epoch(self, epoch: int, epochs: int) -> None:
+    def set_epoch(self, epoch: int, total_epochs: int) -> None:
         """Per-epoch estimator temperature (:func:`specs.adabin.temperature`); no GRAPH_MODE recompile."""
-        set_temperature(self, *temperature(epoch, epochs))
+        set_temperature(self, *temperature(epoch, total_epochs))
+
+    def no_weight_decay(self) -> set[str]:
+        """None (official ``main.py``: one SGD over every parameter; see the torch reference)."""
+        return set()
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's ResNet groups, stem Maxout included (:func:`specs.adabin.group_matcher`)."""
+        return group_matcher(coarse)
 
     def forward_features(self, x):
         x = self.maxpool(self.nonlinear1(self.bn1(self.conv1(x))))

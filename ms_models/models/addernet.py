@@ -11,7 +11,7 @@ from typing import Sequence
 from mindspore import nn
 from mindspore.common.initializer import HeNormal, HeUniform
 
-from specs.addernet import check_arch
+from specs.addernet import check_arch, group_matcher
 
 from .._registry import registry
 from ..layers.adder import Adder2d
@@ -114,6 +114,17 @@ class AdderResNet(nn.Cell):
         """A new ``fc`` + ``bn2`` for ``num_classes`` (0: pooled features); refreshes the compiled graph."""
         self._build_head(num_classes)
         refresh_graph(self)
+
+    def set_epoch(self, epoch: int, total_epochs: int) -> None:
+        """Nothing: AdderNet has no epoch-dependent state."""
+
+    def no_weight_decay(self) -> set[str]:
+        """None (official ``main.py``: one SGD over every parameter)."""
+        return set()
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's ResNet groups (:func:`specs.addernet.group_matcher`)."""
+        return group_matcher(coarse)
 
     def forward_features(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

@@ -16,11 +16,11 @@ import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import initializer
 
-from specs.bimlp import POOL_KERNELS, STRIP, check_arch, check_norm
+from specs.bimlp import POOL_KERNELS, STRIP, check_arch, check_norm, group_matcher, no_weight_decay
 
 from .._registry import registry
 from ..layers.binary import LearnableBias, RPReLU, XnorConv2d
-from ..layers import Identity, batch_norm, torch_init_conv2d, torch_init_dense
+from ..layers import Identity, batch_norm, refresh_graph, torch_init_conv2d, torch_init_dense
 
 
 def _norm(kind: str, channels: int) -> nn.Cell:
@@ -226,9 +226,21 @@ class BiMLP(nn.Cell):
         self.head = torch_init_dense(self.num_features, num_classes) if num_classes > 0 else Identity()
 
     def reset_classifier(self, num_classes: int) -> None:
-        """A new head (0: pooled features); call ``layers.refresh_graph`` before running it in GRAPH_MODE."""
+        """A new head (0: pooled features); refreshes the compiled graph."""
         self.num_classes = num_classes
         self.head = torch_init_dense(self.num_features, num_classes) if num_classes > 0 else Identity()
+        refresh_graph(self)
+
+    def set_epoch(self, epoch: int, total_epochs: int) -> None:
+        """Nothing: BiMLP has no epoch-dependent state."""
+
+    def no_weight_decay(self) -> set[str]:
+        """The learnable shifts and PReLU slopes (:func:`specs.bimlp.no_weight_decay`; see the torch reference)."""
+        return no_weight_decay(n for n, _ in self.parameters_and_names())
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Stem, blocks / Downsamples (coarse: stages), head (:func:`specs.bimlp.group_matcher`)."""
+        return group_matcher(len(self.network), coarse)
 
     def forward_features(self, x):
         x = self.patch_embed(x)

@@ -27,7 +27,7 @@ from collections import OrderedDict
 
 from mindspore import nn, ops
 
-from specs.ghostnetv2 import BN_EPS, BlockSpec, block_plan, check_dfc_upsample, se_channels
+from specs.ghostnetv2 import BN_EPS, BlockSpec, block_plan, check_dfc_upsample, group_matcher, se_channels
 
 from .._registry import registry
 from ..layers import (ConvBn, GlobalAvgPool, Identity, batch_norm, hard_sigmoid, mul_resized, refresh_graph,
@@ -157,6 +157,17 @@ class GhostNetV2(nn.Cell):
         self.num_classes = num_classes
         self.classifier = torch_init_dense(self.head_hidden_size, num_classes) if num_classes > 0 else Identity()
         refresh_graph(self)
+
+    def set_epoch(self, epoch: int, total_epochs: int) -> None:
+        """Nothing: GhostNetV2 has no epoch-dependent state."""
+
+    def no_weight_decay(self) -> set[str]:
+        """None (official ``train.py``; see the torch reference)."""
+        return set()
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's GhostNet groups (:func:`specs.ghostnetv2.group_matcher`)."""
+        return group_matcher(coarse)
 
     def forward_features(self, x):
         return self.blocks(self.act1(ConvBn.forward_pair(self.conv_stem, self.bn1, x)))

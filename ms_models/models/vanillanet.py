@@ -17,7 +17,8 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from specs.fusion import fold_bn, merge_1x1
-from specs.vanillanet import ACT_NUM, BN_EPS, check_act_learn, check_arch
+from specs.vanillanet import (ACT_NUM, BN_EPS, DECAY_EPOCHS, check_act_learn, check_arch, deep_training_lambda,
+                              group_matcher)
 
 from .._registry import registry
 from ..layers.kernels import depthwise_conv, kernel_cfg
@@ -107,10 +108,12 @@ class VanillaNet(nn.Cell):
 
     def __init__(self, in_chans: int = 3, num_classes: int = 1000, dims: Sequence[int] = (96, 192, 384, 768),
                  drop_rate: float = 0.0, act_num: int = ACT_NUM, strides: Sequence[int] = (2, 2, 2, 1),
-                 deploy: bool = False, ada_pool: Sequence[int] | None = None):
+                 deploy: bool = False, ada_pool: Sequence[int] | None = None, decay_epochs: int = DECAY_EPOCHS,
+                 decay_linear: bool = True):
         super().__init__()
         check_arch(dims, strides)
         self.deploy = deploy
+        self.decay_epochs, self.decay_linear = decay_epochs, decay_linear
         self.num_classes, self.num_features, self.drop_rate = num_classes, dims[-1], drop_rate
         stride, padding = (3, 1) if ada_pool else (4, 0)
         if deploy:
@@ -150,6 +153,19 @@ class VanillaNet(nn.Cell):
     def change_act(self, m: float) -> None:
         """Set the deep-training leaky-ReLU slope in [0, 1]; no recompilation needed in GRAPH_MODE."""
         self.act_learn.set_data(Tensor(check_act_learn(m), ms.float32))
+
+    def set_epoch(self, epoch: int, total_epochs: int) -> None:
+        """Deep-training slope at the start of ``epoch`` (official ``main.py``, see the torch reference);
+        no recompilation in GRAPH_MODE."""
+        self.change_act(deep_training_lambda(epoch, self.decay_epochs, self.decay_linear))
+
+    def no_weight_decay(self) -> set[str]:
+        """None (official ``main.py``; see the torch reference). ``act_learn`` is not trainable."""
+        return set()
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Layer-decay groups (:func:`specs.vanillanet.group_matcher`); the frozen ``act_learn`` is in the head's."""
+        return group_matcher(coarse)
 
     def forward_features(self, x):
         if self.deploy:

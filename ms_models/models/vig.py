@@ -17,7 +17,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import HeNormal
 
 from specs.vig import (FFN_RATIO, HEAD_DIM, ISO_GRID, NORM_EPS, PYR_GRID, GrapherPlan, drop_path_rates,
-                       iso_plan, pyr_plan, relative_pos)
+                       group_matcher, iso_plan, pyr_plan, relative_pos)
 
 from .._registry import registry
 from ..layers import DropPath, GlobalAvgPool, Identity, batch_norm, refresh_graph, resize
@@ -191,6 +191,17 @@ class _GraphNet(nn.Cell):
         cells = list(self.prediction.cell_list)[:4] + [self._classifier(num_classes)]
         self.prediction = nn.SequentialCell(cells)
         refresh_graph(self)
+
+    def set_epoch(self, epoch: int, total_epochs: int) -> None:
+        """Nothing: ViG has no epoch-dependent state."""
+
+    def no_weight_decay(self) -> set[str]:
+        """None (official ``train.py`` decays ``pos_embed``; see the torch reference)."""
+        return set()
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Stem + ``pos_embed``, backbone entries (coarse pyramid: stages), head (:func:`specs.vig.group_matcher`)."""
+        return group_matcher([isinstance(b, Downsample) for b in self.backbone], coarse)
 
     def forward_features(self, x, graph=None):
         x = self.stem(x)

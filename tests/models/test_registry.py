@@ -1,4 +1,5 @@
 """Registry-driven tests: every registered model, both frameworks, no per-model test code (like timm's).
+The training API (features, heads, weight decay, parameter groups, ``set_epoch``) is in ``test_api.py``.
 
 Models over 100 M parameters, 10 GFLOP per test batch or 1500 modules (``helpers.is_heavy``: vanillanet_13
 and the x1.5 pair, ViG-B, PViG-S/M/B, BiMLP-M) are built only, for CI time (the suite must stay under 15
@@ -106,21 +107,6 @@ def _run(model, x, graph):
 
 
 @pytest.mark.parametrize("name", LIGHT)
-def test_torch_forward(name):
-    model = torch_with_state(name)
-    x = torch.from_numpy(sample_input(name))
-    with torch.no_grad():
-        out = model(x)
-        feats = model.forward_features(x)
-        pre = model.forward_head(feats, pre_logits=True)
-    assert out.shape == (2, model.pretrained_cfg.num_classes)
-    assert torch.isfinite(out).all()
-    # pre-logits: timm's ``head_hidden_size`` where the head has a hidden layer (GhostNetV2's 1280-d conv_head)
-    assert feats.shape[:2] == (2, model.num_features)
-    assert pre.shape == (2, getattr(model, "head_hidden_size", model.num_features))
-
-
-@pytest.mark.parametrize("name", LIGHT)
 def test_parity_torch_vs_mindspore(name):
     """Same converted weights, same input: MindSpore GRAPH_MODE logits equal torch's (float32).
 
@@ -220,9 +206,6 @@ def test_mindspore_gradients_equal_torch(name, pynative_mode):
     kinks.remove()
     assert kinks.flipped <= MAX_FLIPS * max(kinks.total, 1) and kinks.worst <= NEAR_TIE, (kinks.flipped, kinks.worst)
     assert len(grads) == len(grads_t[torch.float64])
-    # the feature API, in PyNative (a non-construct method of a GRAPH_MODE cell is compiled anew: 20 s for ViG)
-    feats = mm.forward_features(ms.Tensor(x)) if graph_m is None else mm.forward_features(ms.Tensor(x), graph_m)
-    assert feats.shape[1] == mm.num_features
     for p, g in zip(params, grads):
         ref, t32 = grads_t[torch.float64][to_torch[p.name]], grads_t[torch.float32][to_torch[p.name]]
         # a 0-D parameter's gradient is one reduction over the whole batch (AdaBin's binary-activation

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specs.adabin import check_arch, temperature
+from specs.adabin import check_arch, group_matcher, temperature
 
 from .._registry import registry
 from ..layers.binary import AdaBinConv2d, Maxout, set_temperature
@@ -128,10 +128,20 @@ class AdaBinResNet(nn.Module):
                 self.bn3 = nn.BatchNorm1d(num_classes).requires_grad_(False)   # unused (see the module docstring)
             _init_weights(getattr(self, self.head_name), self.init)
 
-    def set_epoch(self, epoch: int, epochs: int) -> None:
+    def set_epoch(self, epoch: int, total_epochs: int) -> None:
         """Per-epoch estimator temperature (official ``--progressive`` training): see
         :func:`specs.adabin.temperature`."""
-        set_temperature(self, *temperature(epoch, epochs))
+        set_temperature(self, *temperature(epoch, total_epochs))
+
+    def no_weight_decay(self) -> set[str]:
+        """None: the official ``main.py`` (CIFAR-10 and ImageNet) hands every parameter to one SGD with weight
+        decay; nothing beyond the optimizer factory's 1-D rule is exempted (that rule exempts the BN, Maxout
+        and activation scalars, which the official SGD decays)."""
+        return set()
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's ResNet groups, stem Maxout included (:func:`specs.adabin.group_matcher`)."""
+        return group_matcher(coarse)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.nonlinear1(self.bn1(self.conv1(x))))

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from specs.addernet import check_arch
+from specs.addernet import check_arch, group_matcher
 
 from .._registry import registry
 from ..layers.adder import Adder2d
@@ -108,6 +108,17 @@ class AdderResNet(nn.Module):
             if not self.cifar_stem:
                 nn.init.kaiming_normal_(self.fc.weight, mode="fan_out", nonlinearity="relu")
             self.bn2 = nn.BatchNorm2d(num_classes)
+
+    def set_epoch(self, epoch: int, total_epochs: int) -> None:
+        """Nothing: AdderNet has no epoch-dependent state."""
+
+    def no_weight_decay(self) -> set[str]:
+        """None: the official ``main.py`` hands every parameter to one SGD with weight decay (5e-4)."""
+        return set()
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's ResNet groups (:func:`specs.addernet.group_matcher`)."""
+        return group_matcher(coarse)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

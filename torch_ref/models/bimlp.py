@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specs.bimlp import POOL_KERNELS, STRIP, check_arch, check_norm
+from specs.bimlp import POOL_KERNELS, STRIP, check_arch, check_norm, group_matcher, no_weight_decay
 
 from .._registry import registry
 from ..layers.binary import RPReLU, LearnableBias, XnorConv2d
@@ -249,6 +249,18 @@ class BiMLP(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def set_epoch(self, epoch: int, total_epochs: int) -> None:
+        """Nothing: BiMLP has no epoch-dependent state."""
+
+    def no_weight_decay(self) -> set[str]:
+        """The learnable shifts and PReLU slopes, stored (1, C, 1, 1) (:func:`specs.bimlp.no_weight_decay`; no
+        official training code exists)."""
+        return no_weight_decay(n for n, _ in self.named_parameters())
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Stem, blocks / Downsamples (coarse: stages), head (:func:`specs.bimlp.group_matcher`)."""
+        return group_matcher(len(self.network), coarse)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specs.ghostnetv2 import BN_EPS, BlockSpec, block_plan, check_dfc_upsample, se_channels
+from specs.ghostnetv2 import BN_EPS, BlockSpec, block_plan, check_dfc_upsample, group_matcher, se_channels
 
 from .._registry import registry
 from ..layers import ConvBn, hard_sigmoid, resize
@@ -140,6 +140,17 @@ class GhostNetV2(nn.Module):
         """A new ``classifier`` for ``num_classes`` (0: none; the 1280-d pre-logits come out), torch init."""
         self.num_classes = num_classes
         self.classifier = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+
+    def set_epoch(self, epoch: int, total_epochs: int) -> None:
+        """Nothing: GhostNetV2 has no epoch-dependent state."""
+
+    def no_weight_decay(self) -> set[str]:
+        """None: the official ``train.py`` (timm's ``create_optimizer``) exempts only 1-D parameters and biases."""
+        return set()
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's GhostNet groups (:func:`specs.ghostnetv2.group_matcher`)."""
+        return group_matcher(coarse)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.act1(self.bn1(self.conv_stem(x))))

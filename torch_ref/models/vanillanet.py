@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from specs.fusion import fold_bn, merge_1x1
-from specs.vanillanet import ACT_NUM, BN_EPS, check_act_learn, check_arch
+from specs.vanillanet import (ACT_NUM, BN_EPS, DECAY_EPOCHS, check_act_learn, check_arch, deep_training_lambda,
+                              group_matcher)
 
 from .._registry import registry
 from ..layers import AdaptiveMaxPool2d, bn_arrays, conv_arrays, conv_bn, fused_conv, trunc_normal_init
@@ -93,16 +94,19 @@ class Block(nn.Module):
 class VanillaNet(nn.Module):
     """VanillaNet (official ``VanillaNet``): stem, ``len(strides)`` blocks, conv classifier; no residuals.
 
-    ``change_act(lam)`` sets the deep-training slope; ``switch_to_deploy()`` folds every BN and merges the
-    conv pairs into the official deploy layout (``stem.0``, ``stem.1``, ``stages.i.conv``, ``cls.2``).
+    ``change_act(lam)`` sets the deep-training slope (``set_epoch`` by the official schedule, over
+    ``decay_epochs``, linear or with ``decay_linear=False`` cosine); ``switch_to_deploy()`` folds every BN and
+    merges the conv pairs into the official deploy layout (``stem.0``, ``stem.1``, ``stages.i.conv``, ``cls.2``).
     """
 
     def __init__(self, in_chans: int = 3, num_classes: int = 1000, dims: Sequence[int] = (96, 192, 384, 768),
                  drop_rate: float = 0.0, act_num: int = ACT_NUM, strides: Sequence[int] = (2, 2, 2, 1),
-                 deploy: bool = False, ada_pool: Sequence[int] | None = None):
+                 deploy: bool = False, ada_pool: Sequence[int] | None = None, decay_epochs: int = DECAY_EPOCHS,
+                 decay_linear: bool = True):
         super().__init__()
         check_arch(dims, strides)
         self.deploy = deploy
+        self.decay_epochs, self.decay_linear = decay_epochs, decay_linear
         self.num_classes, self.num_features, self.drop_rate = num_classes, dims[-1], drop_rate
         stride, padding = (3, 1) if ada_pool else (4, 0)
         if deploy:
@@ -146,6 +150,21 @@ class VanillaNet(nn.Module):
         for stage in self.stages:
             stage.act_learn = m
         self.act_learn = m
+
+    def set_epoch(self, epoch: int, total_epochs: int) -> None:
+        """Deep-training slope at the start of ``epoch`` (official ``main.py``): ``epoch / decay_epochs`` (or its
+        cosine form), 1 from ``decay_epochs`` on; ``total_epochs`` plays no part."""
+        self.change_act(deep_training_lambda(epoch, self.decay_epochs, self.decay_linear))
+
+    def no_weight_decay(self) -> set[str]:
+        """None: the official ``main.py`` passes no skip list and the model defines none; its
+        ``optim_factory.get_parameter_groups`` exempts only 1-D parameters and ``.bias/.alpha/.beta`` names,
+        all 1-D here (BN, biases), which the optimizer factory's own rule covers."""
+        return set()
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Layer-decay groups (:func:`specs.vanillanet.group_matcher`: the official ``LayerDecayValueAssigner``'s)."""
+        return group_matcher(coarse)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if self.deploy:

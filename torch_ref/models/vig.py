@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specs.vig import (FFN_RATIO, HEAD_DIM, ISO_GRID, NORM_EPS, PYR_GRID, GrapherPlan, drop_path_rates, iso_plan,
-                       pyr_plan, relative_pos)
+from specs.vig import (FFN_RATIO, HEAD_DIM, ISO_GRID, NORM_EPS, PYR_GRID, GrapherPlan, drop_path_rates,
+                       group_matcher, iso_plan, pyr_plan, relative_pos)
 
 from .._registry import registry
 from ..layers import DropPath, resize
@@ -208,6 +208,19 @@ class _GraphNet(nn.Module):
         if num_classes > 0:
             nn.init.kaiming_normal_(self.prediction[4].weight)
             nn.init.zeros_(self.prediction[4].bias)
+
+    def set_epoch(self, epoch: int, total_epochs: int) -> None:
+        """Nothing: ViG has no epoch-dependent state."""
+
+    def no_weight_decay(self) -> set[str]:
+        """None: the official ``vig.py``/``pyramid_vig.py`` define no ``no_weight_decay``, so their ``train.py``
+        (timm's ``create_optimizer``) decays ``pos_embed`` too and exempts only 1-D parameters and biases
+        (``relative_pos`` is frozen)."""
+        return set()
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Stem + ``pos_embed``, backbone entries (coarse pyramid: stages), head (:func:`specs.vig.group_matcher`)."""
+        return group_matcher([isinstance(b, Downsample) for b in self.backbone], coarse)
 
     def graphers(self) -> list[Grapher]:
         return [m for m in self.modules() if isinstance(m, Grapher)]
