@@ -86,6 +86,12 @@ def check_norm(kind: str) -> str:
     return kind
 
 
+def quantiser_kinks(mode: str) -> tuple[float, ...]:
+    """Inputs where the activation quantiser's gradient steps (its straight-through clip, +-1) or its value does
+    (+-0.5 when it rounds, 0 for the sign)."""
+    return (-1.0, 1.0) + ((-0.5, 0.5) if check_act_binarize(mode) == "round" else (0.0,))
+
+
 def check_act_binarize(mode: str) -> str:
     if mode not in ACT_BINARIZE:
         raise ValueError(f"act_binarize must be one of {', '.join(ACT_BINARIZE)}, not {mode!r}")

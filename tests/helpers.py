@@ -255,28 +255,17 @@ def record_steps(torch_model, run) -> dict[str, np.ndarray]:
     return steps.outputs
 
 
-# Where a binary network's gradient steps, by layer class (names mirrored in both frameworks): the clip of the
-# straight-through estimator (BiMLP's quantiser passes the gradient where |x| <= 1) and the slope change of the
-# piecewise-linear activations at 0 (BiMLP's PReLU inside RPReLU, AdaBin's Maxout).
-KINKS = {"ActQuantize": (-1.0, 1.0), "PReLU": (0.0,), "Maxout": (0.0,)}
 # A shared kink decision must be a float32 near tie: the reference input lies within this fraction of the
 # layer's input scale (max |input|) of the kink (float32 forward rounding moves inputs by ~1e-6 of it).
 NEAR_TIE = 1e-5
 
 
 def kink_layers(model) -> list[tuple[str, object, tuple[float, ...]]]:
-    """(name, layer, kinks) of the ``KINKS`` layers of a torch module or MindSpore cell; the quantiser's value
-    steps (+-0.5 when it rounds, 0 for the sign) count too, so that a forced input also gives the same value
-    (in GRAPH_MODE, where :class:`convert.parity.SharedSteps` cannot run)."""
+    """(name, layer, kinks) of the layers of a torch module or MindSpore cell that declare ``kinks``: the inputs
+    where their gradient steps (BiMLP's quantiser clip at +-1, and its value steps; PReLU's and AdaBin's
+    Maxout's slope change at 0)."""
     items = model.cells_and_names() if isinstance(model, ms.nn.Cell) else model.named_modules()
-    out = []
-    for n, m in items:
-        kinks = KINKS.get(type(m).__name__)
-        if kinks is not None and type(m).__name__ == "ActQuantize":
-            kinks = kinks + ((-0.5, 0.5) if m.mode == "round" else (0.0,))
-        if kinks is not None:
-            out.append((n, m, kinks))
-    return out
+    return [(n, m, m.kinks) for n, m in items if getattr(m, "kinks", None)]
 
 
 def record_kink_inputs(torch_model: torch.nn.Module, run) -> dict[str, np.ndarray]:

@@ -23,7 +23,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Constant, Uniform, initializer
 
 from specs.adabin import K_INIT, T_INIT
-from specs.bimlp import check_act_binarize
+from specs.bimlp import check_act_binarize, quantiser_kinks
 
 
 class BinaryQuantize(nn.Cell):
@@ -65,6 +65,8 @@ class BinaryActivation(nn.Cell):
 
 class Maxout(nn.Cell):
     """Per-channel two-slope nonlinearity of AdaBin (official ``Maxout``); parameters shaped (C,)."""
+
+    kinks = (0.0,)      # inputs where the gradient steps (the tests share the side of each across frameworks)
 
     def __init__(self, channels: int, neg_init: float = 0.25, pos_init: float = 1.0):
         super().__init__()
@@ -137,6 +139,7 @@ class ActQuantize(nn.Cell):
     def __init__(self, mode: str = "round"):
         super().__init__()
         self.mode = check_act_binarize(mode)
+        self.kinks = quantiser_kinks(mode)      # where the value or the gradient steps
         self.round = self.mode == "round"
         self.rint = ops.Rint()
 
@@ -184,6 +187,8 @@ class PReLU(nn.Cell):
     """``max(x, 0) + w * min(x, 0)``, ``w`` (1, C, 1, 1) = 0.25 (official ``prelu``). Written with masks that
     include 0 on both sides, which gives the official gradient ``1 + w`` at exactly 0 (MindSpore's
     ``maximum``/``minimum`` would split ties)."""
+
+    kinks = (0.0,)      # inputs where the gradient steps (the tests share the side of each across frameworks)
 
     def __init__(self, channels: int):
         super().__init__()

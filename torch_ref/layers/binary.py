@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specs.adabin import K_INIT, T_INIT
-from specs.bimlp import check_act_binarize
+from specs.bimlp import check_act_binarize, quantiser_kinks
 
 
 class BinaryQuantize(torch.autograd.Function):
@@ -73,6 +73,8 @@ class BinaryActivation(nn.Module):
 
 class Maxout(nn.Module):
     """Per-channel two-slope nonlinearity of AdaBin (official ``Maxout``); parameters shaped (C,)."""
+
+    kinks = (0.0,)      # inputs where the gradient steps (the tests share the side of each across frameworks)
 
     def __init__(self, channels: int, neg_init: float = 0.25, pos_init: float = 1.0):
         super().__init__()
@@ -165,6 +167,7 @@ class ActQuantize(nn.Module):
     def __init__(self, mode: str = "round"):
         super().__init__()
         self.mode = check_act_binarize(mode)
+        self.kinks = quantiser_kinks(mode)      # where the value or the gradient steps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _ActQuantizeFn.apply(x, self.mode)
@@ -198,6 +201,8 @@ class LearnableBias(nn.Module):
 class PReLU(nn.Module):
     """``max(x, 0) + w * min(x, 0)``, slope ``w`` (1, C, 1, 1) initialised to 0.25 (official ``prelu``; gradient
     ``1 + w`` at exactly 0, as the official masked copies give)."""
+
+    kinks = (0.0,)      # inputs where the gradient steps (the tests share the side of each across frameworks)
 
     def __init__(self, channels: int):
         super().__init__()
