@@ -48,8 +48,8 @@ class ModelConfig:
     name: str = "vanillanet_5"
     num_classes: int = 1000
     pretrained: str | None = None            # checkpoint file (any format the converter reads) to start from
-    drop_rate: float = 0.0                   # dropout before the classifier
-    drop_path_rate: float = 0.0              # stochastic depth, for the families that have it
+    drop_rate: float | None = None           # dropout before the classifier; None: the model's default
+    drop_path_rate: float | None = None      # stochastic depth (families that have it); None: the model's default
     kwargs: dict[str, Any] = field(default_factory=dict)   # extra constructor kwargs (e.g. VanillaNet decay_epochs)
 
 
@@ -299,8 +299,8 @@ def validate(cfg: Config) -> Config:
         _check(value >= 0, key, ">= 0", value)
     unit = {"data.hflip": d.hflip, "data.reprob": d.reprob, "data.mixup_prob": d.mixup_prob,
             "data.mixup_switch_prob": d.mixup_switch_prob, "data.smoothing": d.smoothing,
-            "optimizer.momentum": o.momentum, "optimizer.alpha": o.alpha, "model.drop_rate": m.drop_rate,
-            "model.drop_path_rate": m.drop_path_rate, "optimizer.layer_decay": o.layer_decay or 1,
+            "optimizer.momentum": o.momentum, "optimizer.alpha": o.alpha, "model.drop_rate": m.drop_rate or 0,
+            "model.drop_path_rate": m.drop_path_rate or 0, "optimizer.layer_decay": o.layer_decay or 1,
             "data.crop_pct": d.crop_pct or 1, "train.ema_decay": t.ema_decay or 0,
             "optimizer.betas[0]": o.betas[0], "optimizer.betas[1]": o.betas[1]}
     for key, value in unit.items():

@@ -56,6 +56,7 @@ def test_defaults():
     assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.train.epochs, cfg.seed) == \
         ("adamw", 1e-3, 0.05, 300, 0)
     assert (cfg.train.amp_level, cfg.train.mode, cfg.train.device_target) == ("O0", "graph", "CPU")
+    assert cfg.model.drop_rate is None and cfg.model.drop_path_rate is None     # None: the model's own default
     # the required keys are all in the schema
     keys = set(config_module._all_keys())
     assert {"model.name", "model.num_classes", "data.image_size", "data.batch_size", "train.epochs",
@@ -85,6 +86,7 @@ def test_overrides_of_each_type():
         "data.auto_augment=rand-m9-mstd0.5-inc1",
         "model.pretrained=null",            # Optional -> None
         "data.crop_pct=0.9",                # Optional given a value
+        "model.drop_path_rate=0",           # Optional float given an int
         "optimizer.betas=[0.9, 0.95]",      # tuple from a YAML list
         "model.kwargs.decay_epochs=3",      # free model kwargs
         "seed=7",
@@ -94,6 +96,7 @@ def test_overrides_of_each_type():
     assert cfg.optimizer.nesterov is True and cfg.optimizer.name == "sgd"
     assert cfg.data.auto_augment == "rand-m9-mstd0.5-inc1"
     assert cfg.model.pretrained is None and cfg.data.crop_pct == 0.9
+    assert cfg.model.drop_path_rate == 0.0 and type(cfg.model.drop_path_rate) is float
     assert cfg.optimizer.betas == (0.9, 0.95)
     assert cfg.model.kwargs == {"decay_epochs": 3} and cfg.seed == 7
     assert apply_overrides(cfg, ["data.crop_pct=null"]).data.crop_pct is None
