@@ -23,6 +23,10 @@ class InputSizeError(ZooError, ValueError):
     """An input image size the model cannot take."""
 
 
+class ConfigError(ZooError, ValueError):
+    """A training config (file or ``KEY=VALUE`` override) with an unknown key, a wrong type or a bad value."""
+
+
 def _preview(names: Iterable[str], limit: int = 5) -> str:
     names = sorted(names)
     more = f" (+{len(names) - limit} more)" if len(names) > limit else ""

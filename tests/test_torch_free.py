@@ -1,7 +1,7 @@
 """ms_models without torch (issue 11 section 2): in a fresh interpreter where importing torch fails, ms_models
-imports, builds a model, saves and loads ``.ckpt`` and ``.safetensors`` files, trains a few steps, and says in
-one line that torch is needed when a file holds torch names or is a torch file. torch never enters
-``sys.modules``. One subprocess (importing MindSpore dominates its time)."""
+imports, reads a training config, builds a model, saves and loads ``.ckpt`` and ``.safetensors`` files, trains a
+few steps, and says in one line that torch is needed when a file holds torch names or is a torch file. torch never
+enters ``sys.modules``. One subprocess (importing MindSpore dominates its time)."""
 from __future__ import annotations
 
 import os
@@ -34,7 +34,10 @@ import numpy as np
 
 import ms_models
 from convert.io import write_checkpoint
+from ms_models.train.config import load_config
 from specs.errors import CheckpointError, KeyMismatchError
+
+assert load_config("configs/demo/vanillanet_5_digits.yaml").model.name == "vanillanet_5"
 
 NAME, ARCH = "adabin_resnet20_cifar", dict(layers=(1, 1, 1), width=8)   # one block per stage: seconds
 tmp = tempfile.mkdtemp()

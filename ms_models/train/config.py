@@ -1,0 +1,419 @@
+"""The training config: a typed schema with defaults, read from YAML, overridden by dotted ``KEY=VALUE`` items,
+checked, and saved (atomically) so that a run's resolved config re-loads to an equal :class:`Config`.
+
+Sections: ``model``, ``data``, ``optimizer``, ``schedule``, ``train``, and the top-level ``seed``. Every bad
+input raises a one-line :class:`specs.ConfigError` naming the dotted key (with close matches for an unknown
+key); an unregistered ``model.name`` raises :class:`specs.UnknownModelError` (also a ``ValueError``).
+
+Types: an ``int`` field takes only ints; a ``float`` field takes ints and numeric strings (PyYAML reads ``1e-3``,
+without a dot, as a string); a ``bool`` field takes only ``true``/``false``; ``X | None`` takes ``null``;
+a tuple field takes a YAML list (or tuple) of the right length; ``model.kwargs`` is a free mapping passed
+to the model's constructor. Framework-free: no torch, no MindSpore (only :mod:`specs`, PyYAML, stdlib).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from specs import check_input_size, get_model_cfg
+from specs.errors import ConfigError, InputSizeError, UnknownModelError
+
+OPTIMIZERS = ("sgd", "adamw", "lamb", "rmsprop")
+SCHEDULES = ("cosine", "step", "linear")
+AMP_LEVELS = ("O0", "O1", "O2", "O3")
+MODES = ("graph", "pynative")
+DEVICE_TARGETS = ("CPU", "Ascend", "GPU")
+LOSS_SCALES = ("none", "static", "dynamic")
+LOSSES = ("ce", "bce")
+INTERPOLATIONS = ("random", "bilinear", "bicubic", "nearest")
+MIXUP_MODES = ("batch", "pair", "elem")
+ERASE_MODES = ("pixel", "rand", "const")
+AUTO_AUGMENT_POLICIES = ("rand", "augmix", "original", "originalr", "v0", "v0r", "3a")
+BUILTIN_PREFIX = "builtin:"
+
+
+@dataclass
+class ModelConfig:
+    """What to build: a registered name, its head size, an optional starting checkpoint, regularisation."""
+
+    name: str = "vanillanet_5"
+    num_classes: int = 1000
+    pretrained: str | None = None            # checkpoint file (any format the converter reads) to start from
+    drop_rate: float | None = None           # dropout before the classifier; None: the model's default
+    drop_path_rate: float | None = None      # stochastic depth (families that have it); None: the model's default
+    kwargs: dict[str, Any] = field(default_factory=dict)   # extra constructor kwargs (e.g. VanillaNet decay_epochs)
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how training augments them (timm argument names and semantics)."""
+
+    dir: str | None = None                   # ImageFolder root with train/ and val/, or "builtin:<name>"
+    image_size: int = 224
+    batch_size: int = 128                    # per device
+    val_batch_size: int | None = None        # None: batch_size
+    workers: int = 4                         # dataset workers per device
+    skip_bad_images: bool = False            # skip (and count) unreadable images instead of failing
+    mean: tuple[float, float, float] | None = None   # None: the model cfg's
+    std: tuple[float, float, float] | None = None
+    crop_pct: float | None = None            # eval resize = image_size / crop_pct; None: the model cfg's
+    interpolation: str = "bicubic"           # train resize interpolation (timm's "random" picks per image)
+    scale: tuple[float, float] = (0.08, 1.0)            # RandomResizedCrop
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    random_crop_padding: int | None = None   # CIFAR style: RandomCrop(image_size, padding) instead of RRC
+    hflip: float = 0.5
+    color_jitter: float = 0.0
+    auto_augment: str | None = None          # timm string: "rand-m9-mstd0.5-inc1", "original", "augmix", ...
+    reprob: float = 0.0                      # random erasing
+    remode: str = "pixel"
+    recount: int = 1
+    mixup: float = 0.0                       # alphas; 0 disables
+    cutmix: float = 0.0
+    cutmix_minmax: tuple[float, float] | None = None
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    mixup_mode: str = "batch"
+    smoothing: float = 0.0                   # label smoothing (inside the mixup targets when mixup is on)
+    repeated_aug: bool = False
+
+
+@dataclass
+class OptimizerConfig:
+    """The optimizer; weight decay skips norms, biases and ``model.no_weight_decay()``."""
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    lr_base_size: int | None = None          # set: lr is for this global batch, scaled by global_batch / it
+    weight_decay: float = 0.05
+    momentum: float = 0.9                    # sgd, rmsprop
+    nesterov: bool = False                   # sgd
+    eps: float = 1e-8
+    betas: tuple[float, float] = (0.9, 0.999)   # adamw, lamb
+    alpha: float = 0.9                       # rmsprop squared-gradient decay (TF style, timm's rmsproptf)
+    layer_decay: float | None = None         # layer-wise lr decay through model.group_matcher()
+
+
+@dataclass
+class ScheduleConfig:
+    """The learning-rate schedule: warmup from ``warmup_lr``, then cosine / step / linear down to ``min_lr``."""
+
+    name: str = "cosine"
+    warmup_epochs: float = 0.0
+    warmup_lr: float = 0.0
+    min_lr: float = 0.0
+    decay_epochs: float = 30.0               # step: decay every decay_epochs by decay_rate
+    decay_rate: float = 0.1
+    cooldown_epochs: int = 0                 # epochs at min_lr after the schedule (timm; counted in train.epochs)
+    per_epoch: bool = False                  # update the lr once per epoch instead of every step
+
+
+@dataclass
+class TrainConfig:
+    """How a step runs (precision, mode, device) and what the run keeps."""
+
+    epochs: int = 300
+    loss: str = "ce"                         # ce (soft-target CE under mixup) or bce (timm BinaryCrossEntropy)
+    bce_target_thresh: float | None = None
+    amp_level: str = "O0"                    # O0 on CPU; O1/O2/O3 on Ascend
+    loss_scale: str = "none"                 # none / static / dynamic
+    loss_scale_value: float = 65536.0        # static value, or the dynamic scale's start
+    grad_clip: float | None = None           # global-norm clipping
+    accumulate: int = 1                      # gradient accumulation steps
+    ema_decay: float | None = None           # EMA of weights (timm ModelEmaV2); None: off
+    mode: str = "graph"                      # MindSpore GRAPH_MODE or PYNATIVE_MODE
+    device_target: str = "CPU"
+    export_torch: bool = False               # also write the best weights as a torch .pth
+    log_interval: int = 50                   # steps between log lines
+    eval_interval: int = 1                   # epochs between validations
+    save_interval: int = 1                   # epochs between last.ckpt writes
+
+
+@dataclass
+class Config:
+    """A whole run. ``config_to_dict``/``config_from_dict`` convert it; ``load_config``/``save_config`` persist it."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+
+
+# --- schema walking ---------------------------------------------------------------------------------------------
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    keys = []
+    for name, tp in _hints(cls).items():
+        keys += _all_keys(tp, f"{prefix}{name}.") if dataclasses.is_dataclass(tp) else [prefix + name]
+    return keys
+
+
+def _unknown_key(key: str) -> ConfigError:
+    known = _all_keys() if "." in key else [f.name for f in dataclasses.fields(Config)] + _all_keys()
+    leaf = key.rsplit(".", 1)[-1]
+    scores = {}
+    for k in known:
+        leaf_score = difflib.SequenceMatcher(None, leaf, k.rsplit(".", 1)[-1]).ratio()
+        scores[k] = max(difflib.SequenceMatcher(None, key, k).ratio(), 0.95 * leaf_score)
+    close = sorted((k for k, s in scores.items() if s >= 0.7), key=lambda k: -scores[k])[:3]
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+_NAMES = {int: "int", float: "float", bool: "bool (true/false)", str: "str", type(None): "null"}
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        return "a list" if Ellipsis in args else f"a list of {len(args)} {_NAMES.get(args[0], args[0])}s"
+    if origin is dict:
+        return "a mapping"
+    name = _NAMES.get(tp, str(tp))
+    return name if tp is type(None) else ("an " if name[0] == "i" else "a ") + name
+
+
+def _bad_type(key: str, tp: Any, value: Any) -> ConfigError:
+    return ConfigError(f"config key {key!r} must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` checked against the field type ``tp`` (and converted where the module docstring says)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            try:
+                return _coerce(value, inner[0], key)
+            except ConfigError:
+                raise _bad_type(key, tp, value) from None
+        raise TypeError(f"unsupported field type {tp}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or (Ellipsis not in args and len(value) != len(args)):
+            raise _bad_type(key, tp, value)
+        elem = [args[0]] * len(value) if Ellipsis in args else args
+        return tuple(_coerce(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, elem)))
+    if origin is dict:
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise _bad_type(key, tp, value)
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _bad_type(key, tp, value)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _bad_type(key, tp, value)
+        return value
+    if tp is float:
+        if isinstance(value, str) and _NUMBER.match(value.strip()):
+            return float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _bad_type(key, tp, value)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise _bad_type(key, tp, value)
+        return value
+    raise TypeError(f"unsupported field type {tp}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        where = f"config key {prefix[:-1]!r}" if prefix else "a config"
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__} {data!r}")
+    hints = _hints(cls)
+    unknown = [k for k in data if k not in hints]
+    if unknown:
+        raise _unknown_key(f"{prefix}{unknown[0]}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        kwargs[name] = (_build(tp, value, f"{prefix}{name}.") if dataclasses.is_dataclass(tp)
+                        else _coerce(value, tp, prefix + name))
+    return cls(**kwargs)
+
+
+# --- value checks -----------------------------------------------------------------------------------------------
+
+def _choice(key: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"config key {key!r} must be one of {', '.join(choices)}, got {value!r}{hint}")
+
+
+def _check(ok: bool, key: str, what: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"config key {key!r} must be {what}, got {value!r}")
+
+
+def validate(cfg: Config) -> Config:
+    """Check the values (names among the supported ones, sizes positive, probabilities in [0, 1], the model
+    registered and able to take ``data.image_size``); returns ``cfg``."""
+    m, d, o, s, t = cfg.model, cfg.data, cfg.optimizer, cfg.schedule, cfg.train
+    try:
+        model_cfg = get_model_cfg(m.name)
+    except UnknownModelError as exc:
+        raise UnknownModelError(f"config key 'model.name': {exc}") from None
+    positive = {"model.num_classes": m.num_classes, "data.image_size": d.image_size,
+                "data.batch_size": d.batch_size, "data.val_batch_size": d.val_batch_size or 1,
+                "data.recount": d.recount, "optimizer.lr": o.lr, "optimizer.lr_base_size": o.lr_base_size or 1,
+                "schedule.decay_epochs": s.decay_epochs, "train.epochs": t.epochs,
+                "train.accumulate": t.accumulate, "train.loss_scale_value": t.loss_scale_value,
+                "train.grad_clip": 1 if t.grad_clip is None else t.grad_clip, "train.log_interval": t.log_interval,
+                "train.eval_interval": t.eval_interval, "train.save_interval": t.save_interval}
+    for key, value in positive.items():
+        _check(value > 0, key, "positive", value)
+    non_negative = {"data.workers": d.workers, "data.color_jitter": d.color_jitter, "data.mixup": d.mixup,
+                    "data.cutmix": d.cutmix, "data.random_crop_padding": d.random_crop_padding or 0,
+                    "optimizer.weight_decay": o.weight_decay, "optimizer.eps": o.eps,
+                    "schedule.warmup_epochs": s.warmup_epochs, "schedule.warmup_lr": s.warmup_lr,
+                    "schedule.min_lr": s.min_lr, "schedule.cooldown_epochs": s.cooldown_epochs,
+                    "schedule.decay_rate": s.decay_rate}
+    for key, value in non_negative.items():
+        _check(value >= 0, key, ">= 0", value)
+    unit = {"data.hflip": d.hflip, "data.reprob": d.reprob, "data.mixup_prob": d.mixup_prob,
+            "data.mixup_switch_prob": d.mixup_switch_prob, "data.smoothing": d.smoothing,
+            "optimizer.momentum": o.momentum, "optimizer.alpha": o.alpha, "model.drop_rate": m.drop_rate or 0,
+            "model.drop_path_rate": m.drop_path_rate or 0, "optimizer.layer_decay": o.layer_decay or 1,
+            "data.crop_pct": d.crop_pct or 1, "train.ema_decay": t.ema_decay or 0,
+            "optimizer.betas[0]": o.betas[0], "optimizer.betas[1]": o.betas[1]}
+    for key, value in unit.items():
+        _check(0 <= value <= 1, key, "in [0, 1]", value)
+    _check(d.crop_pct is None or d.crop_pct > 0, "data.crop_pct", "positive", d.crop_pct)
+    _check(d.smoothing < 1, "data.smoothing", "below 1", d.smoothing)
+    _check(o.layer_decay is None or o.layer_decay > 0, "optimizer.layer_decay", "positive", o.layer_decay)
+    _check(s.min_lr <= o.lr, "schedule.min_lr", f"<= optimizer.lr ({o.lr})", s.min_lr)
+    _check(s.warmup_epochs + s.cooldown_epochs < t.epochs, "schedule.warmup_epochs",
+           f"shorter than train.epochs ({t.epochs}) with the cooldown", s.warmup_epochs)
+    for key, lo_hi in (("data.scale", d.scale), ("data.ratio", d.ratio), ("data.cutmix_minmax", d.cutmix_minmax)):
+        _check(lo_hi is None or 0 < lo_hi[0] <= lo_hi[1], key, "an increasing positive pair", lo_hi)
+    _check(d.dir is None or d.dir != BUILTIN_PREFIX, "data.dir", f"a folder or {BUILTIN_PREFIX}<name>", d.dir)
+    for key, value, choices in (("optimizer.name", o.name, OPTIMIZERS), ("schedule.name", s.name, SCHEDULES),
+                                ("train.amp_level", t.amp_level, AMP_LEVELS), ("train.mode", t.mode, MODES),
+                                ("train.device_target", t.device_target, DEVICE_TARGETS),
+                                ("train.loss_scale", t.loss_scale, LOSS_SCALES), ("train.loss", t.loss, LOSSES),
+                                ("data.interpolation", d.interpolation, INTERPOLATIONS),
+                                ("data.mixup_mode", d.mixup_mode, MIXUP_MODES), ("data.remode", d.remode, ERASE_MODES)):
+        _choice(key, value, choices)
+    if d.auto_augment is not None:
+        parts = d.auto_augment.split("-")
+        _check(parts[0] in AUTO_AUGMENT_POLICIES and all(re.fullmatch(r"[a-z]+[0-9.]*", p) for p in parts[1:]),
+               "data.auto_augment", f"a timm policy string ({'/'.join(AUTO_AUGMENT_POLICIES)}[-m9-mstd0.5...])",
+               d.auto_augment)
+    try:
+        check_input_size(model_cfg, d.image_size)
+    except InputSizeError as exc:
+        raise ConfigError(f"config key 'data.image_size': {exc}") from None
+    return cfg
+
+
+# --- public API -------------------------------------------------------------------------------------------------
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """A validated :class:`Config` from nested plain data; missing keys keep their defaults."""
+    return validate(_build(Config, data, ""))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Nested plain data (lists for tuples) that ``yaml.safe_dump`` and :func:`config_from_dict` take."""
+    return _plain(dataclasses.asdict(cfg))
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Read a YAML recipe (an empty file gives the defaults) and validate it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {os.fspath(path)!r}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError(f"config {os.fspath(path)!r}{where}: {problem}") from None
+    return config_from_dict({} if data is None else data)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> str:
+    """Write ``cfg`` as YAML atomically (a temporary file in the same folder, then ``os.replace``): an existing
+    file is replaced only by a complete one. Returns the path."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r} is not KEY=VALUE with a dotted key (e.g. optimizer.lr=0.01)")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"override {key!r}: value {text!r} is not a YAML scalar or list") from None
+    return key.split("."), value
+
+
+def apply_overrides(cfg: Config, items: Sequence[str]) -> Config:
+    """A new validated :class:`Config`: ``cfg`` with each ``"dotted.key=value"`` applied in order. Values are
+    YAML (``32``, ``0.01``, ``true``, ``null``, ``[0.9, 0.95]``, ``rand-m9-mstd0.5``), type-checked against
+    the field; keys under ``model.kwargs`` are free."""
+    data = config_to_dict(cfg)
+    for item in items:
+        parts, value = _parse_override(item)
+        node = data
+        for depth, part in enumerate(parts[:-1]):
+            if part not in node:
+                raise _unknown_key(".".join(parts))
+            if not isinstance(node[part], dict):
+                raise ConfigError(f"config key {'.'.join(parts[:depth + 1])!r} is not a section; "
+                                  f"cannot set {'.'.join(parts)!r}")
+            node = node[part]
+        if parts[-1] not in node and not (len(parts) > 2 and parts[:2] == ["model", "kwargs"]):
+            raise _unknown_key(".".join(parts))
+        node[parts[-1]] = value
+    return config_from_dict(data)
