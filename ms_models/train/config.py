@@ -149,6 +149,11 @@ class Config:
     seed: int = 0
 
 
+def mixup_active(data: DataConfig) -> bool:
+    """Whether Mixup/CutMix is on (timm train.py ``mixup_active``): the loader then yields soft targets."""
+    return data.mixup > 0 or data.cutmix > 0 or data.cutmix_minmax is not None
+
+
 # --- schema walking ---------------------------------------------------------------------------------------------
 
 def _hints(cls: type) -> dict[str, Any]:
