@@ -27,6 +27,11 @@ class ConfigError(ZooError, ValueError):
     """A training config (file or ``KEY=VALUE`` override) with an unknown key, a wrong type or a bad value."""
 
 
+class DataError(ZooError, ValueError):
+    """Training or validation data that cannot be used: a missing folder or split, an empty class folder, val
+    classes unknown to train, a class count that disagrees with the model, an unreadable image (named)."""
+
+
 def _preview(names: Iterable[str], limit: int = 5) -> str:
     names = sorted(names)
     more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
