@@ -1,0 +1,235 @@
+"""The compiled train step: forward, backward, loss scaling, gradient accumulation, data-parallel reduction,
+global-norm clipping, the optimizer update and the weight EMA, in one :class:`TrainStep` cell (GRAPH_MODE or
+PyNative). :func:`build_train_network` builds it from a ``TrainConfig`` (AMP level included).
+
+Per call (one micro-batch), following timm ``train.py`` (``loss / accum_steps``, ``NativeScaler``,
+``ModelEmaV2``) with MindSpore's own pieces (``ops.value_and_grad``, ``mindspore.amp`` loss scalers and
+``all_finite``, ``ops.clip_by_global_norm``, ``nn.DistributedGradReducer``):
+
+1. ``loss = loss_fn(network(images), targets)``; gradients of ``loss * scale / accumulate`` in one forward and
+   backward, then unscaled (``scale`` = the loss scaler's value; 1 without loss scaling).
+2. With ``accumulate = k > 1`` the gradients are summed into ``accum.*`` buffers; every k-th call uses the sum
+   (= the mean gradient over the k micro-batches) and zeroes the buffers.
+3. At an update: data parallel -> ``DistributedGradReducer`` (mean over ranks); with loss scaling the update is
+   skipped when a gradient is inf/NaN and the dynamic scale adjusted (``DynamicLossScaler``: /2 at once,
+   x2 after 2000 finite updates); clipping to ``grad_clip`` global norm; ``optimizer(grads)``; then the EMA
+   ``ema = d * ema + (1 - d) * w`` over every model parameter, BN statistics included (timm ``ModelEmaV2``:
+   every update call, also when the loss scaler skipped it, as timm calls ``model_ema.update`` after every
+   optimizer step). Parameters that schedules set (``ModelCfg.ms_only_params``: VanillaNet's ``act_learn``,
+   AdaBin's ``t``/``k``; not in torch's state_dict, so not averaged by timm) are copied, so the EMA model runs
+   at the current epoch's schedule.
+
+Every piece of state is a Parameter of the step (checkpoints and resume): the model's parameters under their
+own names, the EMA weights under ``ema.<name>``, and the optimizer's, ``accum.*`` and ``loss_scale.*``.
+"""
+from __future__ import annotations
+
+import copy
+import mindspore as ms
+from mindspore import Parameter, ParameterTuple, Tensor, amp, nn, ops
+from mindspore.context import ParallelMode
+
+from convert.state import ms_only_names
+from specs.errors import ConfigError
+
+__all__ = ["TrainStep", "build_train_network", "check_amp_level", "LOSS_SCALE_FACTOR", "LOSS_SCALE_WINDOW"]
+
+LOSS_SCALE_FACTOR = 2          # dynamic loss scale: torch GradScaler's growth/backoff (MindSpore's default too)
+LOSS_SCALE_WINDOW = 2000       # finite updates before the scale grows (torch GradScaler growth_interval)
+EMA_PREFIX = "ema."            # = convert.io.EMA: how checkpoints and the converter find the EMA weights
+
+_update_ema = ops.MultitypeFuncGraph("update_ema")
+_accumulate = ops.MultitypeFuncGraph("accumulate")
+_reset = ops.MultitypeFuncGraph("reset")
+
+
+@_update_ema.register("Tensor", "Tensor", "Tensor")
+def _ema_one(decay, ema, weight):
+    return ops.assign(ema, ema * decay + (1 - decay) * weight.astype(ema.dtype))
+
+
+@_accumulate.register("Tensor", "Tensor")
+def _accumulate_one(accum, grad):
+    return ops.assign_add(accum, grad.astype(accum.dtype))
+
+
+@_reset.register("Tensor")
+def _reset_one(accum):
+    return ops.assign(accum, ops.zeros_like(accum))
+
+
+def data_parallel() -> bool:
+    """Whether MindSpore's auto-parallel context is data parallel (``msrun`` + ``init()`` set it)."""
+    return ms.get_auto_parallel_context("parallel_mode") == ParallelMode.DATA_PARALLEL
+
+
+def _share_primitives(model: nn.Cell) -> dict:
+    """A ``copy.deepcopy`` memo that keeps the model's primitives shared (``ops.Custom`` kernels do not copy)."""
+    return {id(v): v for _, cell in model.cells_and_names() for v in vars(cell).values()
+            if isinstance(v, ops.Primitive)}
+
+
+class TrainStep(nn.Cell):
+    """``step(images, targets) -> loss``: one micro-batch of training (see the module docstring).
+
+    ``network`` maps images to logits (already AMP-cast if wanted: :func:`build_train_network`), ``loss_fn``
+    ``(logits, targets) -> scalar``, ``optimizer`` a ``mindspore.nn.Optimizer`` over ``network``'s trainable
+    parameters. ``loss_scale``: ``"none"``, ``"static"`` (``amp.StaticLossScaler(loss_scale_value)``) or
+    ``"dynamic"`` (``amp.DynamicLossScaler(loss_scale_value, 2, 2000)``). ``ema_decay``: None (off) or timm's
+    ``model_ema_decay``. The returned loss is the micro-batch's unscaled float32 loss."""
+
+    def __init__(self, network: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, *,
+                 grad_clip: float | None = None, accumulate: int = 1, loss_scale: str = "none",
+                 loss_scale_value: float = 65536.0, ema_decay: float | None = None):
+        super().__init__(auto_prefix=False)
+        if not (isinstance(accumulate, int) and accumulate >= 1):
+            raise ConfigError(f"config key 'train.accumulate' must be a positive int, got {accumulate!r}")
+        if grad_clip is not None and not grad_clip > 0:
+            raise ConfigError(f"config key 'train.grad_clip' must be positive, got {grad_clip!r}")
+        if ema_decay is not None and not 0 <= ema_decay <= 1:
+            raise ConfigError(f"config key 'train.ema_decay' must be in [0, 1], got {ema_decay!r}")
+        if loss_scale not in ("none", "static", "dynamic"):
+            raise ConfigError(f"config key 'train.loss_scale' must be one of none, static, dynamic, got {loss_scale!r}")
+        if loss_scale != "none" and not loss_scale_value >= 1:
+            raise ConfigError(f"config key 'train.loss_scale_value' must be >= 1, got {loss_scale_value!r}")
+        # listed first, so that parameters_and_names() gives the model's parameters their own names (checkpoints)
+        self.model_parameters = ParameterTuple(list(network.get_parameters()))
+        self.network = network
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.weights = optimizer.parameters
+        self.accumulate = accumulate
+        self.grad_clip = grad_clip
+        self.grad_fn = ops.value_and_grad(self._forward, None, self.weights, has_aux=True)
+        self.hyper_map = ops.HyperMap()
+
+        self.scaler = None
+        if loss_scale != "none":
+            self.scaler = (amp.StaticLossScaler(loss_scale_value) if loss_scale == "static" else
+                           amp.DynamicLossScaler(loss_scale_value, LOSS_SCALE_FACTOR, LOSS_SCALE_WINDOW))
+            # the scaler's Parameters, registered under train-state names (saved and restored with the step)
+            self.scaler.scale_value.name = "loss_scale.value"
+            self.loss_scale_value = self.scaler.scale_value
+            if loss_scale == "dynamic":
+                self.scaler.counter.name = "loss_scale.counter"
+                self.loss_scale_counter = self.scaler.counter
+
+        if accumulate > 1:
+            self.accum = self.weights.clone(prefix="accum", init="zeros")
+            self.micro_step = Parameter(Tensor(0, ms.int32), name="accum.micro_step", requires_grad=False)
+
+        self.reduce = data_parallel()
+        self.reducer = nn.DistributedGradReducer(self.weights, mean=True) if self.reduce else nn.Identity()
+
+        self.ema_decay = ema_decay
+        self._ema_net = None
+        if ema_decay is not None:
+            self._build_ema(network, ema_decay)
+        self.set_train(True)
+
+    def _build_ema(self, network: nn.Cell, decay: float) -> None:
+        """The EMA model: a copy of ``network`` whose Parameters (renamed ``ema.<name>``) are the EMA weights."""
+        ema_net = copy.deepcopy(network, _share_primitives(network))
+        models = [cell for _, cell in network.cells_and_names() if hasattr(cell, "pretrained_cfg")]
+        names = ms_only_names(models[0]) if models else set()
+        scheduled = {id(p) for n, p in models[0].parameters_and_names() if n in names} if models else set()
+        averaged, copied = ([], []), ([], [])
+        for src, dst in zip(network.get_parameters(), ema_net.get_parameters()):
+            pairs = copied if id(src) in scheduled else averaged
+            dst.name = EMA_PREFIX + src.name
+            dst.requires_grad = False
+            pairs[0].append(dst)
+            pairs[1].append(src)
+        self.ema = ParameterTuple(list(ema_net.get_parameters()))
+        self.ema_averaged, self.ema_sources = ParameterTuple(averaged[0]), ParameterTuple(averaged[1])
+        self.ema_copied, self.ema_copy_sources = ParameterTuple(copied[0]), ParameterTuple(copied[1])
+        self.ema_decay_t = Tensor(decay, ms.float32)
+        ema_net.set_train(False)
+        object.__setattr__(self, "_ema_net", ema_net)     # not a child cell: its Parameters are listed once, as ema.*
+
+    # --- the graph --------------------------------------------------------------------------------------------
+
+    def _forward(self, images, targets):
+        loss = self.loss_fn(self.network(images), targets).astype(ms.float32)
+        scaled = loss if self.scaler is None else self.scaler.scale(loss)
+        if self.accumulate > 1:
+            scaled = scaled / self.accumulate
+        return scaled, loss
+
+    def _update(self, grads):
+        """One optimizer update with the (unscaled, accumulated) ``grads``; returns whether it was applied."""
+        if self.reduce:
+            grads = self.reducer(grads)
+        finite = Tensor(True)
+        if self.scaler is not None:
+            finite = amp.all_finite(grads)
+            self.scaler.adjust(finite)
+        if finite:
+            if self.grad_clip is not None:
+                grads = ops.clip_by_global_norm(grads, self.grad_clip)
+            finite = ops.depend(finite, self.optimizer(grads))
+        if self.ema_decay is not None:
+            finite = ops.depend(finite, self.hyper_map(ops.partial(_update_ema, self.ema_decay_t),
+                                                       self.ema_averaged, self.ema_sources))
+            finite = ops.depend(finite, self.hyper_map(ops.assign, self.ema_copied, self.ema_copy_sources))
+        return finite
+
+    def construct(self, images, targets):
+        (_, loss), grads = self.grad_fn(images, targets)
+        if self.scaler is not None:
+            grads = self.scaler.unscale(grads)
+        if self.accumulate == 1:
+            return ops.depend(loss, self._update(grads))
+        loss = ops.depend(loss, self.hyper_map(_accumulate, self.accum, grads))
+        step = self.micro_step + 1
+        if step == self.accumulate:
+            step = ops.depend(step, self._update(self.accum))
+            step = ops.depend(step, self.hyper_map(_reset, self.accum))
+            step = step * 0
+        return ops.depend(loss, ops.assign(self.micro_step, step))
+
+    # --- EMA access -------------------------------------------------------------------------------------------
+
+    def ema_parameters(self) -> list[Parameter]:
+        """The EMA weights (``ema.<model parameter name>``, in the model's order); empty when the EMA is off."""
+        return list(self.ema) if self._ema_net is not None else []
+
+    def ema_model(self) -> nn.Cell:
+        """A copy of the network whose Parameters are the EMA weights (evaluate it like the model; it follows
+        every update, nothing to copy). Raises :class:`ConfigError` when the EMA is off."""
+        if self._ema_net is None:
+            raise ConfigError("no EMA model: config key 'train.ema_decay' is null")
+        return self._ema_net
+
+    def copy_ema_to(self, model: nn.Cell) -> nn.Cell:
+        """Copy the EMA weights into ``model`` (same architecture as the trained network); returns ``model``."""
+        ema = {p.name[len(EMA_PREFIX):]: p for p in self.ema_parameters()}
+        if not ema:
+            raise ConfigError("no EMA weights: config key 'train.ema_decay' is null")
+        for param in model.get_parameters():
+            param.set_data(ema[param.name].value().copy())
+        return model
+
+
+def check_amp_level(amp_level: str) -> None:
+    """Raise a one-line :class:`ConfigError` naming ``train.amp_level`` for a level :func:`build_train_network`
+    cannot apply. MindSpore 2.8 implements O1 by rewriting the model's source (``mindspore.rewrite``), which
+    fails on any device on ms_models' relative imports (and writes ``rewritten_network/`` into the working
+    folder), so O1 is refused before MindSpore is called; O0, O2 and O3 train on CPU too (measured:
+    docs/training_step.md)."""
+    if amp_level == "O1":
+        raise ConfigError("config key 'train.amp_level' is O1, which MindSpore 2.8 applies by rewriting the model's "
+                          "source and cannot for ms_models; use O2 (float16 but batch norm) or O3")
+    if amp_level not in ("O0", "O2", "O3"):
+        raise ConfigError(f"config key 'train.amp_level' must be one of O0, O2, O3, got {amp_level!r}")
+
+
+def build_train_network(model: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, train_cfg) -> TrainStep:
+    """The :class:`TrainStep` of ``train_cfg`` (a ``TrainConfig``): ``amp_level`` applied to ``model`` with
+    ``mindspore.amp.auto_mixed_precision`` (float16; checked first, :func:`check_amp_level`),
+    then ``grad_clip``, ``accumulate``, ``loss_scale``/``loss_scale_value`` and ``ema_decay``."""
+    check_amp_level(train_cfg.amp_level)
+    network = amp.auto_mixed_precision(model, train_cfg.amp_level)
+    return TrainStep(network, loss_fn, optimizer, grad_clip=train_cfg.grad_clip, accumulate=train_cfg.accumulate,
+                     loss_scale=train_cfg.loss_scale, loss_scale_value=train_cfg.loss_scale_value,
+                     ema_decay=train_cfg.ema_decay)
