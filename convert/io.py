@@ -22,6 +22,11 @@ from specs.errors import CheckpointError
 # Checked in this order, like timm's ``load_state_dict(use_ema=True)`` (EMA weights are the released ones).
 CONTAINER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
 DROPPED_SUFFIXES = ("total_ops", "total_params")      # thop profiling buffers
+# A training checkpoint (``ms_models.train.checkpoint``) holds the model's weights under their own names, the EMA
+# weights under ``ema.`` and the rest of the run (optimizer moments, step counters, loss scale, meta data) under
+# ``train_state.``; read as a model checkpoint it gives the weights, or the EMA weights with ``key="ema"``.
+TRAIN_STATE = "train_state."
+EMA = "ema."
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".tar", ".th")   # .th: AdaBin's official model.th
 
 _ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.float64): "F64",
@@ -60,6 +65,9 @@ def unwrap(obj, source: str = "checkpoint", key: str | None = None) -> dict[str,
     """The state dict inside a loaded file: container keys, ``module.`` prefixes and thop buffers removed."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{source}: not a checkpoint (holds a {type(obj).__name__}, not a state dict)")
+    if any(isinstance(k, str) and k.startswith(TRAIN_STATE) for k in obj):
+        obj = training_weights(obj, source, ema=key == "ema")
+        key = None
     if key is not None:
         if key not in obj:
             raise CheckpointError(f"{source}: no key {key!r} (top-level keys: {', '.join(map(str, list(obj)[:8]))})")
@@ -83,36 +91,63 @@ def unwrap(obj, source: str = "checkpoint", key: str | None = None) -> dict[str,
     return state
 
 
-def read_checkpoint(path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarray]:
-    """``{name: array}`` from any supported file; errors are one-line :class:`CheckpointError`."""
-    path = Path(path)
-    fmt = file_format(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
+def training_weights(state: Mapping, source: str = "checkpoint", ema: bool = False) -> dict:
+    """The model weights of a training checkpoint: the plain names, or the ``ema.`` ones (prefix removed)."""
+    if ema:
+        weights = {k[len(EMA):]: v for k, v in state.items() if k.startswith(EMA)}
+        if not weights:
+            raise CheckpointError(f"{source}: a training checkpoint without EMA weights (train.ema_decay was off)")
+        return weights
+    return {k: v for k, v in state.items() if not k.startswith((EMA, TRAIN_STATE))}
+
+
+def _load(path: Path, fmt: str):
+    """The object a checkpoint file holds (a mapping for every supported format)."""
     try:
         if fmt == "safetensors":
             from safetensors.numpy import load_file
-            obj = load_file(str(path))
-        elif fmt == "ckpt":
+            return load_file(str(path))
+        if fmt == "ckpt":
             import mindspore as ms
-            obj = ms.load_checkpoint(str(path))
-        else:
-            try:
-                import torch
-            except ImportError:
-                raise CheckpointError(f"{path}: reading a torch file needs torch, which is not installed") from None
-            try:
-                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as exc:
-                if "mmap" not in str(exc) and "zip" not in str(exc):
-                    raise
-                obj = torch.load(path, map_location="cpu", weights_only=True)   # legacy (non-zip) format
+            return ms.load_checkpoint(str(path))
+        try:
+            import torch
+        except ImportError:
+            raise CheckpointError(f"{path}: reading a torch file needs torch, which is not installed") from None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc) and "zip" not in str(exc):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)   # legacy (non-zip) format
     except CheckpointError:
         raise
     except Exception as exc:  # each library raises its own types for a corrupt or foreign file
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable {fmt} checkpoint ({first})") from None
-    return unwrap(obj, str(path), key)
+
+
+def _existing(path: str | os.PathLike) -> tuple[Path, str]:
+    path = Path(path)
+    fmt = file_format(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    return path, fmt
+
+
+def read_checkpoint(path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarray]:
+    """``{name: array}`` from any supported file; errors are one-line :class:`CheckpointError`."""
+    path, fmt = _existing(path)
+    return unwrap(_load(path, fmt), str(path), key)
+
+
+def read_checkpoint_raw(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every entry of a flat ``.ckpt`` / ``.safetensors`` file as ``{name: array}``, nothing unwrapped (a training
+    checkpoint's optimizer and meta entries included)."""
+    path, fmt = _existing(path)
+    if fmt == "torch":
+        raise CheckpointError(f"{path}: a torch file; training checkpoints are .ckpt or .safetensors files")
+    return {k: _to_numpy(v) for k, v in _load(path, fmt).items()}
 
 
 @contextlib.contextmanager

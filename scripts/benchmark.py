@@ -117,16 +117,99 @@ def bench_model_isolated(name: str, form: str, batch: int, size: int, repeats: i
     """:func:`bench_model` in a fresh process. In one process torch eager ran slower after MindSpore had run a
     graph (``docs/ghostnetv2.md``), so every row starts clean; within a row torch is timed first (MindSpore's
     times do not change after torch's run)."""
-    spec = json.dumps([name, form, batch, size, repeats, warmup, threads, use_ort, knn_share])
-    proc = subprocess.run([sys.executable, __file__, "--row", spec], capture_output=True, text=True)
+    return _isolated("row", [name, form, batch, size, repeats, warmup, threads, use_ort, knn_share])
+
+
+TRAIN_MODELS = ["vanillanet_5", "ghostnetv2_100", "adabin_resnet18", "pvig_ti_224_gelu", "adder_resnet20"]
+TRAIN_SIZES = {"adder_resnet20": 32}     # the issue's sizes; every other model at --size (224)
+
+
+def bench_train(name: str, batch: int, size: int, repeats: int, warmup: int) -> dict:
+    """One training step (forward, cross-entropy, backward, SGD-momentum update) of ``name`` at ``batch``:
+    torch eager against MindSpore GRAPH_MODE through the training engine's own step
+    (:func:`ms_models.train.step.build_train_network`, :func:`ms_models.train.optim.create_optimizer`)."""
+    import ms_models
+    from ms_models.train.config import OptimizerConfig, TrainConfig
+    from ms_models.train.optim import create_optimizer
+    from ms_models.train.step import build_train_network
+    r = np.random.RandomState(0)
+    x = r.randn(batch, 3, size, size).astype(np.float32)
+    y = r.randint(0, 1000, batch).astype(np.int64)
+    row = {"model": name, "batch": batch, "size": size}
+    torch.manual_seed(0)
+    tm = torch_ref.create_model(name).train()
+    opt = torch.optim.SGD(tm.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+    def torch_step():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(tm(xt), yt).backward()
+        opt.step()
+    row["torch"] = median_time(torch_step, repeats, warmup)
+    del tm, opt
+    with execution_mode(ms.GRAPH_MODE):
+        mm = ms_models.create_model(name)
+        mm.set_train(True)
+        steps = repeats + warmup + 1
+        optimizer = create_optimizer(mm, OptimizerConfig(name="sgd", lr=1e-3, weight_decay=1e-4),
+                                     np.full(steps, 1e-3, np.float32))
+        step = build_train_network(mm, ms.nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"),
+                                   optimizer, TrainConfig())
+        xm, ym = ms.Tensor(x), ms.Tensor(y.astype(np.int32))
+        t0 = time.perf_counter()
+        step(xm, ym).asnumpy()
+        row["ms_compile"] = time.perf_counter() - t0
+        row["ms_graph"] = median_time(lambda: step(xm, ym).asnumpy(), repeats, warmup)
+    row["ms_over_torch"] = row["ms_graph"] / row["torch"]
+    return row
+
+
+def run_train(args) -> list[dict]:
+    print(f"training step (forward + cross-entropy + backward + SGD momentum update), batch {args.train_batch}, "
+          f"median of {args.repeats}; each row in a fresh process")
+    head = f"{'model':<24}{'size':>6}{'torch eager':>13}{'ms graph':>11}{'ms/torch':>10}{'compile':>10}{'img/s ms':>10}"
+    print(head + "\n" + "-" * len(head))
+    rows = []
+    for name in args.models:
+        size = TRAIN_SIZES.get(name, args.size)
+        r = _isolated("train-row", [name, args.train_batch, size, args.repeats, args.warmup])
+        rows.append(r)
+        print(f"{name:<24}{size:>6}{r['torch'] * 1e3:>11.1f}ms{r['ms_graph'] * 1e3:>9.1f}ms"
+              f"{r['ms_over_torch']:>10.2f}{r['ms_compile']:>9.1f}s{args.train_batch / r['ms_graph']:>10.1f}", flush=True)
+    return rows
+
+
+def bench_data(size: int, batch: int, batches: int = 20) -> dict:
+    """Images/s of the data pipeline with the standard ImageNet train augmentation (RandomResizedCrop with random
+    interpolation, flip, colour jitter 0.4, RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25, Mixup/CutMix)
+    on 2 workers, on builtin:shapes resized to ``size``; the first batch (worker start) is not timed."""
+    from ms_models.train.config import config_from_dict
+    from ms_models.train.data import create_loader
+    cfg = config_from_dict({"model": {"name": "vanillanet_5", "num_classes": 10},
+                            "data": {"dir": "builtin:shapes", "image_size": size, "batch_size": batch, "workers": 2,
+                                     "interpolation": "random", "color_jitter": 0.4,
+                                     "auto_augment": "rand-m9-mstd0.5-inc1", "reprob": 0.25, "mixup": 0.8,
+                                     "cutmix": 1.0, "smoothing": 0.1}})
+    loader = create_loader(cfg, "train", get_model_cfg("vanillanet_5"))
+    it = iter(loader)
+    next(it)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    rate = batches * batch / (time.perf_counter() - t0)
+    print(f"data pipeline, ImageNet train augmentation at {size} px, 2 workers: {rate:.0f} images/s", flush=True)
+    return {"data_images_per_s": rate, "size": size, "workers": 2}
+
+
+def _isolated(kind: str, spec: list) -> dict:
+    """One benchmark row (``--row`` / ``--train-row``) run by this script in a fresh process."""
+    proc = subprocess.run([sys.executable, __file__, f"--{kind}", json.dumps(spec)], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"benchmark row {name}/{form}/batch {batch} failed: "
-                           f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("ROW ")]
+        raise RuntimeError(f"benchmark row {spec[:3]} failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
     for line in proc.stdout.splitlines():
         if not line.startswith("ROW "):
             print(line, flush=True)
-    return json.loads(lines[-1][4:])
+    return json.loads([line for line in proc.stdout.splitlines() if line.startswith("ROW ")][-1][4:])
 
 
 def knn_times(tm, mm, x: np.ndarray, repeats: int, warmup: int) -> dict:
@@ -307,12 +390,31 @@ def main(argv=None) -> int:
                    help="instead: Adder2d vs Conv2d layer timings (no name: all of " + ", ".join(ADDER_SHAPES) + ")")
     p.add_argument("--adder-memory", action="store_true",
                    help="instead: peak memory of an adder ResNet-50 forward, batch 8 at 224, both frameworks")
+    p.add_argument("--train", action="store_true",
+                   help="instead: one training step, MindSpore GRAPH_MODE vs torch eager (--models; default the "
+                        "issue-12 set), and with --data the data pipeline's images/s")
+    p.add_argument("--train-batch", type=int, default=16)
+    p.add_argument("--data", action="store_true",
+                   help="with --train: images/s of the ImageNet train augmentation (2 workers) on builtin:shapes")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     p.add_argument("--row", default=None, help=argparse.SUPPRESS)    # internal: one row, in a child process
+    p.add_argument("--train-row", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.row is not None:
         print("ROW " + json.dumps(bench_model(*json.loads(args.row))), flush=True)
+        return 0
+    if args.train_row is not None:
+        print("ROW " + json.dumps(bench_train(*json.loads(args.train_row))), flush=True)
+        return 0
+    if args.train:
+        if args.models == p.get_default("models"):
+            args.models = TRAIN_MODELS
+        rows = run_train(args)
+        if args.data:
+            rows.append(bench_data(args.size, args.train_batch))
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
         return 0
     if args.adder is not None or args.adder_memory:
         rows = run_adder(args)

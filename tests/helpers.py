@@ -394,3 +394,17 @@ def naive_adder(x: np.ndarray, w: np.ndarray, stride: int, padding: int) -> np.n
             patch = x[:, None, :, i * stride:i * stride + k, j * stride:j * stride + k]
             out[:, :, i, j] = -np.abs(patch - w[None]).sum(axis=(2, 3, 4))
     return out
+
+
+def write_tree(root: Path, layout: dict[str, dict[str, int]], size=(12, 10), fmt="PNG") -> Path:
+    """An ImageFolder tree of random RGB images under ``root``: ``{split: {class: count}}``, ``size`` (w, h)."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, classes in layout.items():
+        for cls, count in classes.items():
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+                img.save(folder / f"{i}.{'png' if fmt == 'PNG' else 'jpg'}", fmt)
+    return root

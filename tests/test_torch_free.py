@@ -1,6 +1,6 @@
 """ms_models without torch (issue 11 section 2): in a fresh interpreter where importing torch fails, ms_models
 imports, reads a training config, builds a model, saves and loads ``.ckpt`` and ``.safetensors`` files, trains a
-few steps, and says in one line that torch is needed when a file holds torch names or is a torch file. torch never
+few steps, runs the training engine for an epoch and validates its checkpoint, and says in one line that torch is needed when a file holds torch names or is a torch file. torch never
 enters ``sys.modules``. One subprocess (importing MindSpore dominates its time)."""
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from convert.io import write_checkpoint
 from ms_models.train.config import load_config
 from specs.errors import CheckpointError, KeyMismatchError
 
-assert load_config("configs/demo/vanillanet_5_digits.yaml").model.name == "vanillanet_5"
+assert load_config("configs/demo/adabin_resnet20_digits.yaml").model.name == "adabin_resnet20_cifar"
 
 NAME, ARCH = "adabin_resnet20_cifar", dict(layers=(1, 1, 1), width=8)   # one block per stage: seconds
 tmp = tempfile.mkdtemp()
@@ -106,6 +106,18 @@ with open(os.path.join(tmp, "m.pth"), "wb") as f:
     f.write(b"never read: torch is needed first")
 expect_error(CheckpointError, ["m.pth", "needs torch"],
              lambda: ms_models.load_checkpoint(model, os.path.join(tmp, "m.pth")))
+
+# the training engine: one epoch of the demo recipe (its model at one block per stage), then validation
+from ms_models.train.cli import validate
+from ms_models.train.config import apply_overrides
+from ms_models.train.loop import train
+cfg = apply_overrides(load_config("configs/demo/adabin_resnet20_digits.yaml"),
+                      ["train.epochs=1", "model.kwargs.layers=[1, 1, 1]", "model.kwargs.width=8", "data.workers=1"])
+result = train(cfg, os.path.join(tmp, "run"))
+assert sorted(os.listdir(os.path.join(tmp, "run"))) == ["best.ckpt", "config.yaml", "curves.png", "last.ckpt",
+                                                        "metrics.jsonl", "train.log"], os.listdir(os.path.join(tmp, "run"))
+scores = validate(cfg.model.name, os.path.join(tmp, "run", "best.ckpt"), cfg.data.dir, progress=False)
+assert abs(scores["top1"] - result.best_top1) * scores["images"] / 100 <= 1, (scores, result.best_top1)
 
 leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
 assert not leaked, leaked

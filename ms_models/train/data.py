@@ -182,6 +182,11 @@ def _source(cfg: Config, split: str) -> tuple[Any, np.ndarray, list[str], list[s
     return _Files(paths), np.asarray(labels, np.int64), classes, paths
 
 
+def dataset_classes(cfg: Config) -> list[str]:
+    """The class names of ``cfg.data.dir`` (train's class folders, or the built-in set's), in label order."""
+    return _source(cfg, "val")[2]
+
+
 # --- order ----------------------------------------------------------------------------------------------------------
 
 def epoch_order(num_images: int, *, seed: int, epoch: int, training: bool, repeated_aug: bool = False,

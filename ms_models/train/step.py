@@ -32,7 +32,7 @@ from mindspore.context import ParallelMode
 from convert.state import ms_only_names
 from specs.errors import ConfigError
 
-__all__ = ["TrainStep", "build_train_network", "check_amp_level", "LOSS_SCALE_FACTOR", "LOSS_SCALE_WINDOW"]
+__all__ = ["TrainStep", "build_train_network", "check_amp_level", "AMP_LEVELS", "LOSS_SCALE_FACTOR", "LOSS_SCALE_WINDOW"]
 
 LOSS_SCALE_FACTOR = 2          # dynamic loss scale: torch GradScaler's growth/backoff (MindSpore's default too)
 LOSS_SCALE_WINDOW = 2000       # finite updates before the scale grows (torch GradScaler growth_interval)
@@ -211,25 +211,27 @@ class TrainStep(nn.Cell):
         return model
 
 
-def check_amp_level(amp_level: str) -> None:
-    """Raise a one-line :class:`ConfigError` naming ``train.amp_level`` for a level :func:`build_train_network`
-    cannot apply. MindSpore 2.8 implements O1 by rewriting the model's source (``mindspore.rewrite``), which
-    fails on any device on ms_models' relative imports (and writes ``rewritten_network/`` into the working
-    folder), so O1 is refused before MindSpore is called; O0, O2 and O3 train on CPU too (measured:
-    docs/training_step.md)."""
-    if amp_level == "O1":
-        raise ConfigError("config key 'train.amp_level' is O1, which MindSpore 2.8 applies by rewriting the model's "
-                          "source and cannot for ms_models; use O2 (float16 but batch norm) or O3")
-    if amp_level not in ("O0", "O2", "O3"):
-        raise ConfigError(f"config key 'train.amp_level' must be one of O0, O2, O3, got {amp_level!r}")
+# ``train.amp_level`` -> mindspore.amp level. O1 (the recipes' per-operator float16, torch autocast's analogue) is
+# MindSpore's ``auto``: white-listed operators (convolutions, matmuls) in float16, black-listed ones (softmax,
+# norms, reductions) in float32, per operator. MindSpore 2.8's own ``O1`` applies the same lists by rewriting each
+# cell's source (``mindspore.rewrite``), which fails on ms_models (relative imports; BatchNorm subclasses) and
+# leaves a ``rewritten_network/`` folder in the working directory.
+AMP_LEVELS = {"O0": "O0", "O1": "auto", "O2": "O2", "O3": "O3"}
+
+
+def check_amp_level(amp_level: str) -> str:
+    """The mindspore.amp level of ``train.amp_level`` (:data:`AMP_LEVELS`); a one-line :class:`ConfigError`
+    naming the key otherwise. All four train on CPU too (measured: docs/training_step.md)."""
+    if amp_level not in AMP_LEVELS:
+        raise ConfigError(f"config key 'train.amp_level' must be one of {', '.join(AMP_LEVELS)}, got {amp_level!r}")
+    return AMP_LEVELS[amp_level]
 
 
 def build_train_network(model: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, train_cfg) -> TrainStep:
     """The :class:`TrainStep` of ``train_cfg`` (a ``TrainConfig``): ``amp_level`` applied to ``model`` with
     ``mindspore.amp.auto_mixed_precision`` (float16; checked first, :func:`check_amp_level`),
     then ``grad_clip``, ``accumulate``, ``loss_scale``/``loss_scale_value`` and ``ema_decay``."""
-    check_amp_level(train_cfg.amp_level)
-    network = amp.auto_mixed_precision(model, train_cfg.amp_level)
+    network = amp.auto_mixed_precision(model, check_amp_level(train_cfg.amp_level))
     return TrainStep(network, loss_fn, optimizer, grad_clip=train_cfg.grad_clip, accumulate=train_cfg.accumulate,
                      loss_scale=train_cfg.loss_scale, loss_scale_value=train_cfg.loss_scale_value,
                      ema_decay=train_cfg.ema_decay)

@@ -16,6 +16,8 @@ from ms_models.train.transforms import apply_transforms, create_transforms
 from specs import get_model_cfg
 from specs.errors import DataError
 
+from helpers import write_tree
+
 MODEL_CFG = dataclasses.replace(get_model_cfg("adder_resnet20"), mean=(0.5,) * 3, std=(0.25,) * 3, crop_pct=1.0)
 
 
@@ -186,18 +188,6 @@ def test_plain_train_labels_and_drop_remainder():
 
 
 # --- ImageFolder and bad input --------------------------------------------------------------------------------------
-
-def write_tree(root, layout: dict[str, dict[str, int]], size=(12, 10), fmt="PNG"):
-    rng = np.random.default_rng(0)
-    for split, classes in layout.items():
-        for cls, count in classes.items():
-            folder = root / split / cls
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-                img.save(folder / f"{i}.{'png' if fmt == 'PNG' else 'jpg'}", fmt)
-    return root
-
 
 def test_image_folder_loader(tmp_path):
     root = write_tree(tmp_path, {"train": {"cat": 3, "ant": 5}, "val": {"cat": 2, "ant": 1}})
