@@ -35,12 +35,12 @@ from torch_ref.testing import deterministic_weights
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def train_part(config: str, epochs: int, out: Path, step) -> bool:
+def train_part(config: str, epochs: int | None, out: Path, step) -> bool:
     """Steps 6-8: train in MindSpore GRAPH_MODE, convert the best checkpoint to torch, validate both."""
     from ms_models.train.cli import resolve_config, validate
     from ms_models.train.loop import BEST, train
-    cfg = resolve_config(config, None, [f"train.epochs={epochs}"])
-    step(f"6. train {cfg.model.name} in MindSpore GRAPH_MODE on {cfg.data.dir} ({epochs} epochs, {config})")
+    cfg = resolve_config(config, None, [] if epochs is None else [f"train.epochs={epochs}"])
+    step(f"6. train {cfg.model.name} in MindSpore GRAPH_MODE on {cfg.data.dir} ({cfg.train.epochs} epochs, {config})")
     t0 = time.perf_counter()
     result = train(cfg, out)
     print(f"best val top-1 {result.best_top1:.2f}% (epoch {result.best_epoch + 1}) in {time.perf_counter() - t0:.0f} s; "
@@ -71,7 +71,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="out", help="folder for the checkpoints and ONNX files")
     p.add_argument("--train-config", default=str(ROOT / "configs" / "demo" / "adabin_resnet20_digits.yaml"),
                    help="the recipe of the training part")
-    p.add_argument("--train-epochs", type=int, default=3, help="epochs of the training part (0: skip it)")
+    p.add_argument("--train-epochs", type=int, default=None,
+                   help="epochs of the training part (default: the recipe's; 0: skip it)")
     args = p.parse_args(argv)
     cfg = get_model_cfg(args.model)
     h, w = check_input_size(cfg, args.input_size)
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
         with execution_mode(ms.GRAPH_MODE if fw == "mindspore" else None):
             print(export_onnx(model, out / f"{args.model}_deploy_{fw}.onnx", fw, (h, w)))
 
-    if args.train_epochs:
+    if args.train_epochs != 0:
         ok &= train_part(args.train_config, args.train_epochs, out / "train", step)
 
     print(f"\n{'DEMO OK' if ok else 'DEMO FAILED'}")
