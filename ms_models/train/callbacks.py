@@ -121,6 +121,7 @@ def plot_curves(records: list[dict[str, Any]], path: str | os.PathLike) -> None:
     import matplotlib
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
     epochs = [r["epoch"] + 1 for r in records]
     fig = Figure(figsize=(12, 3.6), layout="constrained")
     loss, lr, acc = fig.subplots(1, 3)
@@ -140,5 +141,6 @@ def plot_curves(records: list[dict[str, Any]], path: str | os.PathLike) -> None:
     acc.legend()
     for ax in (loss, lr, acc):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     with atomic_output(path, ".png") as tmp:
         fig.savefig(tmp, dpi=90)
