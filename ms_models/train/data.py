@@ -79,18 +79,23 @@ class Loader:
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         it = self.dataset.create_tuple_iterator(num_epochs=1, output_numpy=True)
-        while True:
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-            except RuntimeError as exc:
-                # MindSpore re-raises a worker's exception as a RuntimeError holding its traceback(s)
-                found = [m for m in _ERROR.findall(str(exc)) if not m.startswith("Traceback")]
-                if not found:
-                    raise
-                raise DataError(found[-1].strip()) from None
-            yield batch[0], batch[1]
+        try:
+            while True:
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    return
+                except RuntimeError as exc:
+                    # MindSpore re-raises a worker's exception as a RuntimeError holding its traceback(s)
+                    found = [m for m in _ERROR.findall(str(exc)) if not m.startswith("Traceback")]
+                    if not found:
+                        raise
+                    raise DataError(found[-1].strip()) from None
+                yield batch[0], batch[1]
+        finally:
+            # stop the pipeline here: left to the garbage collector, a failed iterator's release can run inside
+            # the next pipeline's forked worker and crash it (seen as a worker segfault on MindSpore 2.8)
+            it.stop()
 
 
 # --- sources ------------------------------------------------------------------------------------------------------
