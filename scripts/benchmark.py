@@ -134,7 +134,7 @@ def bench_train(name: str, batch: int, size: int, repeats: int, warmup: int) -> 
     from ms_models.train.step import build_train_network
     r = np.random.RandomState(0)
     x = r.randn(batch, 3, size, size).astype(np.float32)
-    y = r.randint(0, 1000, batch).astype(np.int64)
+    y = r.randint(0, get_model_cfg(name).num_classes, batch).astype(np.int64)
     row = {"model": name, "batch": batch, "size": size}
     torch.manual_seed(0)
     tm = torch_ref.create_model(name).train()
