@@ -123,20 +123,24 @@ def plot_curves(records: list[dict[str, Any]], path: str | os.PathLike) -> None:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
     epochs = [r["epoch"] + 1 for r in records]
+
+    def line(ax, key, style, label=None):
+        """``key`` by epoch, skipping the epochs without it (null: not validated that epoch)."""
+        points = [(e, r[key]) for e, r in zip(epochs, records) if r.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), style, label=label)
     fig = Figure(figsize=(12, 3.6), layout="constrained")
     loss, lr, acc = fig.subplots(1, 3)
-    loss.plot(epochs, [r["train_loss"] for r in records], "o-", label="train")
-    loss.plot(epochs, [r["val_loss"] for r in records], "s-", label="val")
+    line(loss, "train_loss", "o-", "train")
+    line(loss, "val_loss", "s-", "val")
     loss.set(title="loss", xlabel="epoch")
     loss.legend()
-    lr.plot(epochs, [r["lr"] for r in records], "o-")
+    line(lr, "lr", "o-")
     lr.set(title="learning rate (epoch end)", xlabel="epoch")
     lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-    acc.plot(epochs, [r["val_top1"] for r in records], "o-", label="top-1")
-    acc.plot(epochs, [r["val_top5"] for r in records], "s-", label="top-5")
-    if any("ema_top1" in r for r in records):
-        acc.plot([e for e, r in zip(epochs, records) if "ema_top1" in r],
-                 [r["ema_top1"] for r in records if "ema_top1" in r], "^--", label="EMA top-1")
+    line(acc, "val_top1", "o-", "top-1")
+    line(acc, "val_top5", "s-", "top-5")
+    line(acc, "ema_top1", "^--", "EMA top-1")
     acc.set(title="val accuracy (%)", xlabel="epoch")
     acc.legend()
     for ax in (loss, lr, acc):

@@ -135,7 +135,7 @@ def _run(cfg: Config, output: Path, resume: Path | None, mode: int) -> TrainResu
                                                               num_shards=world, shard_id=rank)
             record = _epoch(cfg, epoch, model, step, data, val_data, lr, state, log)
             state.epoch = epoch + 1
-            best = record["val_top1"] > state.best_top1
+            best = record["val_top1"] is not None and record["val_top1"] > state.best_top1
             if best:
                 state.best_top1, state.best_epoch = record["val_top1"], epoch
             # the record first: a run stopped before the next checkpoint resumes from an earlier one and drops the
@@ -171,12 +171,14 @@ def _epoch(cfg: Config, epoch: int, model, step, data, val_data, lr, state: Trai
         seen += len(images)
         progress.update(loss, rate, len(images))
     speed = progress.images_per_s
-    val = _validate(model, val_data)
-    record = {"epoch": epoch, "lr": rate, "train_loss": total / max(seen, 1), "val_loss": val["loss"],
-              "val_top1": val["top1"], "val_top5": val["top5"], "images_per_s": speed}
+    record = {"epoch": epoch, "lr": rate, "train_loss": total / max(seen, 1), "images_per_s": speed}
+    # validation every train.eval_interval epochs and after the last; the other epochs' val entries are null
+    evaluated = (epoch + 1) % cfg.train.eval_interval == 0 or epoch + 1 == cfg.train.epochs
+    val = _validate(model, val_data) if evaluated else {}
+    record.update(val_loss=val.get("loss"), val_top1=val.get("top1"), val_top5=val.get("top5"))
     if cfg.train.ema_decay is not None:
-        ema = _validate(step.ema_model(), val_data)
-        record.update(ema_top1=ema["top1"], ema_top5=ema["top5"], ema_loss=ema["loss"])
+        ema = _validate(step.ema_model(), val_data) if evaluated else {}
+        record.update(ema_top1=ema.get("top1"), ema_top5=ema.get("top5"), ema_loss=ema.get("loss"))
     if data.bad_images():
         record["bad_images"] = data.bad_images()
         log.info(f"epoch {epoch + 1}: skipped {data.bad_images()} unreadable image(s), e.g. {data.bad_images.files[0]}")
