@@ -48,6 +48,8 @@ def _form_kwargs(model) -> dict:
     out = {"deploy": True} if getattr(model, "deploy", False) else {}
     if getattr(model, "quant_groups", 0):          # a post-training-quantized AdderNet
         out.update(quant_groups=model.quant_groups, quant_bits=model.quant_bits)
+    if getattr(model, "img_size", None) is not None:   # a ViT: its position embedding's grid follows img_size
+        out["img_size"] = model.img_size
     return out
 
 
@@ -63,7 +65,7 @@ def _load_torch_state(model: torch.nn.Module, state: Mapping[str, np.ndarray], n
 
 def load_into_torch(model: torch.nn.Module, path: str | os.PathLike, key: str | None = None) -> torch.nn.Module:
     """Strictly load a checkpoint of either naming into a torch_ref model."""
-    return _load_torch_state(model, read_state(model.pretrained_cfg.name, path, key), _model_name_map(model))
+    return _load_torch_state(model, read_state(model.pretrained_cfg.name, path, key, model), _model_name_map(model))
 
 
 def _load_ms_state(model, state: Mapping[str, np.ndarray], nm: NameMap, source: str = "state"):

@@ -7,6 +7,7 @@ leaves nothing half-written. torch is imported only to read or write a torch fil
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -28,6 +29,9 @@ DROPPED_SUFFIXES = ("total_ops", "total_params")      # thop profiling buffers
 TRAIN_STATE = "train_state."
 EMA = "ema."
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".tar", ".th")   # .th: AdaBin's official model.th
+# The one non-tensor class ``torch.load(weights_only=True)`` may rebuild: timm's ``CheckpointSaver`` stores the
+# training ``args`` (an ``argparse.Namespace`` of plain values) beside ``state_dict`` / ``state_dict_ema``.
+SAFE_GLOBALS = (argparse.Namespace,)
 
 _ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.float64): "F64",
               np.dtype(np.int64): "I64", np.dtype(np.int32): "I32", np.dtype(np.int8): "I8",
@@ -114,12 +118,13 @@ def _load(path: Path, fmt: str):
             import torch
         except ImportError:
             raise CheckpointError(f"{path}: reading a torch file needs torch, which is not installed") from None
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc) and "zip" not in str(exc):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)   # legacy (non-zip) format
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc) and "zip" not in str(exc):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)   # legacy (non-zip) format
     except CheckpointError:
         raise
     except Exception as exc:  # each library raises its own types for a corrupt or foreign file
@@ -152,12 +157,15 @@ def read_checkpoint_raw(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 @contextlib.contextmanager
 def atomic_output(dst: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``dst``; rename it to ``dst`` only if the block finishes."""
+    """Yield a temporary path beside ``dst``; rename it to ``dst`` only if the block finishes (its bytes flushed to
+    disk first, so that ``dst`` is the old file or the whole new one, also after a crash of the machine)."""
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.parent / f".{dst.name}.{os.getpid()}.partial{suffix}"
     try:
         yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, dst)
     finally:
         if tmp.exists():

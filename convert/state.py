@@ -19,12 +19,13 @@ from specs.errors import CheckpointError, KeyMismatchError
 from .io import read_checkpoint
 
 
-def read_state(name: str, path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarray]:
+def read_state(name: str, path: str | os.PathLike, key: str | None = None, model=None) -> dict[str, np.ndarray]:
     """:func:`convert.io.read_checkpoint`, then model ``name``'s ``checkpoint_filter`` (its cfg's rule for the
-    extra entries of official layouts, e.g. :func:`specs.addernet.checkpoint_filter`)."""
+    extra entries of official layouts, e.g. :func:`specs.addernet.checkpoint_filter`, or for fitting the state to
+    ``model``, the model it is read for: :func:`specs.vit.checkpoint_filter` resamples the position embedding)."""
     state = read_checkpoint(path, key)
     rule = get_model_cfg(name).checkpoint_filter
-    return rule(state) if rule else state
+    return rule(state, model) if rule else state
 
 
 def check_keys(state: Mapping[str, np.ndarray], expected: Mapping[str, tuple], optional: Collection[str],
@@ -82,4 +83,4 @@ def load_ms_state(model, state: Mapping[str, np.ndarray], source: str = "state")
 
 def load_into_ms(model, path: str | os.PathLike, key: str | None = None):
     """Strictly load a checkpoint of either naming into an ms_models model (torch only for torch names)."""
-    return load_ms_state(model, read_state(model.pretrained_cfg.name, path, key), str(path))
+    return load_ms_state(model, read_state(model.pretrained_cfg.name, path, key, model), str(path))

@@ -47,8 +47,9 @@ class ModelCfg:
     # functions over {name: ndarray} that ``convert`` and ``ms_models.load_checkpoint`` apply:
     # (state-dict key -> shape) -> model kwargs the checkpoint implies (num_classes, deploy form, ...)
     infer_kwargs: Callable[[Mapping[str, tuple]], dict] | None = field(default=None, compare=False)
-    # every state read for this model passes through it (drops the extra entries of an official layout)
-    checkpoint_filter: Callable[[Mapping[str, Any]], dict[str, Any]] | None = field(default=None, compare=False)
+    # (state, model or None) -> state: every state read for this model passes through it (drops the extra entries
+    # of an official layout; fits it to the model it is loaded into, if any: timm's ``checkpoint_filter_fn``)
+    checkpoint_filter: Callable[[Mapping[str, Any], Any], dict[str, Any]] | None = field(default=None, compare=False)
     # one entry of an official mindspore-ai/models checkpoint -> (our MindSpore name, value); None: not declared
     official_ms_entry: Callable[[str, Any], tuple[str, Any] | None] | None = field(default=None, compare=False)
     # MindSpore parameters without a torch state-dict counterpart (schedule state: torch keeps it as Python
@@ -106,7 +107,7 @@ def check_input_size(cfg: ModelCfg, size: int | Sequence[int]) -> tuple[int, int
 
 
 def _load_families() -> None:
-    from . import adabin, addernet, bimlp, ghostnetv2, vanillanet, vig  # noqa: F401  (each family module registers its cfgs on import)
+    from . import adabin, addernet, bimlp, ghostnetv2, resnet, vanillanet, vig, vit  # noqa: F401  (each family module registers its cfgs on import)
 
 
 class ModelRegistry:

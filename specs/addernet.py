@@ -60,9 +60,10 @@ _ADDERQUANT_EXTRA = (".adder_new", ".scale_para")
 _OPTIMIZER_KEYS = ("learning_rate", "global_step", "momentum")
 
 
-def checkpoint_filter(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def checkpoint_filter(state: Mapping[str, np.ndarray], model=None) -> dict[str, np.ndarray]:
     """A state in the official MindSpore AdderQuant layout with its extra entries dropped (float weights are
-    ``adder``; ``adder_new``/``scale_para`` are only filled by its quantization step); other states unchanged."""
+    ``adder``; ``adder_new``/``scale_para`` are only filled by its quantization step); other states unchanged.
+    The model loaded into plays no part."""
     if not any(k.endswith(".adder_new") for k in state):
         return dict(state)
     return {k: v for k, v in state.items() if not k.endswith(_ADDERQUANT_EXTRA)

@@ -2,7 +2,7 @@
 
 Freshly initialised networks have identity BatchNorm statistics, so BN folding is trivial and deep
 activations vanish; parity on such weights proves little. :func:`deterministic_weights` seeds the official
-initialiser, draws non-trivial BN (and GroupNorm) affine parameters, then re-estimates every BN's running statistics on
+initialiser, draws non-trivial BN (and GroupNorm, LayerNorm) affine parameters, then re-estimates every BN's running statistics on
 seeded random images, so each layer's output has a realistic scale.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ def deterministic_weights(model: nn.Module, seed: int = 0, input_size: int = 64,
                           batch_size: int = 4) -> nn.Module:
     g = torch.Generator().manual_seed(seed)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    norms = bns + [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    norms = bns + [m for m in model.modules() if isinstance(m, (nn.GroupNorm, nn.LayerNorm))]
     for m in model.modules():
         for p in m.parameters(recurse=False):
             if m in norms:

@@ -42,8 +42,8 @@ def layerwise_mode(model: nn.Cell, export: bool = False):
     """Inside the block ``model`` runs cell by cell on MindSpore's native ops: compiled custom kernels are
     replaced by native ops and conv + BN pairs are not folded (:class:`~ms_models.layers.ConvBn`), so every
     conv and BN cell runs and its forward hooks fire (the parity tool compares layer by layer this way). ``export``
-    also takes adaptive pools as static slices: only ops MindSpore's ONNX exporter can write
-    (:func:`export_mode`). The compiled graph is refreshed on entry and on exit."""
+    also switches the cells with a ``for_export`` form to it (adaptive pools as static slices, GELU without
+    ``Erf``): only ops MindSpore's ONNX exporter can write (:func:`export_mode`). The compiled graph is refreshed on entry and on exit."""
     cells = [cell for _, cell in model.cells_and_names()]
     kernels = [(cell, cell.fused) for cell in cells if getattr(cell, "fused", None) is not None]
     folds = [cell for cell in cells if getattr(cell, "fold", False)]
@@ -68,6 +68,6 @@ def layerwise_mode(model: nn.Cell, export: bool = False):
 
 
 def export_mode(model: nn.Cell):
-    """:func:`layerwise_mode` for MindSpore's ONNX exporter: native ops only, adaptive pools as static slices."""
+    """:func:`layerwise_mode` for MindSpore's ONNX exporter: native ops only, the cells' export forms."""
     return layerwise_mode(model, export=True)
 

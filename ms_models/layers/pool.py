@@ -1,4 +1,5 @@
-"""Global average and adaptive max pooling that run fast and export to ONNX (mirrors ``torch_ref/layers/pool.py``)."""
+"""Global average, adaptive max and padded max pooling that run fast and export to ONNX (mirrors
+``torch_ref/layers/pool.py``)."""
 from __future__ import annotations
 
 from mindspore import nn, ops
@@ -51,3 +52,29 @@ class AdaptiveMaxPool2d(nn.Cell):
             cols = cols + (x[:, :, :, a:b].max(axis=3, keepdims=True),)
         return ops.concat(cols, 3)
 
+
+
+class MaxPool2d(nn.Cell):
+    """PyTorch's ``nn.MaxPool2d(kernel_size, stride, padding)`` (implicit -inf padding on all sides).
+
+    Runs MindSpore's padded max pool (``pad_mode='pad'``); under :func:`export_mode` -inf rows and columns
+    concatenated around the input and an unpadded pool, because MindSpore's ONNX exporter can write neither the
+    padded pool (``MaxPool3DWithArgmax``) nor ``ops.pad`` (``PadV3``).
+    """
+
+    def __init__(self, kernel_size: int, stride: int, padding: int):
+        super().__init__()
+        self.padding = padding
+        self.pool = nn.MaxPool2d(kernel_size, stride, pad_mode="pad", padding=padding)
+        self.unpadded = nn.MaxPool2d(kernel_size, stride, pad_mode="valid")
+        self.for_export = False
+
+    def construct(self, x):
+        if not self.for_export:
+            return self.pool(x)
+        n, c, h, w = x.shape
+        p = self.padding
+        rows = ops.full((n, c, p, w), float("-inf"), dtype=x.dtype)
+        x = ops.concat((rows, x, rows), 2)
+        cols = ops.full((n, c, h + 2 * p, p), float("-inf"), dtype=x.dtype)
+        return self.unpadded(ops.concat((cols, x, cols), 3))

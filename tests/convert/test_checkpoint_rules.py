@@ -16,7 +16,7 @@ from specs.errors import CheckpointError
 
 # one small model per family (the rules are per family; building every variant's name map takes a minute)
 ONE_PER_FAMILY = ("vanillanet_5", "ghostnetv2_100", "vig_ti_224_gelu", "pvig_ti_224_gelu", "adabin_resnet20_cifar",
-                  "bimlp_s", "adder_resnet20")
+                  "bimlp_s", "adder_resnet20", "vit_tiny_patch16_224", "resnet18")
 
 
 def test_one_model_of_every_family_is_checked():

@@ -54,13 +54,25 @@ def _filled(model):
     return model
 
 
+def _features_shape(model) -> tuple[int, ...]:
+    """A small shape of ``model``'s ``forward_features`` output: (2, C, 2, 2), or (2, 5, C) tokens for models
+    whose ``output_fmt`` is 'NLC' (timm's transformers)."""
+    nlc = getattr(model, "output_fmt", "NCHW") == "NLC"
+    return (2, 5, model.num_features) if nlc else (2, model.num_features, 2, 2)
+
+
+def _channels(model, shape: tuple) -> int:
+    """The channel width of a ``forward_features`` output of ``shape`` (the last axis of 'NLC' tokens)."""
+    return shape[-1] if getattr(model, "output_fmt", "NCHW") == "NLC" else shape[1]
+
+
 def _head_params(model: torch.nn.Module) -> set[str]:
     """Names of the parameters of the modules ``forward_head`` runs (forward hooks; on the meta device, on
     pooled-size features: every family's head pools globally)."""
     ran: set[str] = set()
     handles = [m.register_forward_hook(lambda mod, i, o, n=n: ran.add(n)) for n, m in model.named_modules() if n]
     try:
-        model.forward_head(torch.empty(2, model.num_features, 2, 2))
+        model.forward_head(torch.empty(_features_shape(model)))
     finally:
         for h in handles:
             h.remove()
@@ -109,7 +121,8 @@ def test_weight_decay_groups_and_epoch_hook(name):
 
 @pytest.mark.parametrize("name", LIGHT)
 def test_torch_feature_api(name):
-    """Features ``(B, num_features, h, w)``, pre-logits ``(B, num_features)`` (timm's ``head_hidden_size`` where
+    """Features ``(B, num_features, h, w)`` (tokens ``(B, L, num_features)`` for 'NLC' models), pre-logits
+    ``(B, num_features)`` (timm's ``head_hidden_size`` where
     the head has a hidden layer: GhostNetV2's 1280-d ``conv_head``), logits; ``reset_classifier(7)`` then
     ``(0)`` change the head's output to 7 and to the removed classifier's input width; ``set_epoch`` of the
     families without a schedule leaves every tensor of the model unchanged. (The whole ``model(x)`` runs in
@@ -122,7 +135,7 @@ def test_torch_feature_api(name):
         pre = model.forward_head(feats, pre_logits=True)
     assert out.shape == (2, model.pretrained_cfg.num_classes)
     assert torch.isfinite(out).all()
-    assert feats.shape[:2] == (2, model.num_features)
+    assert feats.shape[0] == 2 and _channels(model, feats.shape) == model.num_features
     assert pre.shape == (2, getattr(model, "head_hidden_size", model.num_features))
     headless = _headless_width(name, {k: tuple(v.shape) for k, v in model.state_dict().items()})
     with torch.no_grad():
@@ -148,7 +161,7 @@ def test_mindspore_feature_api(name, pynative_mode):
     mm = ms_twin(tm)
     mm.set_train(False)
     feats = mm.forward_features(ms.Tensor(x))
-    assert feats.shape == t_feats.shape and feats.shape[1] == mm.num_features
+    assert feats.shape == t_feats.shape and _channels(mm, feats.shape) == mm.num_features
     pre = mm.forward_head(feats, pre_logits=True)
     assert pre.shape == t_pre.shape and np.isfinite(pre.asnumpy()).all()
 
@@ -160,7 +173,7 @@ def test_mindspore_reset_classifier_pynative(name, pynative_mode):
         mm = ms_models.create_model(name)
     _filled(mm).set_train(False)
     headless = _headless_width(name, {n: p.shape for n, p in mm.parameters_and_names()})
-    feats = ms.Tensor(np.ones((2, mm.num_features, 2, 2), np.float32))
+    feats = ms.Tensor(np.ones(_features_shape(mm), np.float32))
     pre = mm.forward_head(feats, pre_logits=True).shape
     assert mm.forward_head(feats).shape == (2, mm.pretrained_cfg.num_classes)
     mm.reset_classifier(7)
@@ -179,6 +192,8 @@ GRAPH_CASES = {
     "adabin": ("adabin_resnet20_cifar", dict(layers=(1, 1, 1))),
     "addernet": ("adder_resnet20", dict(layers=(1, 1, 1))),
     "bimlp": ("bimlp_s", dict(layers=(1, 1, 1, 1))),
+    "resnet": ("resnet18", dict(layers=(1, 1, 1, 1))),
+    "vit": ("vit_tiny_patch16_224", dict(depth=2)),
 }
 
 
