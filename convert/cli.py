@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict
 from typing import Sequence
 
-from specs.errors import KeyMismatchError, ZooError
+from specs.errors import ConfigError, KeyMismatchError, ZooError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,8 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True)
     s.add_argument("--checkpoint", default=None, help="default: deterministic test weights")
     s.add_argument("--input-size", type=int, default=None)
-    s.add_argument("--batch", type=int, default=2)
-    s.add_argument("--tol", type=float, default=None, help="max error relative to each layer's output scale")
+    s.add_argument("--batch", type=int, default=None, help="images per batch (default 2; 4 with --train-steps)")
+    s.add_argument("--tol", type=float, default=None, help="max error relative to each layer's output scale "
+                   "(with --train-steps: the floor of the per-tensor bound)")
     s.add_argument("--deploy", action="store_true")
     s.add_argument("--graph", choices=("shared", "free"), default="shared",
                    help="graph models (ViG): feed torch's neighbour indices to MindSpore (shared) or not (free)")
@@ -53,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
                         "not (free); flips are counted and classified in both")
     s.add_argument("--float64", action="store_true",
                    help="float64 mode: torch f64 vs its float32 graph, MindSpore f64 where its kernels allow")
+    s.add_argument("--train-steps", type=int, default=None, metavar="K",
+                   help="training parity: K updates of the engine's train step (MindSpore GRAPH_MODE) against "
+                        "torch.optim, per step the losses and the tensor with the largest relative difference")
+    s.add_argument("--optimizer", choices=("sgd", "adamw"), action="append", default=None,
+                   help="with --train-steps: the optimizer to compare (repeatable; default: both)")
     s.add_argument("--json", action="store_true")
     s = sub.add_parser("quantize", help="AdderNet post-training quantization (arXiv 2212.10200)")
     s.add_argument("--model", required=True)
@@ -98,15 +104,36 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {out} ({args.bits}-bit, {args.groups} groups, {args.framework}) in "
               f"{time.perf_counter() - t0:.2f} s")
         return 0
+    if args.train_steps is not None:
+        return _train_parity(args)
+    if args.optimizer:
+        raise ConfigError("--optimizer goes with --train-steps")
     from .parity import DEFAULT_TOL, F64_TOL, float64_check, run_parity
     if args.float64:
-        report = float64_check(args.model, args.checkpoint, args.input_size, args.batch, tol=args.tol or F64_TOL)
+        report = float64_check(args.model, args.checkpoint, args.input_size, args.batch or 2, tol=args.tol or F64_TOL)
         print(json.dumps(asdict(report) | {"ok": report.ok}, indent=1) if args.json else report.table())
         return 0 if report.ok else 1
-    report = run_parity(args.model, args.checkpoint, args.input_size, args.batch, args.tol or DEFAULT_TOL,
+    report = run_parity(args.model, args.checkpoint, args.input_size, args.batch or 2, args.tol or DEFAULT_TOL,
                         deploy=args.deploy, graph_mode=args.graph, steps=args.steps)
     print(report.to_json() if args.json else report.table())
     return 0 if report.ok else 1
+
+
+def _train_parity(args: argparse.Namespace) -> int:
+    """``parity --train-steps K``: one table per optimizer (:mod:`convert.train_parity`); 1 if any fails."""
+    if args.deploy or args.float64:
+        raise ConfigError("--train-steps compares the train form in float32: drop --deploy and --float64")
+    if args.train_steps < 1:
+        raise ConfigError(f"--train-steps must be at least 1, got {args.train_steps}")
+    from .train_parity import TRAIN_TOL, run_train_parity
+    ok = True
+    for optimizer in args.optimizer or ("sgd", "adamw"):
+        report = run_train_parity(args.model, optimizer, args.train_steps, args.checkpoint, args.input_size,
+                                  args.batch or 4, tol=args.tol or TRAIN_TOL, graph=args.graph,
+                                  shared_steps=args.steps)
+        print(report.to_json() if args.json else report.table(), flush=True)
+        ok = ok and report.ok
+    return 0 if ok else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
-from .errors import InputSizeError, UnknownModelError
+from .errors import ConfigError, InputSizeError, UnknownModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -135,6 +136,18 @@ class ModelRegistry:
             raise _unknown(name, list(self._classes))
         return self._classes[name]
 
+    def check_kwargs(self, name: str, kwargs: Mapping[str, Any]) -> None:
+        """A constructor argument ``name``'s class does not take is a one-line :class:`ConfigError` naming it
+        (with close matches), not a ``TypeError`` from inside the constructor."""
+        params = inspect.signature(self.model_class(name)).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return
+        for key in kwargs:
+            if key not in params:
+                close = difflib.get_close_matches(key, list(params), n=3)
+                hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+                raise ConfigError(f"model {name!r} takes no argument {key!r}{hint}")
+
     def build(self, name: str, num_classes: int | None = None, **kwargs: Any):
         """Instantiate ``name`` with the cfg's architecture; kwargs override it (``deploy=True``, ...).
         ``num_classes`` defaults to the cfg's (1000 for ImageNet models, 10 for CIFAR ones)."""
@@ -143,6 +156,7 @@ class ModelRegistry:
         cfg = get_model_cfg(name)
         num_classes = cfg.num_classes if num_classes is None else num_classes
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        self.check_kwargs(name, kwargs)
         model = self._classes[name](**{**cfg.arch, **kwargs}, num_classes=num_classes)
         model.pretrained_cfg = replace(cfg, num_classes=num_classes)
         return model

@@ -32,6 +32,11 @@ class DataError(ZooError, ValueError):
     classes unknown to train, a class count that disagrees with the model, an unreadable image (named)."""
 
 
+class NonFiniteError(ZooError, FloatingPointError):
+    """A training step whose loss or gradients are not finite (the message names the step), in a run that stops
+    on one (``train.skip_nonfinite`` false)."""
+
+
 def _preview(names: Iterable[str], limit: int = 5) -> str:
     names = sorted(names)
     more = f" (+{len(names) - limit} more)" if len(names) > limit else ""

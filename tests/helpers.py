@@ -10,6 +10,11 @@ import torch
 import mindspore as ms
 import torch_ref
 from convert.parity import SharedSteps
+# the shared gradient decisions live with the training parity (which shares them at every step); the tests import
+# them from here: MAX_FLIPS (share of step outputs / kink inputs allowed to be forced), NEAR_TIE (a forced kink
+# input's distance from the kink, relative to the layer's input scale)
+from convert.train_parity import (MAX_FLIPS, NEAR_TIE, SharedKinks, kink_layers, record_kink_inputs,  # noqa: F401
+                                  separate_rows, separated_graph)
 from torch_ref.testing import deterministic_weights
 
 ROOT = Path(__file__).resolve().parents[1]     # the project checkout
@@ -140,66 +145,6 @@ def ms_train_output(cell, x: np.ndarray) -> np.ndarray:
     return cell(ms.Tensor(x)).asnumpy()
 
 
-def separated_graph(model: torch.nn.Module, x: np.ndarray, margin: float) -> list[torch.Tensor]:
-    """The neighbour indices a ViG ``model`` computes on ``x`` (like ``graph_indices``), with no near-tied
-    max-relative maximum.
-
-    A max-relative graph conv takes, per node and channel, the largest of its neighbours' key values; where
-    the two largest are closer than float32 rounding, frameworks (or two valid torch kernels) pick different
-    neighbours and the gradient routed back jumps by percents (``test_registry``' gradient test). Here every
-    node whose two largest neighbour keys in some channel differ by less than ``margin`` times the largest key
-    magnitude of that Grapher gets the runner-up replaced by other key nodes until every channel of its row is
-    separated; later Graphers compute their kNN on features produced with the edited earlier rows. Any index
-    tensor is a valid shared graph; this one makes every maximum unambiguous.
-    """
-    from torch_ref.models.vig import DilatedKnnGraph
-    edited: list[torch.Tensor] = []
-
-    def hook(_module, args, idx):
-        keys = args[1].numpy()                                     # (B, C, M)
-        tol = margin * np.abs(keys).max()
-        edited.append(torch.from_numpy(np.stack([separate_rows(i, k.T, tol) for i, k in zip(idx.numpy(), keys)])))
-        return edited[-1]
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, DilatedKnnGraph)]
-    try:
-        with torch.no_grad():
-            model.forward_features(torch.from_numpy(x))
-    finally:
-        for h in handles:
-            h.remove()
-    return edited
-
-
-def _gaps(keys: np.ndarray, row: np.ndarray) -> np.ndarray:
-    """Per channel: largest minus second-largest key value among the neighbours ``row``."""
-    top = np.sort(keys[row], axis=0)
-    return top[-1] - top[-2]
-
-
-def separate_rows(idx: np.ndarray, keys: np.ndarray, tol: float) -> np.ndarray:
-    """``idx`` (N, k) neighbour rows into ``keys`` (M, C): in every row with near ties, the runner-up of the
-    closest one is replaced by the first other key node that leaves fewer near-tied channels, until none."""
-    idx = idx.copy()
-    top = np.sort(keys[idx], axis=1)                               # (N, k, C)
-    for n in np.flatnonzero((top[:, -1] - top[:, -2]).min(axis=1) < tol):
-        row = idx[n]
-        gaps = _gaps(keys, row)
-        while gaps.min() < tol:
-            second = int(np.argsort(keys[row, gaps.argmin()])[-2])
-            for cand in np.setdiff1d(np.arange(len(keys)), row):
-                trial = row.copy()
-                trial[second] = cand
-                trial_gaps = _gaps(keys, trial)
-                if (trial_gaps < tol).sum() < (gaps < tol).sum():
-                    row, gaps = trial, trial_gaps
-                    break
-            else:
-                raise AssertionError(f"no replacement separates node {n}'s neighbour maxima by {tol:.1e}")
-        idx[n] = row
-    return idx
-
-
 class ProjectedSum(ms.nn.Cell):
     """``sum(net(*inputs) * proj)``: a fixed vector-Jacobian product of ``net``'s output (a cell, a primitive or
     a custom op), as a cell (GRAPH_MODE cannot differentiate a lambda); ``net``'s parameters keep their names.
@@ -237,12 +182,6 @@ def adam_losses(model, x: np.ndarray, y: np.ndarray, steps: int, lr: float) -> l
     return [float(step(ms.Tensor(x), ms.Tensor(y.astype(np.int32))).asnumpy()) for _ in range(steps)]
 
 
-# Fraction of a model's step outputs allowed to flip: a float32 near tie (|x - threshold| below the ~1e-5
-# rounding difference of the layer input) hits about 1 element in 1e5 at the test sizes; a wrong threshold,
-# scale or rounding rule flips a large share of the elements (e.g. sign vs round-to-{-1,0,1}: ~1/3).
-MAX_FLIPS = 1e-4
-
-
 def record_steps(torch_model, run) -> dict[str, np.ndarray]:
     """Outputs of ``torch_model``'s step layers while ``run()`` runs (the parity tool's
     :class:`convert.parity.SharedSteps`, which also forces them: the tests share the binarisation like the tool)."""
@@ -253,128 +192,6 @@ def record_steps(torch_model, run) -> dict[str, np.ndarray]:
     finally:
         steps.remove()
     return steps.outputs
-
-
-# A shared kink decision must be a float32 near tie: the reference input lies within this fraction of the
-# layer's input scale (max |input|) of the kink (float32 forward rounding moves inputs by ~1e-6 of it).
-NEAR_TIE = 1e-5
-
-
-def kink_layers(model) -> list[tuple[str, object, tuple[float, ...]]]:
-    """(name, layer, kinks) of the layers of a torch module or MindSpore cell that declare ``kinks``: the inputs
-    where their gradient steps (BiMLP's quantiser clip at +-1, and its value steps; PReLU's and AdaBin's
-    Maxout's slope change at 0)."""
-    items = model.cells_and_names() if isinstance(model, ms.nn.Cell) else model.named_modules()
-    return [(n, m, m.kinks) for n, m in items if getattr(m, "kinks", None)]
-
-
-def record_kink_inputs(torch_model: torch.nn.Module, run) -> dict[str, np.ndarray]:
-    """Inputs of ``torch_model``'s kink layers (float32 copies) while ``run()`` runs."""
-    ins: dict[str, np.ndarray] = {}
-    handles = [m.register_forward_pre_hook(lambda _m, a, n=n: ins.__setitem__(n, a[0].detach().float().numpy()))
-               for n, m, _ in kink_layers(torch_model)]
-    try:
-        run()
-    finally:
-        for h in handles:
-            h.remove()
-    return ins
-
-
-def _other_side(x, ref, kinks):
-    """Elements of ``x`` on another side of some kink than ``ref`` (numpy, torch or MindSpore tensors)."""
-    differ = (x > kinks[0]) != (ref > kinks[0])
-    for k in kinks[1:]:
-        differ = differ | ((x > k) != (ref > k))
-    return differ
-
-
-class _KinkInput(ms.nn.Cell):
-    """A MindSpore kink layer whose input takes ``ref`` where it lies on another side of a kink (identity
-    gradient); its own input is kept in ``seen`` (an assignment, which GRAPH_MODE keeps too)."""
-
-    def __init__(self, layer: ms.nn.Cell, ref: np.ndarray, kinks: tuple[float, ...]):
-        super().__init__()
-        self.layer, self.kinks = layer, kinks
-        self.ref = ms.Parameter(ms.Tensor(ref), requires_grad=False)
-        self.seen = ms.Parameter(ms.Tensor(np.zeros_like(ref)), requires_grad=False)
-
-    def construct(self, x):
-        ms.ops.assign(self.seen, x)
-        return self.layer(x + ms.ops.stop_gradient(ms.ops.select(_other_side(x, self.ref, self.kinks), self.ref, x) - x))
-
-
-class SharedKinks:
-    """Shared gradient decisions, the companion of :class:`convert.parity.SharedSteps` (which shares step
-    *outputs*): where an input lies within float32 rounding of a kink, the two frameworks pick different slopes
-    and a gradient moves by percents. ``force(model, inputs)`` makes every kink layer of a torch module or
-    MindSpore cell (PyNative or GRAPH_MODE; MindSpore layers are wrapped, since MindSpore runs no forward hook
-    on a cell with a custom ``bprop``) take the reference input ``inputs[name]`` where its own lies on another
-    side of a kink; the forward value moves by that rounding only. ``flipped`` / ``worst``: how many elements
-    were forced in the forced models' last runs, and the largest distance of their reference input from the
-    kink relative to the layer's input scale. ``remove()`` undoes ``force`` and keeps the counts."""
-
-    def __init__(self):
-        self._seen: list[tuple[np.ndarray, np.ndarray, tuple]] = []      # (own input, reference, kinks)
-        self._wrapped: list[tuple[ms.nn.Cell, str, ms.nn.Cell, _KinkInput]] = []
-        self._handles: list = []
-
-    def force(self, model, inputs: dict[str, np.ndarray]) -> None:
-        if not isinstance(model, ms.nn.Cell):
-            for name, layer, kinks in kink_layers(model):
-                if name not in inputs:      # did not run in the reference (AdaBin ImageNet's unused Maxout)
-                    continue
-
-                def hook(_m, args, ref=inputs[name], kinks=kinks):
-                    x, r = args[0], torch.from_numpy(ref).to(args[0].dtype)
-                    self._seen.append((x.detach().double().numpy(), ref, kinks))
-                    return (x + (torch.where(_other_side(x, r, kinks), r, x) - x).detach(), *args[1:])
-                self._handles.append(layer.register_forward_pre_hook(hook))
-            return
-        cells = dict(model.cells_and_names())
-        for name, layer, kinks in kink_layers(model):
-            if name not in inputs:
-                continue
-            parent, _, child = name.rpartition(".")
-            names = {id(p): p.name for p in layer.get_parameters()}
-            wrapper = _KinkInput(layer, inputs[name], kinks)
-            setattr(cells[parent], child, wrapper)
-            for p in layer.get_parameters():        # the wrapper must not rename the layer's parameters
-                p.name = names[id(p)]
-            wrapper.ref.name, wrapper.seen.name = name + ".kink_ref", name + ".kink_seen"
-            self._wrapped.append((cells[parent], child, layer, wrapper))
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        for parent, child, layer, wrapper in self._wrapped:
-            self._seen.append((wrapper.seen.asnumpy().astype(np.float64), wrapper.ref.asnumpy(), wrapper.kinks))
-            names = {id(p): p.name for p in layer.get_parameters()}
-            setattr(parent, child, layer)
-            for p in layer.get_parameters():
-                p.name = names[id(p)]
-        self._wrapped, self._handles = [], []
-
-    def _distances(self) -> list[np.ndarray]:
-        out = []
-        for own, ref, kinks in self._seen:
-            ref = ref.astype(np.float64)
-            forced = _other_side(own, ref, kinks)
-            dist = np.min([np.abs(ref[forced] - k) for k in kinks], axis=0) if forced.any() else np.zeros(0)
-            out.append(dist / max(np.abs(ref).max(), 1e-12))
-        return out
-
-    @property
-    def flipped(self) -> int:
-        return sum(d.size for d in self._distances())
-
-    @property
-    def total(self) -> int:
-        return sum(ref.size for _, ref, _ in self._seen)
-
-    @property
-    def worst(self) -> float:
-        return max((float(d.max()) for d in self._distances() if d.size), default=0.0)
 
 
 def pad_hw(x: np.ndarray, p: int) -> np.ndarray:

@@ -79,15 +79,17 @@ class ConvBn(nn.SequentialCell):
             act = cells[i + 2] if i + 2 < len(cells) and not isinstance(cells[i + 2], nn.Conv2d) else None
             if conv.group == conv.in_channels == conv.out_channels > 1 and conv.dilation == (1, 1):
                 ConvBn.with_kernel(conv)
-            groups.append((conv, bn, act))
+            groups.append((i, act is not None))
             i += 2 if act is None else 3
-        self._groups = tuple(groups)
+        self._groups = tuple(groups)       # (index of the conv, whether an activation follows the BN)
 
     def construct(self, x):
-        for conv, bn, act in self._groups:
-            x = ConvBn.forward_pair(conv, bn, x)
-            if act is not None:
-                x = act(x)
+        # the children are looked up at each call (not held since __init__), so a child replaced through
+        # ``self[i] = cell`` (the train parity's kink wrappers) is the one that runs
+        for i, has_act in self._groups:
+            x = ConvBn.forward_pair(self.cell_list[i], self.cell_list[i + 1], x)
+            if has_act:
+                x = self.cell_list[i + 2](x)
         return x
 
     @staticmethod

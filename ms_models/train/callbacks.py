@@ -76,22 +76,25 @@ class RunLog:
             with open(tmp, "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(r) + "\n" for r in self.records)
 
-    def progress(self, batches: Iterable, total: int, epoch: int, epochs: int, log_interval: int) -> "Progress":
-        return Progress(self, batches, total, f"epoch {epoch + 1}/{epochs}", log_interval)
+    def progress(self, batches: Iterable, total: int, epoch: int, epochs: int, log_interval: int,
+                 done: int = 0) -> "Progress":
+        return Progress(self, batches, total, f"epoch {epoch + 1}/{epochs}", log_interval, done)
 
 
 class Progress:
-    """Iterates ``batches``; :meth:`update` reports a step's loss, lr and batch size (bar or log lines)."""
+    """Iterates ``batches`` (the steps after ``done`` of ``total``: a resumed epoch); :meth:`update` reports a
+    step's loss, lr and batch size (bar or log lines)."""
 
-    def __init__(self, log: RunLog, batches: Iterable, total: int, desc: str, log_interval: int):
+    def __init__(self, log: RunLog, batches: Iterable, total: int, desc: str, log_interval: int, done: int = 0):
         self.log, self.batches, self.total, self.desc = log, batches, total, desc
         self.interval = log_interval
         terminal = log.enabled and sys.stdout.isatty()
-        self.bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, leave=False,
+        self.bar = tqdm(total=total, initial=done, desc=desc, unit="step", dynamic_ncols=True, leave=False,
                         disable=not terminal)
         self.start = time.perf_counter()
         self.images = 0
-        self.steps = 0
+        self.done = done
+        self.steps = done
 
     def __iter__(self) -> Iterator:
         try:
@@ -107,7 +110,7 @@ class Progress:
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", img_s=f"{speed:.1f}", refresh=False)
             self.bar.update()
         elif self.steps % self.interval == 0 or self.steps == self.total:
-            left = (self.total - self.steps) * (time.perf_counter() - self.start) / self.steps
+            left = (self.total - self.steps) * (time.perf_counter() - self.start) / (self.steps - self.done)
             self.log.info(f"{self.desc} step {self.steps}/{self.total} loss {loss:.4f} lr {lr:.3g} "
                           f"{speed:.1f} img/s eta {left:.0f}s")
 

@@ -1,10 +1,13 @@
 """The command lines of ``scripts/train.py`` and ``scripts/validate.py`` (thin wrappers over :func:`.loop.train`
 and :func:`validate`). Bad input prints one ``error: ...`` line: exit 2 for a bad config or override (nothing
-started), exit 1 for other bad input (data, checkpoint)."""
+started), exit 1 for other bad input (data, checkpoint) and for a run stopped by a non-finite loss; an interrupted
+run (Ctrl-C: 130, SIGTERM: 143) says where its last checkpoint is. Under ``msrun`` the same command line trains data
+parallel (:mod:`.distributed`)."""
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -47,6 +50,14 @@ def _use_device(target: str) -> None:
                           f"({first}); set train.device_target=CPU to train here") from None
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler stopping the run) taken as an interrupt, so files being written are cleaned up."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
 def train_main(argv: Sequence[str] | None = None) -> int:
     args = _train_parser().parse_args(argv)
     try:
@@ -62,16 +73,21 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from .distributed import init_process_group
+    init_process_group()      # under msrun: before any Tensor exists (HCCL); the scheduler process stays in it
     from .loop import train
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         result = train(cfg, output, resume=args.resume)
     except ZooError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"interrupted: {output} holds the last complete checkpoint (resume with --resume auto)",
               file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, _Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(json.dumps({"output": str(result.output), "best_top1": result.best_top1,
                       "best_epoch": result.best_epoch + 1}))
     return 0

@@ -100,6 +100,8 @@ class OptimizerConfig:
     betas: tuple[float, float] = (0.9, 0.999)   # adamw, lamb
     alpha: float = 0.9                       # rmsprop squared-gradient decay (TF style, timm's rmsproptf)
     layer_decay: float | None = None         # layer-wise lr decay through model.group_matcher()
+    filter_bias_and_bn: bool = True          # timm's rule: no weight decay for ndim <= 1 and no_weight_decay();
+                                             # false: decay on every parameter (torch.optim over model.parameters())
 
 
 @dataclass
@@ -135,6 +137,9 @@ class TrainConfig:
     log_interval: int = 50                   # steps between log lines
     eval_interval: int = 1                   # epochs between validations
     save_interval: int = 1                   # epochs between last.ckpt writes
+    save_every_steps: int = 0                # also write last.ckpt every N batches (mid-epoch resume); 0: off
+    skip_nonfinite: bool = False             # skip (and count) an update with a non-finite loss or gradients
+                                             # instead of stopping the run
 
 
 @dataclass
@@ -285,6 +290,11 @@ def validate(cfg: Config) -> Config:
         model_cfg = get_model_cfg(m.name)
     except UnknownModelError as exc:
         raise UnknownModelError(f"config key 'model.name': {exc}") from None
+    from .. import registry         # the MindSpore classes (importing the package registered them)
+    try:
+        registry.check_kwargs(m.name, m.kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"config key 'model.kwargs': {exc}") from None
     positive = {"model.num_classes": m.num_classes, "data.image_size": d.image_size,
                 "data.batch_size": d.batch_size, "data.val_batch_size": d.val_batch_size or 1,
                 "data.recount": d.recount, "optimizer.lr": o.lr, "optimizer.lr_base_size": o.lr_base_size or 1,
@@ -299,7 +309,7 @@ def validate(cfg: Config) -> Config:
                     "optimizer.weight_decay": o.weight_decay, "optimizer.eps": o.eps,
                     "schedule.warmup_epochs": s.warmup_epochs, "schedule.warmup_lr": s.warmup_lr,
                     "schedule.min_lr": s.min_lr, "schedule.cooldown_epochs": s.cooldown_epochs,
-                    "schedule.decay_rate": s.decay_rate}
+                    "schedule.decay_rate": s.decay_rate, "train.save_every_steps": t.save_every_steps}
     for key, value in non_negative.items():
         _check(value >= 0, key, ">= 0", value)
     unit = {"data.hflip": d.hflip, "data.reprob": d.reprob, "data.mixup_prob": d.mixup_prob,

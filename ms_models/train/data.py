@@ -15,6 +15,10 @@ Order and augmentation are a function of ``(cfg.seed, epoch, shard)`` only, what
 - every sample carries a seed drawn from ``(seed, epoch, position in the epoch)``; the random transforms draw from a
   generator seeded by it (:func:`~.transforms.apply_transforms`), Mixup from one seeded by the batch's seeds.
 
+So a loader started ``start`` rows into its shard's epoch (``create_loader(..., start=k)``: resuming mid-epoch) yields
+exactly the batches the whole epoch yields after those rows, with the same augmentation; :attr:`Loader.consumed`
+counts the rows behind the batches yielded so far (unreadable images skipped included), the position to resume at.
+
 The global ``mindspore.dataset`` seed is neither read nor changed.
 """
 from __future__ import annotations
@@ -66,16 +70,18 @@ class BadImages:
 
 @dataclass
 class Loader:
-    """One epoch of one shard. ``dataset`` yields ``(images float32 (B,3,S,S), targets)`` from
-    ``create_tuple_iterator(num_epochs=1, output_numpy=True)``; iterating the loader itself does the same and turns
-    an error raised inside the pipeline (an unreadable image) back into a one-line :class:`DataError`."""
+    """One epoch of one shard. ``dataset`` yields ``(images float32 (B,3,S,S), targets, positions)`` from
+    ``create_tuple_iterator(num_epochs=1, output_numpy=True)``; iterating the loader itself yields
+    ``(images, targets)``, keeps :attr:`consumed` and turns an error raised inside the pipeline (an unreadable
+    image) back into a one-line :class:`DataError`."""
 
-    dataset: ds.Dataset
+    dataset: ds.Dataset              # yields (images, targets, positions in the shard's epoch order)
     num_samples: int                 # images in this shard this epoch (before skipping unreadable ones)
-    steps: int                       # batches per epoch (train: full batches only)
+    steps: int                       # batches of this loader (train: full batches only; after ``start``)
     classes: list[str]
     bad_images: BadImages = field(default_factory=lambda: BadImages([]))
     indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))   # source images, in order
+    consumed: int = 0                # rows of ``indices`` behind the batches yielded so far (``start`` at first)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         it = self.dataset.create_tuple_iterator(num_epochs=1, output_numpy=True)
@@ -91,6 +97,7 @@ class Loader:
                     if not found:
                         raise
                     raise DataError(found[-1].strip()) from None
+                self.consumed = int(batch[2][-1]) + 1
                 yield batch[0], batch[1]
         finally:
             # stop the pipeline here: left to the garbage collector, a failed iterator's release can run inside
@@ -222,17 +229,18 @@ def epoch_order(num_images: int, *, seed: int, epoch: int, training: bool, repea
 # --- the pipeline ---------------------------------------------------------------------------------------------------
 
 class _Rows:
-    """GeneratorDataset source: (image index, label, sample seed) of this shard in order."""
+    """GeneratorDataset source: (image index, label, sample seed, position) of this shard in order, from ``start``."""
 
-    def __init__(self, indices: np.ndarray, labels: np.ndarray, seeds: np.ndarray):
-        self.indices, self.labels, self.seeds = indices, labels, seeds
+    def __init__(self, indices: np.ndarray, labels: np.ndarray, seeds: np.ndarray, start: int):
+        self.indices, self.labels, self.seeds, self.start = indices, labels, seeds, start
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.indices) - self.start
 
-    def __getitem__(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def __getitem__(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        k += self.start
         i = self.indices[k]
-        return np.int64(i), np.int32(self.labels[i]), np.uint64(self.seeds[k])
+        return np.int64(i), np.int32(self.labels[i]), np.uint64(self.seeds[k]), np.int64(k)
 
 
 class _Sample:
@@ -259,14 +267,16 @@ class _MixBatch:
     def __init__(self, mixup: Any):
         self.mixup = mixup
 
-    def __call__(self, images: list, labels: list, seeds: list, _info: Any) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, images: list, labels: list, seeds: list, positions: list,
+                 _info: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rng = np.random.default_rng([int(s) for s in seeds])
-        return self.mixup(np.stack(images), np.asarray(labels, np.int64), rng)
+        return (*self.mixup(np.stack(images), np.asarray(labels, np.int64), rng), np.asarray(positions, np.int64))
 
 
 def create_loader(cfg: Config, split: str, model_cfg: ModelCfg, *, epoch: int = 0, num_shards: int = 1,
-                  shard_id: int = 0) -> Loader:
-    """The ``split`` ("train" or "val") of ``cfg.data`` for one epoch of one shard (module docstring). Train:
+                  shard_id: int = 0, start: int = 0) -> Loader:
+    """The ``split`` ("train" or "val") of ``cfg.data`` for one epoch of one shard (module docstring), from row
+    ``start`` of the shard's order on (a resumed epoch: :attr:`Loader.consumed` of the interrupted one). Train:
     :func:`~.transforms.create_transforms` train ops, full batches only, int32 labels or, when Mixup/CutMix is
     active, float32 soft targets (B, model.num_classes) with label smoothing folded in. Val: eval transforms, every
     image once, int32 labels. ``data.workers`` > 1 runs the per-image work in that many processes."""
@@ -280,6 +290,8 @@ def create_loader(cfg: Config, split: str, model_cfg: ModelCfg, *, epoch: int = 
                         f"({', '.join(classes[:5])}{' ...' if len(classes) > 5 else ''})")
     indices, seeds = epoch_order(len(labels), seed=cfg.seed, epoch=epoch, training=training,
                                  repeated_aug=training and d.repeated_aug, num_shards=num_shards, shard_id=shard_id)
+    if not 0 <= start <= len(indices):
+        raise DataError(f"start row {start} is outside this shard's {len(indices)} rows")
     batch_size = d.batch_size if training else (d.val_batch_size or d.batch_size)
     mix = training and mixup_active(d)
     if training and len(indices) < batch_size:
@@ -290,19 +302,20 @@ def create_loader(cfg: Config, split: str, model_cfg: ModelCfg, *, epoch: int = 
     ops = create_transforms(d, model_cfg, is_training=training)
     workers = max(1, d.workers)
     bad = BadImages(names)
-    data = ds.GeneratorDataset(_Rows(indices, labels, seeds), ["index", "label", "seed"], shuffle=False)
+    data = ds.GeneratorDataset(_Rows(indices, labels, seeds, start), ["index", "label", "seed", "pos"], shuffle=False)
     data = data.map(_Sample(read, ops, d.image_size, d.skip_bad_images), input_columns=["index", "seed"],
                     output_columns=["image", "index", "seed"], num_parallel_workers=workers,
                     python_multiprocessing=workers > 1)
     if d.skip_bad_images:
         data = data.filter(bad.keep, input_columns=["index"], num_parallel_workers=1)
     if mix:
-        data = data.project(["image", "label", "seed"])
-        data = data.batch(batch_size, drop_remainder=True, input_columns=["image", "label", "seed"],
-                          output_columns=["image", "label"],
+        data = data.project(["image", "label", "seed", "pos"])
+        data = data.batch(batch_size, drop_remainder=True, input_columns=["image", "label", "seed", "pos"],
+                          output_columns=["image", "label", "pos"],
                           per_batch_map=_MixBatch(create_mixup(d, cfg.model.num_classes)))
     else:
-        data = data.project(["image", "label"]).batch(batch_size, drop_remainder=training)
-    steps = len(indices) // batch_size if training else math.ceil(len(indices) / batch_size)
+        data = data.project(["image", "label", "pos"]).batch(batch_size, drop_remainder=training)
+    rows = len(indices) - start
+    steps = rows // batch_size if training else math.ceil(rows / batch_size)
     return Loader(dataset=data, num_samples=len(indices), steps=steps, classes=list(classes), bad_images=bad,
-                  indices=indices)
+                  indices=indices, consumed=start)

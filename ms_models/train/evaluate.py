@@ -1,13 +1,15 @@
 """Evaluation: top-1 / top-5 / cross-entropy over a loader, for a MindSpore model or any predictor.
 
 The metrics are computed on the host from the logits (numpy, float64 sums), so a torch model fed the same
-batches is scored by exactly the same code (``scripts/validate.py --framework torch``). A prediction tie (two
+batches is scored by exactly the same code (``scripts/validate.py --framework torch``). Under data parallel each
+rank scores its shard of the val set (every image once, no padding) and the four sums are added over the ranks,
+so top-1 and top-5 are exactly the single-process counts. A prediction tie (two
 classes with equal float32 logits) counts as correct only when the label wins ``argmax``'s first-index rule, as
 in timm's ``accuracy`` (``topk``).
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from mindspore import nn
@@ -36,6 +38,15 @@ class Meter:
         self.loss += float((lse - logits[np.arange(len(labels)), labels]).sum())
         self.images += len(labels)
 
+    def totals(self) -> np.ndarray:
+        """``[images, top1 hits, top5 hits, summed loss]`` (float64), the sums to add over ranks."""
+        return np.array([self.images, self.top1, self.top5, self.loss], np.float64)
+
+    def merge(self, totals: Sequence[float]) -> None:
+        """Take ``totals`` (:meth:`totals` summed over every rank) as this meter's sums."""
+        images, top1, top5, loss = totals
+        self.images, self.top1, self.top5, self.loss = int(round(images)), int(round(top1)), int(round(top5)), loss
+
     def result(self) -> dict[str, float | int]:
         n = max(self.images, 1)
         return {"top1": 100.0 * self.top1 / n, "top5": 100.0 * self.top5 / n, "loss": self.loss / n,
@@ -43,11 +54,15 @@ class Meter:
 
 
 def evaluate(predict: Callable[[np.ndarray], np.ndarray], batches: Iterable[tuple[np.ndarray, np.ndarray]],
-             progress: Callable[[Iterable], Iterable] | None = None) -> dict[str, float | int]:
-    """Score ``predict`` (images ``(B, 3, H, W)`` float32 -> logits ``(B, C)``) over ``(images, labels)`` batches."""
+             progress: Callable[[Iterable], Iterable] | None = None,
+             all_sum: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, float | int]:
+    """Score ``predict`` (images ``(B, 3, H, W)`` float32 -> logits ``(B, C)``) over ``(images, labels)`` batches;
+    ``all_sum`` (data parallel: :meth:`.distributed.Distributed.all_sum`) adds the sums of every rank's batches."""
     meter = Meter()
     for images, labels in (progress(batches) if progress else batches):
         meter.update(predict(images), labels)
+    if all_sum is not None:
+        meter.merge(all_sum(meter.totals()))
     return meter.result()
 
 

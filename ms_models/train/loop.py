@@ -5,9 +5,20 @@
 Parameters, so the compiled step is not rebuilt), trains on the epoch's batches (seeded by ``(seed, epoch)``),
 validates (the model, and the EMA weights when ``train.ema_decay`` is set), and writes ``metrics.jsonl``,
 ``curves.png``, ``last.ckpt`` and, on a new best val top-1, ``best.ckpt`` (complete checkpoints:
-:mod:`.checkpoint`). ``resume`` continues a run from a checkpoint: epoch count, lr schedule position, optimizer
-moments, EMA and loss scale. The global MindSpore state this needs (execution mode, random seed) is set for the
-run and restored afterwards.
+:mod:`.checkpoint`); with ``train.save_every_steps`` also ``last.ckpt`` every that many batches. ``resume``
+continues a run from a checkpoint, also one written mid-epoch: epoch count, data position (the next batch, with
+the augmentation it had), lr schedule position, optimizer moments, EMA, loss scale and the epoch's running train
+loss, so that a resumed run ends with the weights of an uninterrupted one, bit for bit when the model draws no
+random numbers (docs/training_resume.md: MindSpore's dropout / drop-path kernels keep their generator state inside
+the compiled graph, where nothing can read or set it; a resumed run re-seeds them from ``(seed, rank, step)``).
+
+A step with a non-finite loss or gradients is never applied (:mod:`.step`); the run then stops with a
+:class:`~specs.errors.NonFiniteError` naming the step, its last checkpoint untouched, or, with
+``train.skip_nonfinite``, goes on and counts the skipped updates (``skipped_steps`` in ``metrics.jsonl``).
+
+Under ``msrun`` the run is data parallel (:mod:`.distributed`): shards per rank, gradients averaged, running
+statistics averaged at each epoch end and checkpoint, val counts summed; rank 0 writes. The global MindSpore state
+this needs (execution mode, random seed, auto-parallel context) is set for the run and restored afterwards.
 """
 from __future__ import annotations
 
@@ -21,22 +32,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 import mindspore as ms
 
 from specs import get_model_cfg
-from specs.errors import CheckpointError, ConfigError
+from specs.errors import CheckpointError, ConfigError, NonFiniteError
 from specs.schedules import lr_per_step, scaled_lr
 
 from .. import create_model, load_checkpoint
 from ..context import execution_mode
 from .callbacks import RunLog
-from .checkpoint import TrainState, restore_train_checkpoint, save_train_checkpoint
+from .checkpoint import TrainState, read_train_checkpoint, restore_train_checkpoint, save_train_checkpoint
 from .config import Config, save_config
-from .data import create_loader
+from .data import Loader, create_loader
+from .distributed import Distributed, distributed
 from .evaluate import evaluate, ms_predictor
 from .losses import create_loss
 from .optim import create_optimizer
-from .step import build_train_network
+from .step import TrainStep, build_train_network
 
 LAST = "last.ckpt"
 BEST = "best.ckpt"
@@ -95,17 +109,32 @@ def build_model(cfg: Config) -> ms.nn.Cell:
     return model
 
 
+def model_seed(seed: int, rank: int, global_step: int) -> int:
+    """The global seed under which a process builds the model and compiles the train step, so the seed its random
+    operators draw from (``nn.Dropout`` takes its kernel seeds when built, ``DropPath``'s ``ops.rand`` when the
+    graph compiles): the run's ``seed`` for rank 0 of a fresh run, else one derived from ``(seed, rank, step the
+    process starts at)``: each rank draws its own masks (timm seeds ``seed + rank``), and a resumed process draws
+    a fresh sequence instead of repeating the first steps' masks. (The initial weights of the other ranks are
+    rank 0's: :meth:`.distributed.Distributed.broadcast`.)"""
+    if rank == 0 and global_step == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, rank, global_step]).generate_state(1)[0])
+
+
 def train(cfg: Config, output: str | os.PathLike, resume: str | os.PathLike | None = None) -> TrainResult:
     """Train ``cfg`` and write the run's files to ``output`` (see the module docstring)."""
     output = Path(output)
     mode = ms.GRAPH_MODE if cfg.train.mode == "graph" else ms.PYNATIVE_MODE
     _device(cfg.train.device_target)
-    with execution_mode(mode), _seeded(cfg.seed):
-        return _run(cfg, output, resume_path(output, resume), mode)
+    with distributed() as dist, execution_mode(mode), _seeded(cfg.seed):
+        return _run(cfg, output, resume_path(output, resume), mode, dist)
 
 
-def _run(cfg: Config, output: Path, resume: Path | None, mode: int) -> TrainResult:
-    rank, world = 0, 1
+def _run(cfg: Config, output: Path, resume: Path | None, mode: int, dist: Distributed) -> TrainResult:
+    rank, world = dist.rank, dist.world
+    if world > 1 and cfg.data.skip_bad_images:
+        raise ConfigError("config key 'data.skip_bad_images' needs a single process: skipped images would give the "
+                          "ranks different batch counts; fix or remove the unreadable images instead")
     model_cfg = get_model_cfg(cfg.model.name)
     epochs, accumulate = cfg.train.epochs, cfg.train.accumulate
     train_data = create_loader(cfg, "train", model_cfg, epoch=0, num_shards=world, shard_id=rank)
@@ -113,39 +142,51 @@ def _run(cfg: Config, output: Path, resume: Path | None, mode: int) -> TrainResu
     if train_data.steps < accumulate:
         raise ConfigError(f"config key 'train.accumulate' is {accumulate} but an epoch has only "
                           f"{train_data.steps} batches of {cfg.data.batch_size}")
-    updates = train_data.steps // accumulate
+    steps = train_data.steps
     lr = lr_per_step(cfg.schedule, scaled_lr(cfg.optimizer, cfg.data.batch_size * world * accumulate),
-                     epochs, updates)
+                     epochs, steps // accumulate)
 
+    read = read_train_checkpoint(resume) if resume is not None else None
+    state = read[1] if read is not None else TrainState(world=world)
+    if state.world != world:
+        raise CheckpointError(f"{resume}: written by a run of {state.world} process(es), this run has {world}: "
+                              f"resume with as many (the shards and the lr schedule depend on it)")
+    _agree(dist, resume, state)
+    ms.set_seed(model_seed(cfg.seed, rank, state.global_step))
     model = build_model(cfg)
+    if read is None:
+        dist.broadcast(list(model.get_parameters()))       # every rank starts from rank 0's weights
     step = build_train_network(model, create_loss(cfg), create_optimizer(model, cfg.optimizer, lr), cfg.train)
-    state = TrainState()
-    if resume is not None:
-        state, _ = restore_train_checkpoint(resume, step, model, cfg)
-    log = RunLog(output, enabled=rank == 0, start_epoch=state.epoch)
+    if read is not None:
+        state, _ = restore_train_checkpoint(resume, step, model, cfg, read)
+    log = RunLog(output, enabled=dist.writer, start_epoch=state.epoch)
     try:
-        if rank == 0:
+        if dist.writer:
+            for stale in output.glob(".*.partial*"):      # left by a process killed while writing
+                stale.unlink()
             save_config(cfg, output / "config.yaml")
-        log.info(f"{cfg.model.name}: {train_data.num_samples} train / {val_data.num_samples} val images, "
-                 f"{len(train_data.classes)} classes, {train_data.steps} steps per epoch, "
+        log.info(f"{cfg.model.name}: {train_data.num_samples} train / {val_data.num_samples} val images"
+                 f"{' per rank' if world > 1 else ''}, {len(train_data.classes)} classes, {steps} steps per epoch, "
                  f"{'GRAPH_MODE' if mode == ms.GRAPH_MODE else 'PYNATIVE_MODE'}, amp {cfg.train.amp_level}"
-                 + (f"; resumed from {resume} after epoch {state.epoch}" if resume else ""))
+                 + (f", data parallel over {world} processes" if world > 1 else "")
+                 + (f"; resumed from {resume} at epoch {state.epoch + 1} step {state.batch}/{steps}" if resume else ""))
         for epoch in range(state.epoch, epochs):
-            data = train_data if epoch == 0 else create_loader(cfg, "train", model_cfg, epoch=epoch,
-                                                              num_shards=world, shard_id=rank)
-            record = _epoch(cfg, epoch, model, step, data, val_data, lr, state, log)
-            state.epoch = epoch + 1
+            data = train_data if epoch == 0 and not state.position else \
+                create_loader(cfg, "train", model_cfg, epoch=epoch, num_shards=world, shard_id=rank,
+                              start=state.position)
+            record = _epoch(cfg, epoch, model, step, data, steps, val_data, lr, state, log, dist, output)
+            state.next_epoch(step.nonfinite_count())
             best = record["val_top1"] is not None and record["val_top1"] > state.best_top1
             if best:
                 state.best_top1, state.best_epoch = record["val_top1"], epoch
             # the record first: a run stopped before the next checkpoint resumes from an earlier one and drops the
             # records after it (RunLog), so every epoch of metrics.jsonl belongs to the weights that follow it
             log.epoch(record)
-            if rank == 0 and best:
+            if dist.writer and best:
                 save_train_checkpoint(output / BEST, step, model, state, cfg)
                 if cfg.train.export_torch:
                     _export_torch(cfg, output)
-            if rank == 0 and (state.epoch % cfg.train.save_interval == 0 or state.epoch == epochs):
+            if dist.writer and (state.epoch % cfg.train.save_interval == 0 or state.epoch == epochs):
                 save_train_checkpoint(output / LAST, step, model, state, cfg)
         log.info(f"best val top-1 {state.best_top1:.2f} at epoch {state.best_epoch + 1}")
         return TrainResult(output, state.best_top1, state.best_epoch, list(log.records))
@@ -153,31 +194,67 @@ def _run(cfg: Config, output: Path, resume: Path | None, mode: int) -> TrainResu
         log.close()
 
 
-def _epoch(cfg: Config, epoch: int, model, step, data, val_data, lr, state: TrainState, log: RunLog) -> dict:
-    """One epoch of training and validation; returns its ``metrics.jsonl`` record."""
+def _agree(dist: Distributed, resume: Path | None, state: TrainState) -> None:
+    """Under data parallel, every rank must start from the same checkpoint (or none)."""
+    if dist.world == 1:
+        return
+    resumed, steps = dist.all_sum([resume is not None, state.global_step])
+    if resumed not in (0, dist.world) or steps != dist.world * state.global_step:
+        raise CheckpointError(f"the ranks start from different checkpoints ({int(resumed)} of {dist.world} found "
+                              f"one): keep the run folder on a file system every node sees")
+
+
+def _running(step: TrainStep) -> list:
+    """The running statistics of the model and of its EMA copy (what data-parallel ranks hold differently)."""
+    ema = {p.name: p for p in step.ema_parameters()}
+    return list(step.running) + [ema["ema." + p.name] for p in step.running if "ema." + p.name in ema]
+
+
+def _epoch(cfg: Config, epoch: int, model, step: TrainStep, data: Loader, steps: int, val_data: Loader, lr,
+           state: TrainState, log: RunLog, dist: Distributed, output: Path) -> dict:
+    """One epoch (or its rest, after ``state.batch`` batches) of training and validation; returns its
+    ``metrics.jsonl`` record."""
     start = time.perf_counter()
     model.set_epoch(epoch, cfg.train.epochs)
     model.set_train(True)
-    progress = log.progress(data, data.steps, epoch, cfg.train.epochs, cfg.train.log_interval)
-    total, seen = 0.0, 0
+    progress = log.progress(data, steps, epoch, cfg.train.epochs, cfg.train.log_interval, done=state.batch)
+    every = cfg.train.save_every_steps
+    known = step.nonfinite_count()
+    rate = float(lr[min(state.global_step // cfg.train.accumulate, len(lr) - 1)])
     for images, targets in progress:
         rate = float(lr[min(state.global_step // cfg.train.accumulate, len(lr) - 1)])
         loss = float(step(ms.Tensor(images), ms.Tensor(targets)).asnumpy())
         state.global_step += 1
-        if not math.isfinite(loss) and cfg.train.loss_scale == "none":
-            raise FloatingPointError(f"train loss is {loss} at epoch {epoch + 1} step {state.global_step}: lower "
-                                     f"optimizer.lr or set train.grad_clip")
-        total += loss * len(images)
-        seen += len(images)
+        state.batch += 1
+        state.position = data.consumed
+        count = step.nonfinite_count()
+        if count > known or not math.isfinite(loss):
+            where = f"epoch {epoch + 1} step {state.batch}/{steps} (global step {state.global_step})"
+            if not cfg.train.skip_nonfinite:
+                raise NonFiniteError(f"train loss {loss} or its gradients not finite at {where}; the update was not "
+                                     f"applied and {output / LAST} was left as it was: lower optimizer.lr, set "
+                                     f"train.grad_clip, or resume with train.skip_nonfinite=true")
+            if count > known:
+                log.info(f"{where}: non-finite loss ({loss:.4g}) or gradients, update skipped")
+            known = count
+        else:
+            state.loss_sum += loss * len(images)
+            state.loss_images += len(images)
         progress.update(loss, rate, len(images))
-    speed = progress.images_per_s
-    record = {"epoch": epoch, "lr": rate, "train_loss": total / max(seen, 1), "images_per_s": speed}
+        if every and state.global_step % every == 0 and state.batch < steps:
+            dist.average(_running(step))
+            if dist.writer:
+                save_train_checkpoint(output / LAST, step, model, state, cfg)
+    dist.average(_running(step))     # timm distribute_bn "reduce": every rank validates and saves the same weights
+    record = {"epoch": epoch, "lr": rate, "train_loss": state.loss_sum / max(state.loss_images, 1),
+              "images_per_s": float(dist.all_sum([progress.images_per_s])[0]),
+              "skipped_steps": step.nonfinite_count() - state.nonfinite_before}
     # validation every train.eval_interval epochs and after the last; the other epochs' val entries are null
     evaluated = (epoch + 1) % cfg.train.eval_interval == 0 or epoch + 1 == cfg.train.epochs
-    val = _validate(model, val_data) if evaluated else {}
+    val = _validate(model, val_data, dist) if evaluated else {}
     record.update(val_loss=val.get("loss"), val_top1=val.get("top1"), val_top5=val.get("top5"))
     if cfg.train.ema_decay is not None:
-        ema = _validate(step.ema_model(), val_data) if evaluated else {}
+        ema = _validate(step.ema_model(), val_data, dist) if evaluated else {}
         record.update(ema_top1=ema.get("top1"), ema_top5=ema.get("top5"), ema_loss=ema.get("loss"))
     if data.bad_images():
         record["bad_images"] = data.bad_images()
@@ -187,8 +264,8 @@ def _epoch(cfg: Config, epoch: int, model, step, data, val_data, lr, state: Trai
     return record
 
 
-def _validate(model, val_data) -> dict:
-    return evaluate(ms_predictor(model), val_data)
+def _validate(model, val_data: Loader, dist: Distributed) -> dict:
+    return evaluate(ms_predictor(model), val_data, all_sum=dist.all_sum if dist.world > 1 else None)
 
 
 def _export_torch(cfg: Config, output: Path) -> None:

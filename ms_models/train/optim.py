@@ -41,11 +41,14 @@ __all__ = ["AdamW", "Lamb", "RMSpropTF", "param_groups", "create_optimizer"]
 _ONE = Tensor(1.0, ms.float32)
 
 
-def param_groups(model: nn.Cell, weight_decay: float, layer_decay: float | None = None) -> list[dict[str, Any]]:
+def param_groups(model: nn.Cell, weight_decay: float, layer_decay: float | None = None,
+                 filter_bias_and_bn: bool = True) -> list[dict[str, Any]]:
     """timm's parameter groups for ``model``'s trainable parameters: dicts with ``params`` (Parameters in model
-    order), ``names``, ``weight_decay`` (0 for ``ndim <= 1`` and ``model.no_weight_decay()``) and ``lr_scale``
-    (1, or ``layer_decay ** (layer_max - layer_id)`` with the layers of ``model.group_matcher()``, counted over
-    all parameters like timm). One group per (layer, decay) pair, in order of first appearance."""
+    order), ``names``, ``weight_decay`` (0 for ``ndim <= 1`` and ``model.no_weight_decay()``; with
+    ``filter_bias_and_bn=False`` every parameter decays, as timm's flag of that name and ``torch.optim.SGD(
+    model.parameters(), weight_decay=wd)`` do) and ``lr_scale`` (1, or ``layer_decay ** (layer_max - layer_id)``
+    with the layers of ``model.group_matcher()``, counted over all parameters like timm). One group per
+    (layer, decay) pair, in order of first appearance."""
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     layer_of: dict[str, int] = {}
     layer_max = 0
@@ -58,7 +61,7 @@ def param_groups(model: nn.Cell, weight_decay: float, layer_decay: float | None 
         layer_max = len(layers) - 1
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for p in model.trainable_params():
-        decay = p.ndim > 1 and p.name not in skip
+        decay = not filter_bias_and_bn or (p.ndim > 1 and p.name not in skip)
         layer = layer_of.get(p.name, layer_max)
         group = groups.setdefault((layer, decay), {
             "params": [], "names": [], "weight_decay": float(weight_decay) if decay else 0.0,
@@ -76,7 +79,7 @@ def create_optimizer(model: nn.Cell, opt_cfg: OptimizerConfig, lr: np.ndarray | 
     if lr.ndim > 1 or lr.size == 0 or (lr < 0).any():
         raise ConfigError(f"the learning rate must be a non-negative number or 1-d array, got shape {lr.shape}")
     groups = []
-    for g in param_groups(model, opt_cfg.weight_decay, opt_cfg.layer_decay):
+    for g in param_groups(model, opt_cfg.weight_decay, opt_cfg.layer_decay, opt_cfg.filter_bias_and_bn):
         group = {"params": g["params"], "weight_decay": g["weight_decay"]}
         if opt_cfg.layer_decay is not None:
             group["lr"] = _lr(lr * np.float32(g["lr_scale"]))

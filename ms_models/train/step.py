@@ -8,7 +8,7 @@ Per call (one micro-batch), following timm ``train.py`` (``loss / accum_steps``,
 
 1. ``loss = loss_fn(network(images), targets)``; gradients of ``loss * scale / accumulate`` in one forward and
    backward, then unscaled (``scale`` = the loss scaler's value; 1 without loss scaling).
-2. With ``accumulate = k > 1`` the gradients are summed into ``accum.*`` buffers; every k-th call uses the sum
+2. With ``accumulate = k > 1`` the gradients are summed into ``grad_accum.*`` buffers; every k-th call uses the sum
    (= the mean gradient over the k micro-batches) and zeroes the buffers.
 3. At an update: data parallel -> ``DistributedGradReducer`` (mean over ranks); with loss scaling the update is
    skipped when a gradient is inf/NaN and the dynamic scale adjusted (``DynamicLossScaler``: /2 at once,
@@ -19,20 +19,31 @@ Per call (one micro-batch), following timm ``train.py`` (``loss / accum_steps``,
    AdaBin's ``t``/``k``; not in torch's state_dict, so not averaged by timm) are copied, so the EMA model runs
    at the current epoch's schedule.
 
+Non-finite values: a micro-batch whose loss or running statistics (batch-norm moving mean and variance, moved by
+the forward) are not all finite, on any rank (under data parallel the loss and this flag are all-reduced together,
+so every rank logs the global loss and decides alike), gets its running statistics put back, and the update it
+belongs to is not applied; neither is an update whose (reduced, accumulated) gradients are not all finite: weights,
+optimizer state and EMA stay as they were. Such updates are counted in ``nonfinite_steps``; whether the run stops or
+goes on is the loop's decision (``train.skip_nonfinite``). With a loss scaler, non-finite gradients from a finite
+forward are the scaler's float16 overflow instead (skipped, not counted, EMA updated: above).
+
 Every piece of state is a Parameter of the step (checkpoints and resume): the model's parameters under their
-own names, the EMA weights under ``ema.<name>``, and the optimizer's, ``accum.*`` and ``loss_scale.*``.
+own names, the EMA weights under ``ema.<name>``, and the optimizer's, ``grad_accum.*``, ``loss_scale.*`` and
+``nonfinite_steps``.
 """
 from __future__ import annotations
 
 import copy
 import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, amp, nn, ops
+from mindspore.communication import get_group_size
 from mindspore.context import ParallelMode
 
 from convert.state import ms_only_names
 from specs.errors import ConfigError
 
-__all__ = ["TrainStep", "build_train_network", "check_amp_level", "AMP_LEVELS", "LOSS_SCALE_FACTOR", "LOSS_SCALE_WINDOW"]
+__all__ = ["TrainStep", "build_train_network", "check_amp_level", "AMP_LEVELS", "LOSS_SCALE_FACTOR",
+           "LOSS_SCALE_WINDOW"]
 
 LOSS_SCALE_FACTOR = 2          # dynamic loss scale: torch GradScaler's growth/backoff (MindSpore's default too)
 LOSS_SCALE_WINDOW = 2000       # finite updates before the scale grows (torch GradScaler growth_interval)
@@ -41,6 +52,7 @@ EMA_PREFIX = "ema."            # = convert.io.EMA: how checkpoints and the conve
 _update_ema = ops.MultitypeFuncGraph("update_ema")
 _accumulate = ops.MultitypeFuncGraph("accumulate")
 _reset = ops.MultitypeFuncGraph("reset")
+_snapshot = ops.MultitypeFuncGraph("snapshot")
 
 
 @_update_ema.register("Tensor", "Tensor", "Tensor")
@@ -58,9 +70,32 @@ def _reset_one(accum):
     return ops.assign(accum, ops.zeros_like(accum))
 
 
+@_snapshot.register("Tensor")
+def _snapshot_one(param):
+    return param * 1
+
+
 def data_parallel() -> bool:
     """Whether MindSpore's auto-parallel context is data parallel (``msrun`` + ``init()`` set it)."""
     return ms.get_auto_parallel_context("parallel_mode") == ParallelMode.DATA_PARALLEL
+
+
+def scheduled_parameters(network: nn.Cell) -> set[int]:
+    """``id``s of the Parameters of ``network`` that schedules set (``ModelCfg.ms_only_params``: VanillaNet's
+    ``act_learn``, AdaBin's ``t``/``k``), found through the registered model inside ``network``."""
+    models = [cell for _, cell in network.cells_and_names() if hasattr(cell, "pretrained_cfg")]
+    if not models:
+        return set()
+    names = ms_only_names(models[0])
+    return {id(p) for n, p in models[0].parameters_and_names() if n in names}
+
+
+def running_statistics(network: nn.Cell) -> list[Parameter]:
+    """The Parameters the forward itself moves: every floating-point Parameter of ``network`` that is not trained
+    and not set by a schedule (batch norm's ``moving_mean`` / ``moving_variance``)."""
+    trained = {id(p) for p in network.trainable_params()}
+    skip = trained | scheduled_parameters(network)
+    return [p for p in network.get_parameters() if id(p) not in skip and p.dtype in (ms.float32, ms.float16)]
 
 
 def _share_primitives(model: nn.Cell) -> dict:
@@ -76,7 +111,8 @@ class TrainStep(nn.Cell):
     ``(logits, targets) -> scalar``, ``optimizer`` a ``mindspore.nn.Optimizer`` over ``network``'s trainable
     parameters. ``loss_scale``: ``"none"``, ``"static"`` (``amp.StaticLossScaler(loss_scale_value)``) or
     ``"dynamic"`` (``amp.DynamicLossScaler(loss_scale_value, 2, 2000)``). ``ema_decay``: None (off) or timm's
-    ``model_ema_decay``. The returned loss is the micro-batch's unscaled float32 loss."""
+    ``model_ema_decay``. The returned loss is the micro-batch's unscaled float32 loss (under data parallel,
+    its mean over the ranks)."""
 
     def __init__(self, network: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, *,
                  grad_clip: float | None = None, accumulate: int = 1, loss_scale: str = "none",
@@ -115,11 +151,19 @@ class TrainStep(nn.Cell):
                 self.loss_scale_counter = self.scaler.counter
 
         if accumulate > 1:
-            self.accum = self.weights.clone(prefix="accum", init="zeros")
-            self.micro_step = Parameter(Tensor(0, ms.int32), name="accum.micro_step", requires_grad=False)
+            self.accum = self.weights.clone(prefix="grad_accum", init="zeros")   # not "accum": nn.SGD's momentum
+            self.micro_step = Parameter(Tensor(0, ms.int32), name="grad_accum.micro_step", requires_grad=False)
 
         self.reduce = data_parallel()
         self.reducer = nn.DistributedGradReducer(self.weights, mean=True) if self.reduce else nn.Identity()
+        self.world = get_group_size() if self.reduce else 1
+        self.all_reduce = ops.AllReduce() if self.reduce else None
+
+        self.running = ParameterTuple(running_statistics(network))
+        self.has_running = len(self.running) > 0
+        self.nonfinite_steps = Parameter(Tensor(0, ms.int32), name="nonfinite_steps", requires_grad=False)
+        if accumulate > 1:
+            self.accum_finite = Parameter(Tensor(1, ms.int32), name="grad_accum.finite", requires_grad=False)
 
         self.ema_decay = ema_decay
         self._ema_net = None
@@ -130,9 +174,7 @@ class TrainStep(nn.Cell):
     def _build_ema(self, network: nn.Cell, decay: float) -> None:
         """The EMA model: a copy of ``network`` whose Parameters (renamed ``ema.<name>``) are the EMA weights."""
         ema_net = copy.deepcopy(network, _share_primitives(network))
-        models = [cell for _, cell in network.cells_and_names() if hasattr(cell, "pretrained_cfg")]
-        names = ms_only_names(models[0]) if models else set()
-        scheduled = {id(p) for n, p in models[0].parameters_and_names() if n in names} if models else set()
+        scheduled = scheduled_parameters(network)
         averaged, copied = ([], []), ([], [])
         for src, dst in zip(network.get_parameters(), ema_net.get_parameters()):
             pairs = copied if id(src) in scheduled else averaged
@@ -156,37 +198,61 @@ class TrainStep(nn.Cell):
             scaled = scaled / self.accumulate
         return scaled, loss
 
-    def _update(self, grads):
-        """One optimizer update with the (unscaled, accumulated) ``grads``; returns whether it was applied."""
+    def _update(self, grads, forward_ok):
+        """One optimizer update with the (unscaled, accumulated) ``grads``; ``forward_ok``: the micro-batches since
+        the last update had finite losses and running statistics. Returns whether it was applied (module
+        docstring: non-finite values)."""
         if self.reduce:
             grads = self.reducer(grads)
-        finite = Tensor(True)
+        grads_ok = amp.all_finite(grads)
         if self.scaler is not None:
-            finite = amp.all_finite(grads)
-            self.scaler.adjust(finite)
-        if finite:
+            self.scaler.adjust(grads_ok)
+        applied = ops.logical_and(grads_ok, forward_ok)
+        if applied:
             if self.grad_clip is not None:
                 grads = ops.clip_by_global_norm(grads, self.grad_clip)
-            finite = ops.depend(finite, self.optimizer(grads))
-        if self.ema_decay is not None:
-            finite = ops.depend(finite, self.hyper_map(ops.partial(_update_ema, self.ema_decay_t),
-                                                       self.ema_averaged, self.ema_sources))
-            finite = ops.depend(finite, self.hyper_map(ops.assign, self.ema_copied, self.ema_copy_sources))
-        return finite
+            applied = ops.depend(applied, self.optimizer(grads))
+        # with a loss scaler, gradients overflowing from a finite forward are the scaler's skip: the EMA still
+        # follows (timm) and the update is not counted as non-finite
+        counted = forward_ok if self.scaler is not None else applied
+        if self.ema_decay is not None and counted:
+            applied = ops.depend(applied, self.hyper_map(ops.partial(_update_ema, self.ema_decay_t),
+                                                         self.ema_averaged, self.ema_sources))
+            applied = ops.depend(applied, self.hyper_map(ops.assign, self.ema_copied, self.ema_copy_sources))
+        skipped = ops.logical_not(counted).astype(ms.int32)
+        return ops.depend(applied, ops.assign_add(self.nonfinite_steps, skipped))
 
     def construct(self, images, targets):
+        before = self.hyper_map(_snapshot, self.running) if self.has_running else ()   # before this forward
         (_, loss), grads = self.grad_fn(images, targets)
+        finite = ops.isfinite(loss)
+        for stat in self.running:       # (amp.all_finite here as well breaks its use on the gradients at O2)
+            finite = ops.logical_and(finite, ops.isfinite(stat).all())
+        bad = ops.logical_not(finite).astype(ms.float32)
+        if self.reduce:         # one all-reduce: every rank sees the global loss and judges the step alike
+            summed = self.all_reduce(ops.stack([loss, bad]))
+            loss, bad = summed[0] / self.world, summed[1]
+        forward_ok = bad == 0
+        if self.has_running and not forward_ok:
+            loss = ops.depend(loss, self.hyper_map(ops.assign, self.running, before))
         if self.scaler is not None:
             grads = self.scaler.unscale(grads)
         if self.accumulate == 1:
-            return ops.depend(loss, self._update(grads))
+            return ops.depend(loss, self._update(grads, forward_ok))
         loss = ops.depend(loss, self.hyper_map(_accumulate, self.accum, grads))
+        finite = ops.logical_and(self.accum_finite > 0, forward_ok)
         step = self.micro_step + 1
         if step == self.accumulate:
-            step = ops.depend(step, self._update(self.accum))
+            step = ops.depend(step, self._update(self.accum, finite))
             step = ops.depend(step, self.hyper_map(_reset, self.accum))
             step = step * 0
+            finite = ops.logical_or(finite, True)
+        loss = ops.depend(loss, ops.assign(self.accum_finite, finite.astype(ms.int32)))
         return ops.depend(loss, ops.assign(self.micro_step, step))
+
+    def nonfinite_count(self) -> int:
+        """Updates not applied so far because of a non-finite loss or gradients (module docstring)."""
+        return int(self.nonfinite_steps.asnumpy())
 
     # --- EMA access -------------------------------------------------------------------------------------------
 

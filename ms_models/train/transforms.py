@@ -96,13 +96,19 @@ class RandomResizedCrop(RandomOp):
 
 
 class RandomCropPad(RandomOp):
-    """torchvision ``RandomCrop(size, padding)``: zero padding on every side, then a uniformly placed crop."""
+    """torchvision ``RandomCrop(size, padding)``: zero padding on every side, then a uniformly placed crop.
+
+    One addition: an image that is not ``size`` x ``size`` (a CIFAR recipe on another data set) is first fitted to
+    it (``ImageOps.fit``: centre crop to a square, bilinear resize), where torchvision fails on a smaller image and
+    crops a corner of a larger one."""
 
     def __init__(self, size: int, padding: int, seed: int | None = None):
         super().__init__(seed)
         self.size, self.padding = size, padding
 
     def apply(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
+        if img.size != (self.size, self.size):
+            img = ImageOps.fit(img, (self.size, self.size), Image.Resampling.BILINEAR)
         img = ImageOps.expand(img, border=self.padding, fill=0)
         top = int(rng.integers(0, img.size[1] - self.size + 1))
         left = int(rng.integers(0, img.size[0] - self.size + 1))

@@ -153,6 +153,19 @@ def test_separated_rows_remove_near_ties():
         assert (top[-1] - top[-2]).min() >= 1e-3
 
 
+def test_separated_rows_replace_the_leader_when_the_runner_up_leads_elsewhere():
+    """Channel 0's runner-up (node 0) leads channel 1, whose next two keys (nodes 2, 3) tie: replacing node 0
+    uncovers that tie whatever comes in, so the leader of channel 0 (node 1) is replaced instead (ViG-Ti, AdamW
+    step 2 of the train parity)."""
+    keys = np.random.RandomState(1).rand(30, 2) * 0.1
+    keys[1, 0], keys[0, 0] = 5.0, 5.0 - 1e-9              # channel 0: node 1 leads, node 0 a near-tied runner-up
+    keys[0, 1], keys[2, 1], keys[3, 1] = 5.0, 3.0, 3.0 - 1e-9   # channel 1: node 0 leads, then nodes 2 and 3 tie
+    out = separate_rows(np.array([[0, 1, 2, 3]]), keys, 1e-3)
+    assert 1 not in out[0] and {0, 2, 3} <= set(out[0])
+    top = np.sort(keys[out[0]], axis=0)
+    assert (top[-1] - top[-2]).min() >= 1e-3
+
+
 def test_drop_path_schedule_equals_official():
     """``dpr = [x.item() for x in torch.linspace(0, rate, n_blocks)]`` exactly (float32, torch's rounding), and
     every block's Grapher and FFN get rate i in both frameworks (pyramid: i over all stages); no new keys."""

@@ -1,7 +1,7 @@
 """Complete training checkpoints (ms_models.train.checkpoint): every Parameter of the train step and the run's
-position round-trip exactly; the file reads as model weights (or EMA weights) everywhere a model checkpoint is
-read; a checkpoint of another run, a plain weights file or a corrupt file is a one-line error; an interrupted
-write leaves the previous file intact."""
+position (mid-epoch included) round-trip exactly; the file reads as model weights (or EMA weights) everywhere a
+model checkpoint is read; a checkpoint of another run, a plain weights file or a corrupt file is a one-line error;
+an interrupted write leaves the previous file intact."""
 from __future__ import annotations
 
 import numpy as np
@@ -52,8 +52,13 @@ def saved(tmp_path_factory):
     step, model = _step(cfg)
     _randomise(step, 0)
     path = tmp_path_factory.mktemp("ckpt") / "last.ckpt"
-    save_train_checkpoint(path, step, model, TrainState(2, 40, 55.5, 1), cfg)
+    save_train_checkpoint(path, step, model, POSITION, cfg)
     return path, cfg, step, model
+
+
+# epoch 3 of the run, 7 batches (14 rows of the shard) into it, 3 skipped updates before it, of a 2-process run
+POSITION = TrainState(2, 40, 55.5, 1, batch=7, position=14, loss_sum=12.25, loss_images=14, nonfinite_before=3,
+                      world=2)
 
 
 def test_round_trip_restores_every_parameter_and_the_position(saved):
@@ -62,7 +67,7 @@ def test_round_trip_restores_every_parameter_and_the_position(saved):
     fresh, model = _step(cfg)
     _randomise(fresh, 1)
     state, config = restore_train_checkpoint(path, fresh, model, cfg)
-    assert state == TrainState(2, 40, 55.5, 1)
+    assert state == POSITION
     assert config == cfg
     got = _values(fresh)
     assert got.keys() == expected.keys()
@@ -71,7 +76,24 @@ def test_round_trip_restores_every_parameter_and_the_position(saved):
         np.testing.assert_array_equal(got[name], value, err_msg=name)
         kinds["ema"] += name.startswith("ema.")
         kinds["optimizer"] += "moment" in name or "global_step" in name
-    assert kinds["ema"] > 0 and kinds["optimizer"] > 0
+    assert kinds["ema"] > 0 and kinds["optimizer"] > 0 and "nonfinite_steps" in got
+
+
+def test_sgd_momentum_and_accumulation_buffers_are_kept_apart(tmp_path):
+    """nn.SGD names its momentum ``accum.<param>``; the step's accumulation buffers are ``grad_accum.<param>``, so
+    both are saved and restored (one name for two Parameters would keep only one of them)."""
+    cfg = _cfg("optimizer.name=sgd", "train.accumulate=2")
+    step, model = _step(cfg)
+    _randomise(step, 2)
+    names = [p.name for p in step.get_parameters()]
+    assert len(names) == len(set(names)) and "accum.conv1.weight" in names and "grad_accum.conv1.weight" in names
+    save_train_checkpoint(tmp_path / "sgd.ckpt", step, model, TrainState(), cfg)
+    fresh, model = _step(cfg)
+    restore_train_checkpoint(tmp_path / "sgd.ckpt", fresh, model, cfg)
+    expected, got = _values(step), _values(fresh)
+    for name in ("accum.conv1.weight", "grad_accum.conv1.weight", "grad_accum.micro_step", "grad_accum.finite"):
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    assert not np.array_equal(expected["accum.conv1.weight"], expected["grad_accum.conv1.weight"])
 
 
 def test_reads_as_model_or_ema_weights(saved):
@@ -90,7 +112,7 @@ def test_reads_as_model_or_ema_weights(saved):
     for p in loaded.get_parameters():
         np.testing.assert_array_equal(p.asnumpy(), own[p.name])
     raw, state, config = read_train_checkpoint(path)
-    assert state.epoch == 2 and config["model"]["name"] == NAME
+    assert state == POSITION and config["model"]["name"] == NAME
     assert any(k.startswith("train_state.") for k in raw)
 
 

@@ -130,6 +130,7 @@ def test_overrides_of_each_type():
     ("train.mode=eager", ["'train.mode'", "graph"]),
     ("data.reprob=1.5", ["'data.reprob'", "[0, 1]"]),
     ("data.auto_augment=randaug9", ["'data.auto_augment'", "timm policy"]),
+    ("model.kwargs.decay_epoch=3", ["'model.kwargs'", "'decay_epoch'", "did you mean 'decay_epochs'"]),
 ])
 def test_bad_override_is_a_one_line_config_error_naming_the_key(item, words):
     one_line_error(ConfigError, lambda: apply_overrides(Config(), [item]), *words)

@@ -62,6 +62,30 @@ def test_weight_decay_groups():
     assert all(g["lr_scale"] == 1.0 for g in groups)
 
 
+def test_filter_bias_and_bn_off_decays_every_parameter():
+    """``optimizer.filter_bias_and_bn=false`` (timm's flag): one group, weight decay on every trainable parameter,
+    as the official AdderNet / AdaBin scripts' ``torch.optim.SGD(model.parameters(), weight_decay=wd)``; one
+    momentum SGD step equals that torch optimizer's (the default rule would leave the biases, LayerNorm and the
+    token undecayed)."""
+    model = Tiny()
+    groups = param_groups(model, WD, filter_bias_and_bn=False)
+    assert [g["weight_decay"] for g in groups] == [WD]
+    assert groups[0]["names"] == [p.name for p in model.trainable_params()]
+
+    before = {p.name: p.asnumpy().copy() for p in model.trainable_params()}
+    opt = create_optimizer(model, OptimizerConfig(name="sgd", momentum=0.9, weight_decay=WD, filter_bias_and_bn=False),
+                           LRS)
+    grads = {p.name: np.random.default_rng(1).standard_normal(p.shape).astype(np.float32) for p in opt.parameters}
+    opt(tuple(Tensor(grads[p.name]) for p in opt.parameters))
+    params = {n: torch.tensor(v, requires_grad=True) for n, v in before.items()}
+    reference = torch.optim.SGD(params.values(), lr=float(LRS[0]), momentum=0.9, weight_decay=WD)
+    for n, p in params.items():
+        p.grad = torch.from_numpy(grads[n])
+    reference.step()
+    for p in opt.parameters:
+        np.testing.assert_allclose(p.asnumpy(), params[p.name].detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
 def test_layer_decay_groups_and_effective_lr():
     """timm param_groups_layer_decay: layers stem(+token) 0, blocks.0 1, blocks.1 + norm 2, head 3 (layer_max):
     scale 0.5 ** (3 - id); checked on the update of a momentum-free SGD step with unit gradients."""
@@ -251,6 +275,71 @@ def test_adamw_differs_from_mindspore_adamweightdecay():
         TrainStep(net, opt)(Tensor(xs[0]), Tensor(ys[0]))
     np.testing.assert_allclose(np.abs(w - ours.fc.weight.asnumpy()), 0.1, rtol=1e-4)
     np.testing.assert_allclose(np.abs(w - theirs.fc.weight.asnumpy()), 0.1 * 0.1 / math.sqrt(0.001), rtol=1e-4)
+
+
+# --- MindSpore's own optimizers against torch's (why the engine uses the ones it does; docs/training_optim.md) ---
+
+def _three_updates(ms_opt, torch_opt) -> tuple[np.ndarray, np.ndarray]:
+    """One weight after three updates with the same gradients and lr 0.1, 0.05, 0.02 (MindSpore: a per-step lr
+    Tensor, torch: the group lr set before each step): (MindSpore, torch)."""
+    rng = np.random.default_rng(0)
+    w0 = rng.standard_normal((3, 4)).astype(np.float32)
+    grads = rng.standard_normal((3, 3, 4)).astype(np.float32)
+    lrs = np.array([0.1, 0.05, 0.02], np.float32)
+    p = Parameter(Tensor(w0), name="w")
+    opt = ms_opt([p], Tensor(lrs))
+    for g in grads:
+        opt((Tensor(g),))
+    q = torch.tensor(w0, requires_grad=True)
+    ref = torch_opt([q])
+    for g, lr in zip(grads, lrs):
+        q.grad = torch.from_numpy(g)
+        ref.param_groups[0]["lr"] = float(lr)
+        ref.step()
+    return p.asnumpy(), q.detach().numpy()
+
+
+def test_mindspore_sgd_and_momentum_equal_torch_sgd(pynative_mode):
+    """``nn.SGD`` is torch's SGD, first step included (its momentum buffer starts at the first gradient, undamped,
+    like torch's; checked with dampening 0.5, where a zero-initialised buffer would differ), L2 weight decay in
+    the gradient. ``nn.Momentum`` (``accum = m * accum + g`` from zero, ``p -= lr * accum``) equals it without
+    dampening: the same buffer after the first step."""
+    ms_w, torch_w = _three_updates(lambda p, lr: nn.SGD(p, lr, momentum=0.9, dampening=0.5, weight_decay=0.1),
+                                   lambda p: torch.optim.SGD(p, 1.0, momentum=0.9, dampening=0.5, weight_decay=0.1))
+    np.testing.assert_allclose(ms_w, torch_w, rtol=1e-6, atol=1e-6)
+    ms_w, torch_w = _three_updates(lambda p, lr: nn.Momentum(p, lr, momentum=0.9, weight_decay=0.1),
+                                   lambda p: torch.optim.SGD(p, 1.0, momentum=0.9, weight_decay=0.1))
+    np.testing.assert_allclose(ms_w, torch_w, rtol=1e-6, atol=1e-6)
+
+
+def test_mindspore_momentum_ignores_nesterov_on_cpu(pynative_mode):
+    """The difference that rules ``nn.Momentum`` out: with ``use_nesterov=True`` its CPU kernel (MindSpore 2.8)
+    runs plain momentum, torch's ``nesterov=True`` update is ``g + m * buf``. The engine's ``sgd`` (``nn.SGD``)
+    has torch's Nesterov (``test_optimizer_steps_match_reference``)."""
+    ms_w, plain = _three_updates(lambda p, lr: nn.Momentum(p, lr, momentum=0.9, use_nesterov=True),
+                                 lambda p: torch.optim.SGD(p, 1.0, momentum=0.9))
+    np.testing.assert_allclose(ms_w, plain, rtol=1e-6, atol=1e-6)
+    sgd_w, nesterov = _three_updates(lambda p, lr: nn.SGD(p, lr, momentum=0.9, nesterov=True),
+                                     lambda p: torch.optim.SGD(p, 1.0, momentum=0.9, nesterov=True))
+    np.testing.assert_allclose(sgd_w, nesterov, rtol=1e-6, atol=1e-6)
+    assert np.abs(nesterov - plain).max() > 0.1
+
+
+def test_mindspore_adam_scales_eps_by_the_bias_correction(pynative_mode):
+    """The eps placement of ``nn.Adam`` (TensorFlow's "epsilon hat"): ``p -= lr * sqrt(1 - b2^t) / (1 - b1^t) *
+    m / (sqrt(v) + eps)``, i.e. torch's ``m_hat / (sqrt(v_hat) + eps)`` with eps divided by ``sqrt(1 - b2^t)``
+    (31.6 x at t = 1, b2 = 0.999). Checked against that formula in NumPy, and against torch's Adam, which it
+    misses by far at eps = 1e-3 (the engine's ``adamw`` puts eps where torch does)."""
+    ms_w, torch_w = _three_updates(lambda p, lr: nn.Adam(p, lr, eps=1e-3),
+                                   lambda p: torch.optim.Adam(p, 1.0, eps=1e-3))
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((3, 4)).astype(np.float64)
+    m = v = 0.0
+    for t, (g, lr) in enumerate(zip(rng.standard_normal((3, 3, 4)), (0.1, 0.05, 0.02)), start=1):
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        w = w - lr * math.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) * m / (np.sqrt(v) + 1e-3)
+    np.testing.assert_allclose(ms_w, w, rtol=1e-5, atol=1e-6)
+    assert np.abs(ms_w - torch_w).max() > 1e-2
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw", "lamb", "rmsprop"])

@@ -207,7 +207,7 @@ def test_ema_over_three_steps(any_mode):
 
 def test_parameter_names_for_checkpoints():
     """Every piece of state is a Parameter of the step: the model's under their own names (first, as
-    ``parameters_and_names`` lists them), then ``ema.*``, the optimizer's, ``accum.*`` and ``loss_scale.*``."""
+    ``parameters_and_names`` lists them), then ``ema.*``, the optimizer's, ``grad_accum.*`` and ``loss_scale.*``."""
     model = _linear()
     opt = nn.Momentum(model.trainable_params(), 0.1, 0.9)
     step = TrainStep(model, _ce(), opt, accumulate=2, loss_scale="dynamic", ema_decay=0.9)
@@ -215,8 +215,8 @@ def test_parameter_names_for_checkpoints():
     listed = dict(step.parameters_and_names())
     assert list(listed)[:len(own)] == own and all(listed[n].name == n for n in own)
     names = {p.name for p in listed.values()}
-    assert {"ema." + n for n in own} | {"accum." + n for n in own} | {"accum.micro_step", "loss_scale.value",
-                                                                   "loss_scale.counter"} <= names
+    assert {"ema." + n for n in own} | {"grad_accum." + n for n in own} | {"grad_accum.micro_step", "loss_scale.value",
+                                                                        "loss_scale.counter"} <= names
     assert {m.name for m in opt.moments} <= names
     assert len(names) == len(listed)
 

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ms_models.train import transforms as T
 from ms_models.train.config import DataConfig
@@ -98,6 +98,17 @@ def test_random_crop_with_padding_is_a_window_of_the_padded_image():
         assert match
         offsets.add(match[0])
     assert len(offsets) > 10
+
+
+def test_random_crop_with_padding_fits_other_sizes_first():
+    """An image smaller (6x10) or larger (20x12) than the crop is first centre-cropped to a square and resized
+    (``ImageOps.fit``): the output is a window of that fitted image, padded, never an error."""
+    for h, w in ((6, 10), (20, 12)):
+        img = Image.fromarray(random_image(h, w))
+        fitted = np.pad(np.asarray(ImageOps.fit(img, (8, 8), Image.Resampling.BILINEAR)), ((2, 2), (2, 2), (0, 0)))
+        out = np.asarray(T.RandomCropPad(8, 2).apply(img, np.random.default_rng(3)))
+        assert out.shape == (8, 8, 3)
+        assert any(np.array_equal(out, fitted[t:t + 8, l:l + 8]) for t in range(5) for l in range(5))
 
 
 def test_hflip_probability():
