@@ -45,7 +45,12 @@ def _model_name_map(model) -> NameMap:
 
 
 def _form_kwargs(model) -> dict:
-    out = {"deploy": True} if getattr(model, "deploy", False) else {}
+    """The kwargs that rebuild ``model``'s parameter layout: the overrides it was built with
+    (``create_model(name, depths=..., window_size=...)``), then the form it is in now (deploy, quantized, ViT's
+    ``img_size``)."""
+    out = dict(getattr(model, "build_kwargs", {}))
+    if getattr(model, "deploy", False):
+        out["deploy"] = True
     if getattr(model, "quant_groups", 0):          # a post-training-quantized AdderNet
         out.update(quant_groups=model.quant_groups, quant_bits=model.quant_bits)
     if getattr(model, "img_size", None) is not None:   # a ViT: its position embedding's grid follows img_size
@@ -88,7 +93,7 @@ def ms_twin(torch_model: torch.nn.Module, mode: int | None = None, **model_kwarg
     cfg = torch_model.pretrained_cfg
     kwargs = {"num_classes": cfg.num_classes, **_form_kwargs(torch_model)}
     with execution_mode(mode), no_init_parameters():    # every weight is overwritten below: skip the random init
-        model = ms_models.create_model(cfg.name, **kwargs, **model_kwargs)
+        model = ms_models.create_model(cfg.name, **{**kwargs, **model_kwargs})
     return _load_ms_state(model, torch_state_of(torch_model), name_map(cfg.name, **kwargs))
 
 

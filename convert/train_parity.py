@@ -53,6 +53,7 @@ import copy
 import inspect
 import json
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -69,6 +70,9 @@ from specs.param_groups import group_with_matcher
 from specs.schedules import lr_per_step
 
 from .parity import FLIP, SharedSteps, step_layers
+
+if TYPE_CHECKING:
+    from ms_models.train.config import Config
 
 __all__ = ["TRAIN_OPTIMIZERS", "TRAIN_TOL", "FACTOR", "NOISE_UPDATE", "NOISE_FACTOR", "MAX_FLIPS", "NEAR_TIE",
            "GRAPH_GAP", "SharedKinks", "kink_layers", "record_kink_inputs", "separated_graph", "separate_rows",

@@ -108,7 +108,7 @@ def check_input_size(cfg: ModelCfg, size: int | Sequence[int]) -> tuple[int, int
 
 
 def _load_families() -> None:
-    from . import adabin, addernet, bimlp, ghostnetv2, resnet, vanillanet, vig, vit  # noqa: F401  (each family module registers its cfgs on import)
+    from . import adabin, addernet, beit, bimlp, convnextv2, ghostnetv2, resnet, swin, vanillanet, vig, vit  # noqa: F401  (each family module registers its cfgs on import)
 
 
 class ModelRegistry:
@@ -159,4 +159,5 @@ class ModelRegistry:
         self.check_kwargs(name, kwargs)
         model = self._classes[name](**{**cfg.arch, **kwargs}, num_classes=num_classes)
         model.pretrained_cfg = replace(cfg, num_classes=num_classes)
+        model.build_kwargs = dict(kwargs)      # the overrides: the converter rebuilds this layout from them
         return model

@@ -191,8 +191,11 @@ GRAPH_CASES = {
     "pvig": ("pvig_ti_224_gelu", dict(blocks=(1, 1, 1, 1))),
     "adabin": ("adabin_resnet20_cifar", dict(layers=(1, 1, 1))),
     "addernet": ("adder_resnet20", dict(layers=(1, 1, 1))),
+    "beit": ("beitv2_base_patch16_224", dict(depth=2)),
     "bimlp": ("bimlp_s", dict(layers=(1, 1, 1, 1))),
+    "convnextv2": ("convnextv2_atto", dict(depths=(1, 1, 1, 1))),
     "resnet": ("resnet18", dict(layers=(1, 1, 1, 1))),
+    "swin": ("swin_tiny_patch4_window7_224", dict(embed_dim=24, depths=(2, 1, 1, 1))),
     "vit": ("vit_tiny_patch16_224", dict(depth=2)),
 }
 
