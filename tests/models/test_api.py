@@ -119,9 +119,10 @@ def test_weight_decay_groups_and_epoch_hook(name):
         assert model.set_epoch(0, 10) is None
 
 
-@pytest.mark.parametrize("name", LIGHT)
+@pytest.mark.parametrize("name", STRUCTURES)
 def test_torch_feature_api(name):
-    """Features ``(B, num_features, h, w)`` (tokens ``(B, L, num_features)`` for 'NLC' models), pre-logits
+    """On the smallest model of each set of module types (the other variants differ in depth and width only, and
+    their heads' shapes are in ``test_cfg_fields``): features ``(B, num_features, h, w)`` (tokens ``(B, L, num_features)`` for 'NLC' models), pre-logits
     ``(B, num_features)`` (timm's ``head_hidden_size`` where
     the head has a hidden layer: GhostNetV2's 1280-d ``conv_head``), logits; ``reset_classifier(7)`` then
     ``(0)`` change the head's output to 7 and to the removed classifier's input width; ``set_epoch`` of the
