@@ -15,12 +15,12 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
-# two pytest workers (pytest-xdist): GRAPH_MODE compilation and Python overhead are single-threaded, so two workers
-# on 2 cores finish well before one (docs/testing.md has the figures)
+# one process: two pytest-xdist workers ran out of the machine's 24 GiB (each grows to 11-13 GB over the suite)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --durations=20 tests
+	$(BIN)/python -m pytest -q --durations=20 tests
 
-# a representative subset for iteration (tests/conftest.py: --fast); `make test` stays the whole suite
+# a representative subset for iteration (tests/conftest.py: --fast); `make test` stays the whole suite; two
+# pytest-xdist workers (compilation and Python overhead are single-threaded; the subset fits twice in memory)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --fast --durations=10 tests
 
