@@ -16,7 +16,8 @@ from specs.errors import CheckpointError
 
 # one small model per family (the rules are per family; building every variant's name map takes a minute)
 ONE_PER_FAMILY = ("vanillanet_5", "ghostnetv2_100", "vig_ti_224_gelu", "pvig_ti_224_gelu", "adabin_resnet20_cifar",
-                  "bimlp_s", "adder_resnet20", "vit_tiny_patch16_224", "resnet18")
+                  "bimlp_s", "adder_resnet20", "vit_tiny_patch16_224", "resnet18", "convnextv2_atto",
+                  "swin_tiny_patch4_window7_224", "beitv2_base_patch16_224")
 
 
 def test_one_model_of_every_family_is_checked():
