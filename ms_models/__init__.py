@@ -12,16 +12,17 @@ from mindspore import nn
 
 from specs import get_model_cfg
 
-from . import models  # noqa: F401  (registers the families)
+from . import mim, models  # noqa: F401  (register the families)
 from ._registry import registry
 from .context import execution_mode
 
 __all__ = ["create_model", "list_models", "get_model_cfg", "load_checkpoint", "execution_mode"]
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style ``pattern``."""
-    return registry.names(pattern)
+def list_models(pattern: str = "*", task: str | None = "classification") -> list[str]:
+    """Registered model names matching a shell-style ``pattern``: the classification models, or those of
+    ``task`` (``'mim_pretrain'``, ``'mim_finetune'``; None: all; :attr:`specs.ModelCfg.task`)."""
+    return registry.names(pattern, task)
 
 
 def load_checkpoint(model: nn.Cell, path: str | os.PathLike, key: str | None = None) -> nn.Cell:

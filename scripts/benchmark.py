@@ -124,58 +124,91 @@ TRAIN_MODELS = ["vanillanet_5", "ghostnetv2_100", "adabin_resnet18", "pvig_ti_22
 TRAIN_SIZES = {"adder_resnet20": 32}     # the issue's sizes; every other model at --size (224)
 
 
-def bench_train(name: str, batch: int, size: int, repeats: int, warmup: int) -> dict:
+def bench_train(name: str, batch: int, size: int, repeats: int, warmup: int, teacher: str | None = None) -> dict:
     """One training step (forward, cross-entropy, backward, SGD-momentum update) of ``name`` at ``batch``:
     torch eager against MindSpore GRAPH_MODE through the training engine's own step
-    (:func:`ms_models.train.step.build_train_network`, :func:`ms_models.train.optim.create_optimizer`)."""
+    (:func:`ms_models.train.step.build_train_network`, :func:`ms_models.train.optim.create_optimizer`). With
+    ``teacher``: VanillaKD's step (train-kd.py), the frozen teacher's forward (eval, no gradients) on the same
+    batch and ``CE + KLDiv(T=1)``; in MindSpore inside the same compiled step (:mod:`ms_models.train.distill`)."""
     import ms_models
+    from ms_models.distill import KLDiv
     from ms_models.train.config import OptimizerConfig, TrainConfig
+    from ms_models.train.distill import DistillLoss, Teacher
     from ms_models.train.optim import create_optimizer
     from ms_models.train.step import build_train_network
+    from torch_ref.distill import KLDiv as TorchKLDiv
     r = np.random.RandomState(0)
     x = r.randn(batch, 3, size, size).astype(np.float32)
     y = r.randint(0, get_model_cfg(name).num_classes, batch).astype(np.int64)
-    row = {"model": name, "batch": batch, "size": size}
+    row = {"model": name, "batch": batch, "size": size, "teacher": teacher}
     torch.manual_seed(0)
     tm = torch_ref.create_model(name).train()
+    tt = torch_ref.create_model(teacher).eval() if teacher else None
     opt = torch.optim.SGD(tm.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    kd = TorchKLDiv()
 
-    def torch_step():
+    with torch.no_grad():
+        cached = tt(xt) if tt is not None else None
+
+    def torch_step(replay: bool = False):
         opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(tm(xt), yt).backward()
+        if tt is not None:
+            with torch.no_grad():
+                z_t = cached if replay else tt(xt)
+        z_s = tm(xt)
+        loss = torch.nn.functional.cross_entropy(z_s, yt)
+        (loss if tt is None else loss + kd(z_s, z_t)).backward()
         opt.step()
     row["torch"] = median_time(torch_step, repeats, warmup)
-    del tm, opt
+    if tt is not None:
+        row["torch_cached"] = median_time(lambda: torch_step(True), repeats, warmup)
+    del tm, tt, opt
     with execution_mode(ms.GRAPH_MODE):
         mm = ms_models.create_model(name)
         mm.set_train(True)
         steps = repeats + warmup + 1
         optimizer = create_optimizer(mm, OptimizerConfig(name="sgd", lr=1e-3, weight_decay=1e-4),
                                      np.full(steps, 1e-3, np.float32))
-        step = build_train_network(mm, ms.nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"),
-                                   optimizer, TrainConfig())
+        ce = ms.nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+        if teacher:
+            step = build_train_network(mm, DistillLoss(ce, KLDiv()), optimizer, TrainConfig(),
+                                       teacher=Teacher(ms_models.create_model(teacher)), return_teacher_logits=True)
+        else:
+            step = build_train_network(mm, ce, optimizer, TrainConfig())
         xm, ym = ms.Tensor(x), ms.Tensor(y.astype(np.int32))
         t0 = time.perf_counter()
-        step(xm, ym).asnumpy()
+        out = step(xm, ym)
+        (out[0] if teacher else out).asnumpy()
         row["ms_compile"] = time.perf_counter() - t0
-        row["ms_graph"] = median_time(lambda: step(xm, ym).asnumpy(), repeats, warmup)
+        if teacher:      # the live step, then the teacher cache's replay step (its second graph)
+            row["ms_graph"] = median_time(lambda: step(xm, ym)[0].asnumpy(), repeats, warmup)
+            z_t = ms.Tensor(out[1].asnumpy())
+            row["ms_graph_cached"] = median_time(lambda: step(xm, ym, z_t)[0].asnumpy(), repeats, warmup + 1)
+        else:
+            row["ms_graph"] = median_time(lambda: step(xm, ym).asnumpy(), repeats, warmup)
     row["ms_over_torch"] = row["ms_graph"] / row["torch"]
     return row
 
 
 def run_train(args) -> list[dict]:
-    print(f"training step (forward + cross-entropy + backward + SGD momentum update), batch {args.train_batch}, "
+    kd = f" + frozen teacher {args.teacher} forward + KL (VanillaKD)" if args.teacher else ""
+    print(f"training step (forward + cross-entropy{kd} + backward + SGD momentum update), batch {args.train_batch}, "
           f"median of {args.repeats}; each row in a fresh process")
     head = f"{'model':<24}{'size':>6}{'torch eager':>13}{'ms graph':>11}{'ms/torch':>10}{'compile':>10}{'img/s ms':>10}"
     print(head + "\n" + "-" * len(head))
     rows = []
     for name in args.models:
         size = TRAIN_SIZES.get(name, args.size)
-        r = _isolated("train-row", [name, args.train_batch, size, args.repeats, args.warmup])
+        r = _isolated("train-row", [name, args.train_batch, size, args.repeats, args.warmup, args.teacher])
         rows.append(r)
         print(f"{name:<24}{size:>6}{r['torch'] * 1e3:>11.1f}ms{r['ms_graph'] * 1e3:>9.1f}ms"
               f"{r['ms_over_torch']:>10.2f}{r['ms_compile']:>9.1f}s{args.train_batch / r['ms_graph']:>10.1f}", flush=True)
+        if "ms_graph_cached" in r:
+            print(f"{'  teacher logits cached':<24}{size:>6}{r['torch_cached'] * 1e3:>11.1f}ms"
+                  f"{r['ms_graph_cached'] * 1e3:>9.1f}ms{r['ms_graph_cached'] / r['torch_cached']:>10.2f}{'':>10}"
+                  f"{args.train_batch / r['ms_graph_cached']:>10.1f}   (MindSpore: {r['ms_graph'] / r['ms_graph_cached']:.2f}x "
+                  f"faster than live)", flush=True)
     return rows
 
 
@@ -394,6 +427,9 @@ def main(argv=None) -> int:
                    help="instead: one training step, MindSpore GRAPH_MODE vs torch eager (--models; default the "
                         "issue-12 set), and with --data the data pipeline's images/s")
     p.add_argument("--train-batch", type=int, default=16)
+    p.add_argument("--teacher", default=None, metavar="MODEL",
+                   help="with --train: distillation steps from this frozen teacher (e.g. --models resnet50 "
+                        "--teacher resnet152, the issue-16 pair)")
     p.add_argument("--data", action="store_true",
                    help="with --train: images/s of the ImageNet train augmentation (2 workers) on builtin:shapes")
     p.add_argument("--json", default=None, help="also write the rows to this file")

@@ -57,6 +57,12 @@ class ModelCfg:
     # attributes or non-persistent buffers), as fnmatch patterns: optional in a MindSpore-named checkpoint
     # (left as they are when absent)
     ms_only_params: tuple[str, ...] = ()
+    # what the model computes: "classification" (images -> logits; every registry-driven sweep of the test suite,
+    # the README tables and the benchmark cover these), or "mim_pretrain" (FastMIM / LocalMIM pretraining models:
+    # images -> a loss, built without ``num_classes``) and "mim_finetune" (the MAE-style fine-tune ViT, whose
+    # checkpoints are pretraining files loaded by ``mim.load_pretrained``): those two are listed only on request
+    # (``list_models(task=...)``) and tested by ``tests/methods/test_mim_models.py``
+    task: str = "classification"
 
     def to_dict(self) -> dict:
         """Plain-data view (for printing and JSON), without the checkpoint-rule callables."""
@@ -93,9 +99,17 @@ def _natural(name: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-def list_cfgs(pattern: str = "*") -> list[str]:
+DEFAULT_TASK = "classification"   # what the listings return unless asked (the sweeps build logits from images)
+
+
+def _task_ok(cfg: ModelCfg, task: str | None) -> bool:
+    return task is None or cfg.task == task
+
+
+def list_cfgs(pattern: str = "*", task: str | None = DEFAULT_TASK) -> list[str]:
+    """Names matching ``pattern`` of the models of ``task`` (default: the classification models; None: all)."""
     _load_families()
-    return sorted((n for n in _CFGS if fnmatch.fnmatch(n, pattern)), key=_natural)
+    return sorted((n for n in _CFGS if fnmatch.fnmatch(n, pattern) and _task_ok(_CFGS[n], task)), key=_natural)
 
 
 def check_input_size(cfg: ModelCfg, size: int | Sequence[int]) -> tuple[int, int]:
@@ -108,7 +122,7 @@ def check_input_size(cfg: ModelCfg, size: int | Sequence[int]) -> tuple[int, int
 
 
 def _load_families() -> None:
-    from . import adabin, addernet, beit, bimlp, convnextv2, ghostnetv2, resnet, swin, vanillanet, vig, vit  # noqa: F401  (each family module registers its cfgs on import)
+    from . import adabin, addernet, beit, bimlp, convnextv2, ghostnetv2, mim, resnet, swin, vanillanet, vig, vit  # noqa: F401  (each family module registers its cfgs on import)
 
 
 class ModelRegistry:
@@ -127,8 +141,10 @@ class ModelRegistry:
             self._classes[n] = model_cls
         return model_cls
 
-    def names(self, pattern: str = "*") -> list[str]:
-        return sorted((n for n in self._classes if fnmatch.fnmatch(n, pattern)), key=_natural)
+    def names(self, pattern: str = "*", task: str | None = DEFAULT_TASK) -> list[str]:
+        """Registered names matching ``pattern`` of ``task``'s models (default classification; None: all)."""
+        return sorted((n for n in self._classes if fnmatch.fnmatch(n, pattern) and _task_ok(_CFGS[n], task)),
+                      key=_natural)
 
     def model_class(self, name: str) -> type:
         """The class ``name`` builds (e.g. to ask whether the family has ``switch_to_deploy``)."""
@@ -157,7 +173,10 @@ class ModelRegistry:
         num_classes = cfg.num_classes if num_classes is None else num_classes
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         self.check_kwargs(name, kwargs)
-        model = self._classes[name](**{**cfg.arch, **kwargs}, num_classes=num_classes)
+        if cfg.task == "mim_pretrain":     # a pretraining model has no classifier: num_classes does not apply
+            model = self._classes[name](**{**cfg.arch, **kwargs})
+        else:
+            model = self._classes[name](**{**cfg.arch, **kwargs}, num_classes=num_classes)
         model.pretrained_cfg = replace(cfg, num_classes=num_classes)
         model.build_kwargs = dict(kwargs)      # the overrides: the converter rebuilds this layout from them
         return model

@@ -2,13 +2,19 @@
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import mindspore as ms
+from safetensors import safe_open
+from safetensors.numpy import load_file
+
 import torch_ref
+from convert.api import torch_state_of
+from convert.mapping import build_name_map, torch_to_ms
 from convert.parity import SharedSteps
 # the shared gradient decisions live with the training parity (which shares them at every step); the tests import
 # them from here: MAX_FLIPS (share of step outputs / kink inputs allowed to be forced), NEAR_TIE (a forced kink
@@ -117,6 +123,32 @@ def load_ms_state(model: ms.nn.Cell, state: dict[str, np.ndarray], strict: bool 
     not_loaded, unused = ms.load_param_into_net(model, params, strict_load=strict)
     assert not strict or not (not_loaded or unused), f"not loaded: {not_loaded}, unused: {unused}"
     return model
+
+
+def ms_with_weights_of(torch_model: torch.nn.Module, ms_model: ms.nn.Cell) -> ms.nn.Cell:
+    """``ms_model`` holding ``torch_model``'s weights (strictly, through the name map computed from the two models),
+    in eval mode: the MindSpore twin of a custom-size model that has no registry name (else ``convert.api.ms_twin``)."""
+    load_ms_state(ms_model, torch_to_ms(torch_state_of(torch_model), build_name_map(torch_model, ms_model)))
+    ms_model.set_train(False)
+    return ms_model
+
+
+def prefixed(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """The entries of ``arrays`` whose key starts with ``prefix``, the prefix cut off."""
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+def official_record(file_name: str, tag: str | None = None
+                    ) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``(kwargs, state, arrays)`` of the official-code record ``tests/data/<file_name>`` (a .safetensors file):
+    the model's constructor kwargs (the JSON metadata "kwargs"), the official state_dict (the ``state.``-prefixed
+    arrays, prefix cut off) and all the arrays (inputs, outputs). A record of several models keeps model
+    ``tag``'s kwargs in the metadata ``tag`` and its state under ``<tag>.state.``."""
+    path = str(DATA / file_name)
+    with safe_open(path, "np") as f:
+        kwargs = json.loads(f.metadata()[tag or "kwargs"])
+    arrays = load_file(path)
+    return kwargs, prefixed(arrays, f"{tag}.state." if tag else "state."), arrays
 
 
 def sample_input(name: str, batch: int = 2, seed: int = 0) -> np.ndarray:

@@ -8,15 +8,16 @@ from torch import nn
 
 from specs import get_model_cfg
 
-from . import models  # noqa: F401  (registers the families)
+from . import mim, models  # noqa: F401  (register the families)
 from ._registry import registry
 
 __all__ = ["create_model", "list_models", "get_model_cfg", "load_checkpoint"]
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style ``pattern``."""
-    return registry.names(pattern)
+def list_models(pattern: str = "*", task: str | None = "classification") -> list[str]:
+    """Registered model names matching a shell-style ``pattern``: the classification models, or those of
+    ``task`` (``'mim_pretrain'``, ``'mim_finetune'``; None: all; :attr:`specs.ModelCfg.task`)."""
+    return registry.names(pattern, task)
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, key: str | None = None) -> nn.Module:

@@ -1,6 +1,7 @@
 """Complete training checkpoints: one MindSpore ``.ckpt`` file per save, written atomically.
 
-A checkpoint holds every Parameter of the train step (:class:`ms_models.train.step.TrainStep`): the model's
+A checkpoint holds every Parameter of the train step (:class:`ms_models.train.step.TrainStep`) but a
+distillation teacher's (frozen, loaded from its own file at start): the model's
 weights under their own names (so the file loads into the model, converts to torch and validates like any model
 checkpoint), the EMA weights under ``ema.``, and everything else under ``train_state.``: the optimizer's moments,
 step counter and per-step learning rates, the loss scale, accumulation buffers, the count of skipped non-finite
@@ -67,7 +68,7 @@ _FLOATS = ("best_top1", "loss_sum")
 def _file_name(step: nn.Cell, model: nn.Cell) -> dict[str, str]:
     """Parameter name (``Parameter.name``, unique in the step) -> entry name in the file."""
     own = {param.name for param in model.get_parameters()}
-    names = [p.name for p in step.get_parameters()]
+    names = [p.name for p in step.state_parameters()]
     if len(set(names)) != len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
         raise CheckpointError(f"{len(twice)} Parameter name(s) of the train step are used twice (e.g. {twice[0]!r}): "
@@ -79,7 +80,7 @@ def save_train_checkpoint(path: str | os.PathLike, step: nn.Cell, model: nn.Cell
                           cfg: Config) -> Path:
     """Write the complete state of ``step`` (which trains ``model``) and the meta data to ``path`` atomically."""
     names = _file_name(step, model)
-    arrays: dict[str, np.ndarray] = {names[p.name]: p.asnumpy() for p in step.get_parameters()}
+    arrays: dict[str, np.ndarray] = {names[p.name]: p.asnumpy() for p in step.state_parameters()}
     config = yaml.safe_dump(config_to_dict(cfg), sort_keys=False).encode()
     arrays[META + "format"] = np.array(FORMAT, np.int64)
     arrays.update({META + key: np.array(getattr(state, key), np.int64) for key in _INTS})
@@ -143,7 +144,7 @@ def restore_train_checkpoint(path: str | os.PathLike, step: nn.Cell, model: nn.C
     if missing:
         raise CheckpointError(f"{path}: {len(missing)} entries of this run missing (e.g. {missing[0]}): "
                               f"written for another model, optimizer or train settings")
-    for param in step.get_parameters():
+    for param in step.state_parameters():
         value = arrays[names[param.name]]
         if tuple(value.shape) != tuple(param.shape):
             raise CheckpointError(f"{path}: {names[param.name]} has shape {tuple(value.shape)}, "

@@ -1,7 +1,8 @@
 """The training config: a typed schema with defaults, read from YAML, overridden by dotted ``KEY=VALUE`` items,
 checked, and saved (atomically) so that a run's resolved config re-loads to an equal :class:`Config`.
 
-Sections: ``model``, ``data``, ``optimizer``, ``schedule``, ``train``, and the top-level ``seed``. Every bad
+Sections: ``model``, ``data``, ``optimizer``, ``schedule``, ``train``, ``distill`` (off unless ``distill.method``
+is set), and the top-level ``seed``. Every bad
 input raises a one-line :class:`specs.ConfigError` naming the dotted key (with close matches for an unknown
 key); an unregistered ``model.name`` raises :class:`specs.UnknownModelError` (also a ``ValueError``).
 
@@ -39,6 +40,14 @@ MIXUP_MODES = ("batch", "pair", "elem")
 ERASE_MODES = ("pixel", "rand", "const")
 AUTO_AUGMENT_POLICIES = ("rand", "augmix", "original", "originalr", "v0", "v0r", "3a")
 BUILTIN_PREFIX = "builtin:"
+KD_METHODS = ("kd", "dkd", "dist", "bkd")
+# what an extra student (distill.students) may set: everything but the shared batches, schedule length and teacher
+STUDENT_SECTIONS = ("model.", "optimizer.", "schedule.")
+STUDENT_KEYS = ("train.loss", "train.bce_target_thresh", "train.amp_level", "train.loss_scale",
+                "train.loss_scale_value", "train.grad_clip", "train.ema_decay", "train.export_torch",
+                "train.skip_nonfinite", "distill.method", "distill.ori_loss_weight", "distill.kd_loss_weight",
+                "distill.temperature", "distill.dkd_alpha", "distill.dkd_beta", "distill.dist_beta",
+                "distill.dist_gamma", "distill.student_resize")
 
 
 @dataclass
@@ -143,6 +152,44 @@ class TrainConfig:
 
 
 @dataclass
+class TeacherConfig:
+    """The frozen teacher of a distillation run (VanillaKD ``train-kd.py`` ``--teacher``, ``--teacher-pretrained``,
+    ``--teacher-resize``): a registered model, its weights (required; any format the converter reads, loaded
+    strictly at start) and the side its input is resized to (None: the student's batch as it is)."""
+
+    name: str = "beitv2_base_patch16_224"
+    checkpoint: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)   # extra constructor kwargs of a reduced teacher
+    resize: int | None = None
+
+
+@dataclass
+class DistillConfig:
+    """Logit distillation (VanillaKD ``train-kd.py``; argparse defaults): ``loss = ori_loss_weight * hard +
+    kd_loss_weight * kd(z_s, z_t)`` with ``method`` one of kd, dkd, dist, bkd (None: no distillation).
+    ``temperature`` is ``--temperature`` (KD's and DKD's T, DIST's tau)."""
+
+    method: str | None = None
+    ori_loss_weight: float = 1.0
+    kd_loss_weight: float = 1.0
+    temperature: float = 1.0
+    dkd_alpha: float = 1.0
+    dkd_beta: float = 2.0
+    dist_beta: float = 1.0
+    dist_gamma: float = 1.0
+    student_resize: int | None = None        # --student-resize
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    cache_teacher: bool = False              # record the teacher's logits and replay them (not in train-kd.py)
+    cache_epochs: int = 1                    # with the cache: epoch e trains on epoch (e mod cache_epochs)'s
+                                             # batches (images, order, augmentation, mixing); the teacher runs
+                                             # in the first cache_epochs epochs only
+    cache_topk: int | None = None            # keep the k largest logits per image (None: all, an exact replay)
+    students: tuple[dict[str, Any], ...] = ()   # more students against the same teacher forward (train-kd.py's
+                                             # lists of --model, --lr, --kd-loss ...): each a mapping of dotted
+                                             # keys laid over this config (STUDENT_KEYS)
+
+
+@dataclass
 class Config:
     """A whole run. ``config_to_dict``/``config_from_dict`` convert it; ``load_config``/``save_config`` persist it."""
 
@@ -151,6 +198,7 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     seed: int = 0
 
 
@@ -341,11 +389,75 @@ def validate(cfg: Config) -> Config:
         _check(parts[0] in AUTO_AUGMENT_POLICIES and all(re.fullmatch(r"[a-z]+[0-9.]*", p) for p in parts[1:]),
                "data.auto_augment", f"a timm policy string ({'/'.join(AUTO_AUGMENT_POLICIES)}[-m9-mstd0.5...])",
                d.auto_augment)
+    student_resize = cfg.distill.student_resize if cfg.distill.method is not None else None
     try:
-        check_input_size(model_cfg, d.image_size)
+        check_input_size(model_cfg, student_resize or d.image_size)
     except InputSizeError as exc:
-        raise ConfigError(f"config key 'data.image_size': {exc}") from None
+        key = "distill.student_resize" if student_resize else "data.image_size"
+        raise ConfigError(f"config key {key!r}: {exc}") from None
+    if cfg.distill.method is not None:
+        _validate_distill(cfg.distill, d.image_size, m.num_classes)
+    if cfg.distill.students:
+        student_configs(cfg)
     return cfg
+
+
+def _validate_distill(k: DistillConfig, image_size: int, num_classes: int) -> None:
+    """The ``distill`` section's values, when distillation is on."""
+    _choice("distill.method", k.method, KD_METHODS)
+    for key, value in (("distill.ori_loss_weight", k.ori_loss_weight), ("distill.kd_loss_weight", k.kd_loss_weight),
+                       ("distill.dkd_alpha", k.dkd_alpha), ("distill.dkd_beta", k.dkd_beta),
+                       ("distill.dist_beta", k.dist_beta), ("distill.dist_gamma", k.dist_gamma)):
+        _check(value >= 0, key, ">= 0", value)
+    for key, value in (("distill.temperature", k.temperature), ("distill.student_resize", k.student_resize or 1),
+                       ("distill.teacher.resize", k.teacher.resize or 1), ("distill.cache_epochs", k.cache_epochs),
+                       ("distill.cache_topk", k.cache_topk or 1)):
+        _check(value > 0, key, "positive", value)
+    _check((k.cache_topk or 0) <= num_classes, "distill.cache_topk", f"at most model.num_classes ({num_classes})",
+           k.cache_topk)
+    try:
+        teacher_cfg = get_model_cfg(k.teacher.name)
+    except UnknownModelError as exc:
+        raise UnknownModelError(f"config key 'distill.teacher.name': {exc}") from None
+    from .. import registry
+    try:
+        registry.check_kwargs(k.teacher.name, k.teacher.kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"config key 'distill.teacher.kwargs': {exc}") from None
+    if k.teacher.checkpoint is None:
+        raise ConfigError("config key 'distill.teacher.checkpoint' is required with distill.method: the teacher's "
+                          "weights (any format the converter reads)")
+    try:
+        check_input_size(teacher_cfg, k.teacher.resize or image_size)
+    except InputSizeError as exc:
+        key = "distill.teacher.resize" if k.teacher.resize else "data.image_size"
+        raise ConfigError(f"config key {key!r} (teacher {k.teacher.name}): {exc}") from None
+
+
+def student_configs(cfg: Config) -> list[Config]:
+    """The validated configs of ``distill.students`` (the extra students trained beside ``cfg``'s): each is
+    ``cfg`` with the student's dotted keys laid over it and no students of its own. Batches (``data.*``), the
+    epochs, the seed and the teacher are shared, and so is ``model.num_classes`` (the teacher's)."""
+    if cfg.distill.students and cfg.distill.method is None:
+        raise ConfigError("config key 'distill.students' needs distill.method: the students share a teacher")
+    out = []
+    for i, keys in enumerate(cfg.distill.students):
+        where = f"distill.students[{i}]"
+        data = config_to_dict(cfg)
+        data["distill"]["students"] = []
+        try:
+            for key, value in keys.items():
+                if key == "model.num_classes" or not (key.startswith(STUDENT_SECTIONS) or key in STUDENT_KEYS):
+                    raise ConfigError(f"config key {key!r} is shared by all students (a student may set "
+                                      f"{', '.join(s + '*' for s in STUDENT_SECTIONS)} but model.num_classes, "
+                                      f"and {', '.join(STUDENT_KEYS)})")
+                _set(data, key.split("."), value)
+            if data["distill"]["method"] is None:
+                raise ConfigError("config key 'distill.method': a student needs a distillation method")
+            out.append(config_from_dict(data))
+        except (ConfigError, UnknownModelError) as exc:
+            raise type(exc)(f"{where}: {exc}") from None
+    return out
 
 
 # --- public API -------------------------------------------------------------------------------------------------
@@ -368,8 +480,24 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return _plain(dataclasses.asdict(cfg))
 
 
-def load_config(path: str | os.PathLike) -> Config:
-    """Read a YAML recipe (an empty file gives the defaults) and validate it."""
+BASE_KEY = "base"
+
+
+def _merged(base: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``data`` laid over it, section by section (a mapping merges into a mapping; anything else
+    replaces; ``model.kwargs`` and ``distill.teacher.kwargs`` merge too)."""
+    out = dict(base)
+    for key, value in data.items():
+        out[key] = _merged(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) \
+            else value
+    return out
+
+
+def _read_yaml(path: str | os.PathLike, chain: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A recipe as plain data, its ``base:`` recipes (a path relative to the file) merged underneath."""
+    where = os.path.abspath(path)
+    if where in chain:
+        raise ConfigError(f"config {os.fspath(path)!r}: its 'base' chain comes back to itself")
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
@@ -377,10 +505,25 @@ def load_config(path: str | os.PathLike) -> Config:
         raise ConfigError(f"cannot read config {os.fspath(path)!r}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
+        where_line = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ConfigError(f"config {os.fspath(path)!r}{where}: {problem}") from None
-    return config_from_dict({} if data is None else data)
+        raise ConfigError(f"config {os.fspath(path)!r}{where_line}: {problem}") from None
+    data = {} if data is None else data
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config {os.fspath(path)!r} must be a mapping, got {type(data).__name__}")
+    if BASE_KEY not in data:
+        return dict(data)
+    base = data[BASE_KEY]
+    if not isinstance(base, str):
+        raise ConfigError(f"config {os.fspath(path)!r}: 'base' must be a recipe path, got {base!r}")
+    rest = {k: v for k, v in data.items() if k != BASE_KEY}
+    return _merged(_read_yaml(os.path.join(os.path.dirname(where), base), chain + (where,)), rest)
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Read a YAML recipe (an empty file gives the defaults) and validate it. A top-level ``base: FILE`` (relative
+    to the recipe) starts from that recipe: the keys given here replace or extend its values."""
+    return config_from_dict(_read_yaml(path))
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> str:
@@ -413,22 +556,32 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def _free(parts: list[str]) -> bool:
+    """Whether the dotted key ``parts`` lies under a free mapping (``model.kwargs``, ``distill.teacher.kwargs``)."""
+    return (len(parts) > 2 and parts[:2] == ["model", "kwargs"]) or \
+        (len(parts) > 3 and parts[:3] == ["distill", "teacher", "kwargs"])
+
+
 def apply_overrides(cfg: Config, items: Sequence[str]) -> Config:
     """A new validated :class:`Config`: ``cfg`` with each ``"dotted.key=value"`` applied in order. Values are
     YAML (``32``, ``0.01``, ``true``, ``null``, ``[0.9, 0.95]``, ``rand-m9-mstd0.5``), type-checked against
-    the field; keys under ``model.kwargs`` are free."""
+    the field; keys under ``model.kwargs`` and ``distill.teacher.kwargs`` are free."""
     data = config_to_dict(cfg)
     for item in items:
-        parts, value = _parse_override(item)
-        node = data
-        for depth, part in enumerate(parts[:-1]):
-            if part not in node:
-                raise _unknown_key(".".join(parts))
-            if not isinstance(node[part], dict):
-                raise ConfigError(f"config key {'.'.join(parts[:depth + 1])!r} is not a section; "
-                                  f"cannot set {'.'.join(parts)!r}")
-            node = node[part]
-        if parts[-1] not in node and not (len(parts) > 2 and parts[:2] == ["model", "kwargs"]):
-            raise _unknown_key(".".join(parts))
-        node[parts[-1]] = value
+        _set(data, *_parse_override(item))
     return config_from_dict(data)
+
+
+def _set(data: dict[str, Any], parts: list[str], value: Any) -> None:
+    """Set the dotted key ``parts`` of the plain config ``data`` to ``value`` (an unknown key is an error)."""
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        if part not in node:
+            raise _unknown_key(".".join(parts))
+        if not isinstance(node[part], dict):
+            raise ConfigError(f"config key {'.'.join(parts[:depth + 1])!r} is not a section; "
+                              f"cannot set {'.'.join(parts)!r}")
+        node = node[part]
+    if parts[-1] not in node and not _free(parts):
+        raise _unknown_key(".".join(parts))
+    node[parts[-1]] = value

@@ -279,7 +279,8 @@ def create_loader(cfg: Config, split: str, model_cfg: ModelCfg, *, epoch: int = 
     ``start`` of the shard's order on (a resumed epoch: :attr:`Loader.consumed` of the interrupted one). Train:
     :func:`~.transforms.create_transforms` train ops, full batches only, int32 labels or, when Mixup/CutMix is
     active, float32 soft targets (B, model.num_classes) with label smoothing folded in. Val: eval transforms, every
-    image once, int32 labels. ``data.workers`` > 1 runs the per-image work in that many processes."""
+    image once, int32 labels. ``data.workers`` > 1 runs the per-image work in that many processes (at most the
+    machine's CPU count, MindSpore's limit: a recipe's 8 workers also run on a 2-core machine)."""
     if split not in ("train", "val"):
         raise DataError(f"split must be 'train' or 'val', got {split!r}")
     d = cfg.data
@@ -300,7 +301,7 @@ def create_loader(cfg: Config, split: str, model_cfg: ModelCfg, *, epoch: int = 
     if mix and batch_size % 2:
         raise DataError(f"Mixup/CutMix needs an even data.batch_size, got {batch_size}")
     ops = create_transforms(d, model_cfg, is_training=training)
-    workers = max(1, d.workers)
+    workers = max(1, min(d.workers, os.cpu_count() or 1))
     bad = BadImages(names)
     data = ds.GeneratorDataset(_Rows(indices, labels, seeds, start), ["index", "label", "seed", "pos"], shuffle=False)
     data = data.map(_Sample(read, ops, d.image_size, d.skip_bad_images), input_columns=["index", "seed"],

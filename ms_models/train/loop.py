@@ -12,6 +12,13 @@ loss, so that a resumed run ends with the weights of an uninterrupted one, bit f
 random numbers (docs/training_resume.md: MindSpore's dropout / drop-path kernels keep their generator state inside
 the compiled graph, where nothing can read or set it; a resumed run re-seeds them from ``(seed, rank, step)``).
 
+With ``distill.method`` the step also runs the frozen teacher and adds the distillation loss (:mod:`.distill`);
+with ``distill.cache_teacher`` epoch ``e`` trains on epoch ``e mod distill.cache_epochs``'s batches and replays
+the teacher logits recorded for them (``teacher_replayed`` in ``metrics.jsonl``: the fraction of the epoch's
+batches that did). ``distill.students`` trains more students beside the run's own, on the same batches and the
+same teacher forward (``train-kd.py`` with several ``--model``): student ``i`` writes its files to
+``output/student<i>`` and resumes from the checkpoint of the same name there.
+
 A step with a non-finite loss or gradients is never applied (:mod:`.step`); the run then stops with a
 :class:`~specs.errors.NonFiniteError` naming the step, its last checkpoint untouched, or, with
 ``train.skip_nonfinite``, goes on and counts the skipped updates (``skipped_steps`` in ``metrics.jsonl``).
@@ -44,8 +51,9 @@ from .. import create_model, load_checkpoint
 from ..context import execution_mode
 from .callbacks import RunLog
 from .checkpoint import TrainState, read_train_checkpoint, restore_train_checkpoint, save_train_checkpoint
-from .config import Config, save_config
+from .config import Config, save_config, student_configs
 from .data import Loader, create_loader
+from .distill import TeacherCache, build_teacher, create_distill_loss
 from .distributed import Distributed, distributed
 from .evaluate import evaluate, ms_predictor
 from .losses import create_loss
@@ -59,12 +67,14 @@ BEST_TORCH = "best.pth"
 
 @dataclass
 class TrainResult:
-    """Where a run wrote its files, its best val top-1 (and epoch, 0-based) and the per-epoch records."""
+    """Where a run wrote its files, its best val top-1 (and epoch, 0-based), the per-epoch records, and the same
+    for each extra student (``distill.students``)."""
 
     output: Path
     best_top1: float
     best_epoch: int
     records: list[dict[str, Any]] = field(default_factory=list)
+    students: list["TrainResult"] = field(default_factory=list)     # those of distill.students, in order
 
 
 @contextlib.contextmanager
@@ -130,6 +140,39 @@ def train(cfg: Config, output: str | os.PathLike, resume: str | os.PathLike | No
         return _run(cfg, output, resume_path(output, resume), mode, dist)
 
 
+@dataclass
+class _Student:
+    """One trained model of a run (the run's own, or one of ``distill.students``): its config, folder, model,
+    compiled step, lr per optimizer step, position and log."""
+
+    cfg: Config
+    output: Path
+    model: ms.nn.Cell
+    step: TrainStep
+    lr: np.ndarray
+    state: TrainState
+    log: RunLog
+    known: int = 0                      # the step's non-finite count when last checked
+
+    def rate(self) -> float:
+        return float(self.lr[min(self.state.global_step // self.cfg.train.accumulate, len(self.lr) - 1)])
+
+
+def student_output(output: Path, index: int) -> Path:
+    """Where extra student ``index`` (1-based: ``distill.students[index - 1]``) writes its files."""
+    return output / f"student{index}"
+
+
+def _student_resume(resume: Path | None, index: int) -> Path | None:
+    """Extra student ``index``'s checkpoint beside the run's ``resume`` (``student<index>/<same name>``)."""
+    if resume is None:
+        return None
+    path = student_output(resume.parent, index) / resume.name
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no checkpoint of student {index} to resume with {resume}")
+    return path
+
+
 def _run(cfg: Config, output: Path, resume: Path | None, mode: int, dist: Distributed) -> TrainResult:
     rank, world = dist.rank, dist.world
     if world > 1 and cfg.data.skip_bad_images:
@@ -143,55 +186,120 @@ def _run(cfg: Config, output: Path, resume: Path | None, mode: int, dist: Distri
         raise ConfigError(f"config key 'train.accumulate' is {accumulate} but an epoch has only "
                           f"{train_data.steps} batches of {cfg.data.batch_size}")
     steps = train_data.steps
-    lr = lr_per_step(cfg.schedule, scaled_lr(cfg.optimizer, cfg.data.batch_size * world * accumulate),
-                     epochs, steps // accumulate)
-
-    read = read_train_checkpoint(resume) if resume is not None else None
-    state = read[1] if read is not None else TrainState(world=world)
-    if state.world != world:
-        raise CheckpointError(f"{resume}: written by a run of {state.world} process(es), this run has {world}: "
-                              f"resume with as many (the shards and the lr schedule depend on it)")
-    _agree(dist, resume, state)
-    ms.set_seed(model_seed(cfg.seed, rank, state.global_step))
-    model = build_model(cfg)
-    if read is None:
-        dist.broadcast(list(model.get_parameters()))       # every rank starts from rank 0's weights
-    step = build_train_network(model, create_loss(cfg), create_optimizer(model, cfg.optimizer, lr), cfg.train)
-    if read is not None:
-        state, _ = restore_train_checkpoint(resume, step, model, cfg, read)
-    log = RunLog(output, enabled=dist.writer, start_epoch=state.epoch)
+    configs = [cfg] + student_configs(cfg)
+    resumes = [resume] + [_student_resume(resume, i) for i in range(1, len(configs))]
+    reads = [read_train_checkpoint(path) if path is not None else None for path in resumes]
+    states = [read[1] if read is not None else TrainState(world=world) for read in reads]
+    for path, state in zip(resumes, states):
+        if state.world != world:
+            raise CheckpointError(f"{path}: written by a run of {state.world} process(es), this run has {world}: "
+                                  f"resume with as many (the shards and the lr schedule depend on it)")
+        if state.global_step != states[0].global_step:
+            raise CheckpointError(f"{path}: at global step {state.global_step}, {resume} at "
+                                  f"{states[0].global_step}: the students must resume from the same step")
+    _agree(dist, resume, states[0])
+    distilled = cfg.distill.method is not None
+    cache = TeacherCache(cfg.distill.cache_epochs, cfg.distill.cache_topk) \
+        if distilled and cfg.distill.cache_teacher else None
+    teacher = build_teacher(cfg) if distilled else None
+    students = []
+    for i, (c, path, read, state) in enumerate(zip(configs, resumes, reads, states)):
+        # every student is built as its own run would build it (same seed), so it trains as it would alone
+        ms.set_seed(model_seed(cfg.seed, rank, state.global_step))
+        model = build_model(c)
+        if read is None:
+            dist.broadcast(list(model.get_parameters()))       # every rank starts from rank 0's weights
+        lr = lr_per_step(c.schedule, scaled_lr(c.optimizer, c.data.batch_size * world * accumulate),
+                         epochs, steps // accumulate)
+        step = _train_step(c, model, lr, teacher, cache is not None or len(configs) > 1)
+        if read is not None:
+            state, _ = restore_train_checkpoint(path, step, model, c, read)
+        where = output if i == 0 else student_output(output, i)
+        students.append(_Student(c, where, model, step, lr, state,
+                                 RunLog(where, enabled=dist.writer, start_epoch=state.epoch)))
+    state = students[0].state
     try:
         if dist.writer:
-            for stale in output.glob(".*.partial*"):      # left by a process killed while writing
-                stale.unlink()
-            save_config(cfg, output / "config.yaml")
+            for s in students:
+                for stale in s.output.glob(".*.partial*"):      # left by a process killed while writing
+                    stale.unlink()
+                save_config(s.cfg, s.output / "config.yaml")
+        log = students[0].log
         log.info(f"{cfg.model.name}: {train_data.num_samples} train / {val_data.num_samples} val images"
                  f"{' per rank' if world > 1 else ''}, {len(train_data.classes)} classes, {steps} steps per epoch, "
                  f"{'GRAPH_MODE' if mode == ms.GRAPH_MODE else 'PYNATIVE_MODE'}, amp {cfg.train.amp_level}"
                  + (f", data parallel over {world} processes" if world > 1 else "")
+                 + (f", {cfg.distill.method} distillation from {cfg.distill.teacher.name}" if distilled else "")
                  + (f"; resumed from {resume} at epoch {state.epoch + 1} step {state.batch}/{steps}" if resume else ""))
+        for i, s in enumerate(students[1:], 1):
+            line = (f"student {i}: {s.cfg.model.name}, {s.cfg.distill.method} distillation, beside "
+                    f"{cfg.model.name} on its batches and teacher logits (files in {s.output})")
+            log.info(line)
+            s.log.info(line)
         for epoch in range(state.epoch, epochs):
             data = train_data if epoch == 0 and not state.position else \
-                create_loader(cfg, "train", model_cfg, epoch=epoch, num_shards=world, shard_id=rank,
-                              start=state.position)
-            record = _epoch(cfg, epoch, model, step, data, steps, val_data, lr, state, log, dist, output)
-            state.next_epoch(step.nonfinite_count())
-            best = record["val_top1"] is not None and record["val_top1"] > state.best_top1
-            if best:
-                state.best_top1, state.best_epoch = record["val_top1"], epoch
-            # the record first: a run stopped before the next checkpoint resumes from an earlier one and drops the
-            # records after it (RunLog), so every epoch of metrics.jsonl belongs to the weights that follow it
-            log.epoch(record)
-            if dist.writer and best:
-                save_train_checkpoint(output / BEST, step, model, state, cfg)
-                if cfg.train.export_torch:
-                    _export_torch(cfg, output)
-            if dist.writer and (state.epoch % cfg.train.save_interval == 0 or state.epoch == epochs):
-                save_train_checkpoint(output / LAST, step, model, state, cfg)
-        log.info(f"best val top-1 {state.best_top1:.2f} at epoch {state.best_epoch + 1}")
-        return TrainResult(output, state.best_top1, state.best_epoch, list(log.records))
+                create_loader(cfg, "train", model_cfg, epoch=cache.data_epoch(epoch) if cache else epoch,
+                              num_shards=world, shard_id=rank, start=state.position)
+            records = _epoch(students, epoch, data, steps, val_data, dist, cache)
+            for s, record in zip(students, records):
+                _end_epoch(s, record, epoch, dist)
+        for s in students:
+            s.log.info(f"best val top-1 {s.state.best_top1:.2f} at epoch {s.state.best_epoch + 1}")
+        results = [TrainResult(s.output, s.state.best_top1, s.state.best_epoch, list(s.log.records))
+                   for s in students]
+        results[0].students = results[1:]
+        return results[0]
     finally:
-        log.close()
+        for s in students:
+            s.log.close()
+
+
+def _end_epoch(s: _Student, record: dict, epoch: int, dist: Distributed) -> None:
+    """A student's epoch record, best and last checkpoints."""
+    state = s.state
+    state.next_epoch(s.step.nonfinite_count())
+    best = record["val_top1"] is not None and record["val_top1"] > state.best_top1
+    if best:
+        state.best_top1, state.best_epoch = record["val_top1"], epoch
+    # the record first: a run stopped before the next checkpoint resumes from an earlier one and drops the
+    # records after it (RunLog), so every epoch of metrics.jsonl belongs to the weights that follow it
+    s.log.epoch(record)
+    if dist.writer and best:
+        save_train_checkpoint(s.output / BEST, s.step, s.model, state, s.cfg)
+        if s.cfg.train.export_torch:
+            _export_torch(s.cfg, s.output)
+    if dist.writer and (state.epoch % s.cfg.train.save_interval == 0 or state.epoch == s.cfg.train.epochs):
+        save_train_checkpoint(s.output / LAST, s.step, s.model, state, s.cfg)
+
+
+def _train_step(cfg: Config, model: ms.nn.Cell, lr, teacher: ms.nn.Cell | None, teacher_logits: bool) -> TrainStep:
+    """The compiled train step of ``cfg``; with ``distill.method``, around the frozen ``teacher``
+    (:mod:`.distill`), returning the teacher's logits too when ``teacher_logits``."""
+    optimizer = create_optimizer(model, cfg.optimizer, lr)
+    if teacher is None:
+        return build_train_network(model, create_loss(cfg), optimizer, cfg.train)
+    return build_train_network(model, create_distill_loss(cfg.distill, create_loss(cfg)), optimizer, cfg.train,
+                               teacher=teacher, student_resize=cfg.distill.student_resize,
+                               return_teacher_logits=teacher_logits)
+
+
+def _train_batch(students: list[_Student], images: np.ndarray, targets: np.ndarray, cache: TeacherCache | None,
+                 epoch: int, batch: int) -> list[float]:
+    """One micro-batch through every student's step: the first runs the teacher (unless the cache replays its
+    logits), the others take the logits it returned (or the replayed ones). Returns the students' losses."""
+    x, y = ms.Tensor(images), ms.Tensor(targets)
+    first = students[0].step
+    if not first.return_teacher_logits:
+        return [float(first(x, y).asnumpy())]
+    recorded = cache.get(epoch, batch, images) if cache is not None else None
+    if recorded is None:
+        loss, logits = first(x, y)
+        if cache is not None:
+            cache.put(epoch, batch, images, logits.asnumpy())
+    else:
+        logits = ms.Tensor(recorded)
+        loss, _ = first(x, y, logits)
+    return [float(loss.asnumpy())] + [float(s.step(x, y, logits)[0].asnumpy()) for s in students[1:]]
 
 
 def _agree(dist: Distributed, resume: Path | None, state: TrainState) -> None:
@@ -210,58 +318,77 @@ def _running(step: TrainStep) -> list:
     return list(step.running) + [ema["ema." + p.name] for p in step.running if "ema." + p.name in ema]
 
 
-def _epoch(cfg: Config, epoch: int, model, step: TrainStep, data: Loader, steps: int, val_data: Loader, lr,
-           state: TrainState, log: RunLog, dist: Distributed, output: Path) -> dict:
-    """One epoch (or its rest, after ``state.batch`` batches) of training and validation; returns its
-    ``metrics.jsonl`` record."""
+def _check_finite(s: _Student, loss: float, where: str, images: int) -> None:
+    """Count a student's step: its loss into the epoch's mean, or a skipped update (or the run's end)."""
+    count = s.step.nonfinite_count()
+    if count > s.known or not math.isfinite(loss):
+        if not s.cfg.train.skip_nonfinite:
+            raise NonFiniteError(f"{s.cfg.model.name}: train loss {loss} or its gradients not finite at {where}; the "
+                                 f"update was not applied and {s.output / LAST} was left as it was: lower "
+                                 f"optimizer.lr, set train.grad_clip, or resume with train.skip_nonfinite=true")
+        if count > s.known:
+            s.log.info(f"{where}: non-finite loss ({loss:.4g}) or gradients, update skipped")
+        s.known = count
+    else:
+        s.state.loss_sum += loss * images
+        s.state.loss_images += images
+
+
+def _epoch(students: list[_Student], epoch: int, data: Loader, steps: int, val_data: Loader, dist: Distributed,
+           cache: TeacherCache | None) -> list[dict]:
+    """One epoch (or its rest, after ``state.batch`` batches) of training and validation of every student on the
+    same batches; returns their ``metrics.jsonl`` records."""
     start = time.perf_counter()
-    model.set_epoch(epoch, cfg.train.epochs)
-    model.set_train(True)
-    progress = log.progress(data, steps, epoch, cfg.train.epochs, cfg.train.log_interval, done=state.batch)
+    main = students[0]
+    cfg = main.cfg
+    for s in students:
+        s.model.set_epoch(epoch, cfg.train.epochs)
+        s.model.set_train(True)
+        s.known = s.step.nonfinite_count()
+    progress = main.log.progress(data, steps, epoch, cfg.train.epochs, cfg.train.log_interval, done=main.state.batch)
     every = cfg.train.save_every_steps
-    known = step.nonfinite_count()
-    rate = float(lr[min(state.global_step // cfg.train.accumulate, len(lr) - 1)])
+    rates = [s.rate() for s in students]
     for images, targets in progress:
-        rate = float(lr[min(state.global_step // cfg.train.accumulate, len(lr) - 1)])
-        loss = float(step(ms.Tensor(images), ms.Tensor(targets)).asnumpy())
-        state.global_step += 1
-        state.batch += 1
-        state.position = data.consumed
-        count = step.nonfinite_count()
-        if count > known or not math.isfinite(loss):
-            where = f"epoch {epoch + 1} step {state.batch}/{steps} (global step {state.global_step})"
-            if not cfg.train.skip_nonfinite:
-                raise NonFiniteError(f"train loss {loss} or its gradients not finite at {where}; the update was not "
-                                     f"applied and {output / LAST} was left as it was: lower optimizer.lr, set "
-                                     f"train.grad_clip, or resume with train.skip_nonfinite=true")
-            if count > known:
-                log.info(f"{where}: non-finite loss ({loss:.4g}) or gradients, update skipped")
-            known = count
-        else:
-            state.loss_sum += loss * len(images)
-            state.loss_images += len(images)
-        progress.update(loss, rate, len(images))
-        if every and state.global_step % every == 0 and state.batch < steps:
-            dist.average(_running(step))
-            if dist.writer:
-                save_train_checkpoint(output / LAST, step, model, state, cfg)
-    dist.average(_running(step))     # timm distribute_bn "reduce": every rank validates and saves the same weights
-    record = {"epoch": epoch, "lr": rate, "train_loss": state.loss_sum / max(state.loss_images, 1),
-              "images_per_s": float(dist.all_sum([progress.images_per_s])[0]),
-              "skipped_steps": step.nonfinite_count() - state.nonfinite_before}
+        rates = [s.rate() for s in students]
+        losses = _train_batch(students, images, targets, cache, epoch, main.state.batch)
+        for s, loss in zip(students, losses):
+            s.state.global_step += 1
+            s.state.batch += 1
+            s.state.position = data.consumed
+            _check_finite(s, loss, f"epoch {epoch + 1} step {s.state.batch}/{steps} (global step "
+                                   f"{s.state.global_step})", len(images))
+        progress.update(losses[0], rates[0], len(images))
+        if every and main.state.global_step % every == 0 and main.state.batch < steps:
+            for s in students:
+                dist.average(_running(s.step))
+                if dist.writer:
+                    save_train_checkpoint(s.output / LAST, s.step, s.model, s.state, s.cfg)
+    images_per_s = float(dist.all_sum([progress.images_per_s])[0])
     # validation every train.eval_interval epochs and after the last; the other epochs' val entries are null
     evaluated = (epoch + 1) % cfg.train.eval_interval == 0 or epoch + 1 == cfg.train.epochs
-    val = _validate(model, val_data, dist) if evaluated else {}
-    record.update(val_loss=val.get("loss"), val_top1=val.get("top1"), val_top5=val.get("top5"))
-    if cfg.train.ema_decay is not None:
-        ema = _validate(step.ema_model(), val_data, dist) if evaluated else {}
-        record.update(ema_top1=ema.get("top1"), ema_top5=ema.get("top5"), ema_loss=ema.get("loss"))
-    if data.bad_images():
-        record["bad_images"] = data.bad_images()
-        log.info(f"epoch {epoch + 1}: skipped {data.bad_images()} unreadable image(s), e.g. {data.bad_images.files[0]}")
-    record["seconds"] = time.perf_counter() - start
-    model.set_train(True)
-    return record
+    replayed = None
+    if cache is not None:
+        replayed, cache.hits, cache.misses = cache.hits / max(cache.hits + cache.misses, 1), 0, 0
+    records = []
+    for s, rate in zip(students, rates):
+        dist.average(_running(s.step))   # timm distribute_bn "reduce": every rank validates and saves the same weights
+        record = {"epoch": epoch, "lr": rate, "train_loss": s.state.loss_sum / max(s.state.loss_images, 1),
+                  "images_per_s": images_per_s, "skipped_steps": s.step.nonfinite_count() - s.state.nonfinite_before}
+        val = _validate(s.model, val_data, dist) if evaluated else {}
+        record.update(val_loss=val.get("loss"), val_top1=val.get("top1"), val_top5=val.get("top5"))
+        if s.cfg.train.ema_decay is not None:
+            ema = _validate(s.step.ema_model(), val_data, dist) if evaluated else {}
+            record.update(ema_top1=ema.get("top1"), ema_top5=ema.get("top5"), ema_loss=ema.get("loss"))
+        if replayed is not None:
+            record["teacher_replayed"] = replayed
+        if data.bad_images():
+            record["bad_images"] = data.bad_images()
+            s.log.info(f"epoch {epoch + 1}: skipped {data.bad_images()} unreadable image(s), e.g. "
+                       f"{data.bad_images.files[0]}")
+        record["seconds"] = time.perf_counter() - start
+        s.model.set_train(True)
+        records.append(record)
+    return records
 
 
 def _validate(model, val_data: Loader, dist: Distributed) -> dict:

@@ -27,6 +27,12 @@ optimizer state and EMA stay as they were. Such updates are counted in ``nonfini
 goes on is the loop's decision (``train.skip_nonfinite``). With a loss scaler, non-finite gradients from a finite
 forward are the scaler's float16 overflow instead (skipped, not counted, EMA updated: above).
 
+Distillation (``teacher=``, :mod:`.distill`): the frozen teacher runs first, in eval mode and outside the
+differentiated function, on the same micro-batch (or its logits come in, replayed from the teacher cache: a
+second compiled graph of the same step, without the teacher); ``loss_fn`` then takes ``(logits, targets,
+teacher_logits)``.
+Its Parameters (``teacher.*``) are not trained, not averaged and not part of :meth:`TrainStep.state_parameters`.
+
 Every piece of state is a Parameter of the step (checkpoints and resume): the model's parameters under their
 own names, the EMA weights under ``ema.<name>``, and the optimizer's, ``grad_accum.*``, ``loss_scale.*`` and
 ``nonfinite_steps``.
@@ -41,6 +47,8 @@ from mindspore.context import ParallelMode
 
 from convert.state import ms_only_names
 from specs.errors import ConfigError
+
+from .distill import resize_batch
 
 __all__ = ["TrainStep", "build_train_network", "check_amp_level", "AMP_LEVELS", "LOSS_SCALE_FACTOR",
            "LOSS_SCALE_WINDOW"]
@@ -112,11 +120,16 @@ class TrainStep(nn.Cell):
     parameters. ``loss_scale``: ``"none"``, ``"static"`` (``amp.StaticLossScaler(loss_scale_value)``) or
     ``"dynamic"`` (``amp.DynamicLossScaler(loss_scale_value, 2, 2000)``). ``ema_decay``: None (off) or timm's
     ``model_ema_decay``. The returned loss is the micro-batch's unscaled float32 loss (under data parallel,
-    its mean over the ranks)."""
+    its mean over the ranks). ``teacher``: a frozen :class:`.distill.Teacher` whose logits ``loss_fn`` takes
+    third; ``student_resize``: the side the network's training input is resized to (:func:`.distill.resize_batch`;
+    evaluation and the EMA model see images as they come). With a teacher, ``step(images, targets,
+    teacher_logits)`` uses the given logits instead of running it, and ``return_teacher_logits`` makes the step
+    return ``(loss, teacher_logits)`` (the teacher cache records them)."""
 
     def __init__(self, network: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, *,
                  grad_clip: float | None = None, accumulate: int = 1, loss_scale: str = "none",
-                 loss_scale_value: float = 65536.0, ema_decay: float | None = None):
+                 loss_scale_value: float = 65536.0, ema_decay: float | None = None, teacher: nn.Cell | None = None,
+                 student_resize: int | None = None, return_teacher_logits: bool = False):
         super().__init__(auto_prefix=False)
         if not (isinstance(accumulate, int) and accumulate >= 1):
             raise ConfigError(f"config key 'train.accumulate' must be a positive int, got {accumulate!r}")
@@ -136,7 +149,11 @@ class TrainStep(nn.Cell):
         self.weights = optimizer.parameters
         self.accumulate = accumulate
         self.grad_clip = grad_clip
-        self.grad_fn = ops.value_and_grad(self._forward, None, self.weights, has_aux=True)
+        self.teacher = teacher
+        self.student_resize = student_resize
+        self.return_teacher_logits = return_teacher_logits
+        forward = self._forward if teacher is None else self._forward_distill
+        self.grad_fn = ops.value_and_grad(forward, None, self.weights, has_aux=True)
         self.hyper_map = ops.HyperMap()
 
         self.scaler = None
@@ -192,7 +209,13 @@ class TrainStep(nn.Cell):
     # --- the graph --------------------------------------------------------------------------------------------
 
     def _forward(self, images, targets):
-        loss = self.loss_fn(self.network(images), targets).astype(ms.float32)
+        return self._scaled(self.loss_fn(self.network(images), targets).astype(ms.float32))
+
+    def _forward_distill(self, images, targets, teacher_logits):
+        logits = self.network(resize_batch(images, self.student_resize))
+        return self._scaled(self.loss_fn(logits, targets, teacher_logits).astype(ms.float32))
+
+    def _scaled(self, loss):
         scaled = loss if self.scaler is None else self.scaler.scale(loss)
         if self.accumulate > 1:
             scaled = scaled / self.accumulate
@@ -222,9 +245,20 @@ class TrainStep(nn.Cell):
         skipped = ops.logical_not(counted).astype(ms.int32)
         return ops.depend(applied, ops.assign_add(self.nonfinite_steps, skipped))
 
-    def construct(self, images, targets):
+    def construct(self, images, targets, teacher_logits=None):
+        if self.teacher is None:
+            return self._train(images, targets)
+        if teacher_logits is None:      # a live teacher; given logits: replayed ones (.distill.TeacherCache)
+            teacher_logits = self.teacher(images)
+        loss = self._train(images, targets, teacher_logits)
+        return (loss, teacher_logits) if self.return_teacher_logits else loss
+
+    def _train(self, images, targets, teacher_logits=None):
         before = self.hyper_map(_snapshot, self.running) if self.has_running else ()   # before this forward
-        (_, loss), grads = self.grad_fn(images, targets)
+        if teacher_logits is None:
+            (_, loss), grads = self.grad_fn(images, targets)
+        else:
+            (_, loss), grads = self.grad_fn(images, targets, teacher_logits)
         finite = ops.isfinite(loss)
         for stat in self.running:       # (amp.all_finite here as well breaks its use on the gradients at O2)
             finite = ops.logical_and(finite, ops.isfinite(stat).all())
@@ -249,6 +283,18 @@ class TrainStep(nn.Cell):
             finite = ops.logical_or(finite, True)
         loss = ops.depend(loss, ops.assign(self.accum_finite, finite.astype(ms.int32)))
         return ops.depend(loss, ops.assign(self.micro_step, step))
+
+    def set_train(self, mode: bool = True) -> "TrainStep":
+        """``Cell.set_train`` for the step's cells; the teacher stays in eval mode."""
+        super().set_train(mode)
+        if self.teacher is not None:
+            self.teacher.set_train(False)
+        return self
+
+    def state_parameters(self) -> list[Parameter]:
+        """Every Parameter a training checkpoint holds: all of the step's but the teacher's."""
+        frozen = {id(p) for p in self.teacher.get_parameters()} if self.teacher is not None else set()
+        return [p for p in self.get_parameters() if id(p) not in frozen]
 
     def nonfinite_count(self) -> int:
         """Updates not applied so far because of a non-finite loss or gradients (module docstring)."""
@@ -293,11 +339,15 @@ def check_amp_level(amp_level: str) -> str:
     return AMP_LEVELS[amp_level]
 
 
-def build_train_network(model: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, train_cfg) -> TrainStep:
+def build_train_network(model: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, train_cfg,
+                        teacher: nn.Cell | None = None, student_resize: int | None = None,
+                        return_teacher_logits: bool = False) -> TrainStep:
     """The :class:`TrainStep` of ``train_cfg`` (a ``TrainConfig``): ``amp_level`` applied to ``model`` with
     ``mindspore.amp.auto_mixed_precision`` (float16; checked first, :func:`check_amp_level`),
-    then ``grad_clip``, ``accumulate``, ``loss_scale``/``loss_scale_value`` and ``ema_decay``."""
+    then ``grad_clip``, ``accumulate``, ``loss_scale``/``loss_scale_value`` and ``ema_decay``; for distillation
+    the ``teacher`` and the student's input resize (:mod:`.distill`)."""
     network = amp.auto_mixed_precision(model, check_amp_level(train_cfg.amp_level))
     return TrainStep(network, loss_fn, optimizer, grad_clip=train_cfg.grad_clip, accumulate=train_cfg.accumulate,
                      loss_scale=train_cfg.loss_scale, loss_scale_value=train_cfg.loss_scale_value,
-                     ema_decay=train_cfg.ema_decay)
+                     ema_decay=train_cfg.ema_decay, teacher=teacher, student_resize=student_resize,
+                     return_teacher_logits=return_teacher_logits)

@@ -24,8 +24,6 @@ import numpy as np
 import pytest
 import torch
 from mindspore.nn.utils import no_init_parameters
-from safetensors import safe_open
-from safetensors.numpy import load_file
 
 import ms_models
 import torch_ref
@@ -34,7 +32,7 @@ from convert.io import read_checkpoint
 from convert.mapping import build_name_map, torch_to_ms
 from convert.onnx import export_onnx, ort_run
 from convert.state import read_state
-from helpers import DATA, ProjectedSum, load_ms_state, load_torch_state, rel_err
+from helpers import DATA, ProjectedSum, load_torch_state, ms_with_weights_of, official_record, rel_err
 from ms_models.context import execution_mode
 from ms_models.layers import DropPath as MsDropPath
 from ms_models.models.beit import Beit as MsBeit
@@ -48,26 +46,12 @@ from torch_ref.models.beit import Beit
 NAME = "beitv2_base_patch16_224"
 TOL = 1e-4        # float32, relative to the output scale (observed: logits 2.4e-7 graph, 4.8e-7 PyNative)
 GRAD_TOL = 1e-4   # gradients, relative to each gradient's scale (observed: MindSpore <= 1.2e-6, torch 0)
-
-
-def _official():
-    path = DATA / "beit_official_tiny.safetensors"
-    with safe_open(str(path), "np") as f:
-        kwargs = json.loads(f.metadata()["kwargs"])
-    arrays = load_file(str(path))
-    return kwargs, {k[6:]: v for k, v in arrays.items() if k.startswith("state.")}, arrays
+OFFICIAL = "beit_official_tiny.safetensors"   # the official code's tiny model: kwargs, state, inputs, outputs
 
 
 def _torch_official() -> tuple[dict, Beit, dict]:
-    kwargs, state, a = _official()
+    kwargs, state, a = official_record(OFFICIAL)
     return kwargs, load_torch_state(Beit(**kwargs), state).eval(), a
-
-
-def _ms_twin(tm: Beit, kwargs: dict) -> MsBeit:
-    mm = MsBeit(**kwargs)
-    load_ms_state(mm, torch_to_ms(torch_state_of(tm), build_name_map(tm, mm)))
-    mm.set_train(False)
-    return mm
 
 
 @pytest.mark.parametrize("name", sorted(spec.VARIANTS))
@@ -105,7 +89,7 @@ def test_relative_position_index_is_a_saved_int64_buffer():
     for the 4x4 grid), the zero k bias a non-persistent one (not saved); :func:`specs.relpos.relative_position_index`
     equals upstream's ``gen_relative_position_index`` on 3x5 and 7x7 grids too, and a torch model for a 24x40 input
     (3x5 patches) holds that index. In MindSpore the index is a frozen int64 parameter."""
-    kwargs, state, a = _official()
+    kwargs, state, a = official_record(OFFICIAL)
     tm = Beit(**kwargs)
     sd = tm.state_dict()
     assert sd["blocks.1.attn.relative_position_index"].dtype == torch.int64
@@ -128,7 +112,7 @@ def test_mindspore_matches_official_code(mode):
     """MindSpore with upstream's state (through the name map) gives upstream's logits and features."""
     kwargs, tm, a = _torch_official()
     with execution_mode(mode):
-        mm = _ms_twin(tm, kwargs)
+        mm = ms_with_weights_of(tm, MsBeit(**kwargs))
         assert rel_err(a["logits"], mm(ms.Tensor(a["input"])).asnumpy()) <= TOL
         assert rel_err(a["features"], mm.forward_features(ms.Tensor(a["input"])).asnumpy()) <= TOL
 
@@ -150,7 +134,7 @@ def test_gradients_match_official_code(framework):
         got = {"input": x.grad.numpy(), **{k: params[k].grad.numpy() for k in _GRADS}}
     else:
         with execution_mode(ms.GRAPH_MODE if framework == "graph" else ms.PYNATIVE_MODE):
-            mm = _ms_twin(tm, kwargs)
+            mm = ms_with_weights_of(tm, MsBeit(**kwargs))
             params = {p.name: p for p in mm.trainable_params()}
             weights = [params[_MS_NAME.get(k, k)] for k in _GRADS]
             gx, gw = ms.grad(ProjectedSum(mm, a["proj"]), grad_position=0, weights=weights)(ms.Tensor(a["input"]))
@@ -168,7 +152,7 @@ def test_official_layouts_load_strictly(tmp_path):
     file without the index buffers (the filter adds them, int64); MindSpore through the name map, from the last.
     A file whose index is not its grid's is a one-line :class:`CheckpointError`. Both frameworks load through
     ``create_model(NAME, checkpoint=..., **reduced_kwargs)``."""
-    kwargs, state, a = _official()
+    kwargs, state, a = official_record(OFFICIAL)
     tensors = {k: torch.from_numpy(v.copy()) for k, v in state.items()}
     layouts = {"plain.pth": tensors, "unilm.pth": {"model": tensors},
                "last.pth.tar": {"epoch": 3, "state_dict": {k: v * 0 for k, v in tensors.items()},
@@ -194,7 +178,7 @@ def test_official_layouts_load_strictly(tmp_path):
 def test_checkpoint_of_another_grid_is_a_key_error():
     """No table resampling (upstream has none): the 4x4-grid state against a 48-px model is a one-line
     :class:`KeyMismatchError` naming the tables; ``infer_kwargs`` reads the 32-px input and 10 classes back."""
-    kwargs, state, _ = _official()
+    kwargs, state, _ = official_record(OFFICIAL)
     wide = {**kwargs, "img_size": 48}
     with no_init_parameters():
         nm = build_name_map(Beit(**wide), MsBeit(**wide))
@@ -244,7 +228,7 @@ def test_drop_path_and_dropout_rates():
     """Upstream's rules: block i's stochastic depth ``torch.linspace(0, rate, depth)[i]`` (one module for both
     branches), ``drop_rate`` on the tokens, after ``attn.proj`` and in the MLP, ``attn_drop_rate`` on the
     attention weights, in both frameworks; no new keys."""
-    kwargs, _, _ = _official()
+    kwargs, _, _ = official_record(OFFICIAL)
     tm = Beit(**kwargs, drop_path_rate=0.1, drop_rate=0.2, attn_drop_rate=0.3)
     with no_init_parameters():
         mm = MsBeit(**kwargs, drop_path_rate=0.1, drop_rate=0.2, attn_drop_rate=0.3)
@@ -287,7 +271,7 @@ def test_onnx_export_matches_framework(tmp_path, framework, graph_mode):
     onnxruntime agrees with the framework (export check) and gives upstream's logits on the second recorded
     image (the files have a batch of 1)."""
     kwargs, tm, a = _torch_official()
-    model = tm if framework == "torch" else _ms_twin(tm, kwargs)
+    model = tm if framework == "torch" else ms_with_weights_of(tm, MsBeit(**kwargs))
     result = export_onnx(model, tmp_path / "beit.onnx", framework, (32, 32))
     assert result.max_abs_err <= TOL * result.ref_scale and result.ref_scale > 0.1
     assert rel_err(a["logits"][1:], ort_run(tmp_path / "beit.onnx", a["input"][1:])) <= TOL

@@ -16,13 +16,11 @@ import mindspore as ms
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.numpy import load_file
 
 import ms_models
 from convert.mapping import build_name_map, ms_to_torch, torch_to_ms
 from helpers import (DATA, MAX_FLIPS, NEAR_TIE, ProjectedSum, SharedKinks, adam_losses, load_ms_state,
-                     load_torch_state, record_kink_inputs, rel_err)
+                     load_torch_state, official_record, record_kink_inputs, rel_err)
 from builtin_data import digits
 from ms_models.models.bimlp import BiMLP as MsBiMLP
 from torch_ref.models.bimlp import BiMLP, max_pool_same
@@ -34,18 +32,9 @@ def _set_mode(mode, request):
     request.getfixturevalue("graph_mode" if mode == ms.GRAPH_MODE else "pynative_mode")
 
 
-def _official(tag: str):
-    path = DATA / "bimlp_official_tiny.safetensors"
-    with safe_open(str(path), "np") as f:
-        kwargs = json.loads(f.metadata()[tag])
-    arrays = load_file(str(path))
-    state = {k[len(tag) + 7:]: v for k, v in arrays.items() if k.startswith(f"{tag}.state.")}
-    return kwargs, state, arrays
-
-
 def _pair(tag: str, **extra):
     """(torch model, MindSpore model) with the official tiny weights (MindSpore names load as they are)."""
-    kwargs, state, arrays = _official(tag)
+    kwargs, state, arrays = official_record("bimlp_official_tiny.safetensors", tag)
     kwargs = {**kwargs, **extra}
     tm, mm = BiMLP(**kwargs), MsBiMLP(**kwargs)
     nm = build_name_map(tm, mm)

@@ -15,8 +15,6 @@ import mindspore as ms
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.numpy import load_file
 
 import ms_models
 import torch_ref
@@ -27,8 +25,8 @@ from convert.mapping import build_name_map, torch_to_ms
 from convert.official_ms import official_ms_to_ours
 from convert.onnx import export_onnx, ort_run
 from convert.parity import run_parity
-from helpers import (DATA, ProjectedSum, cached_state, load_ms_state, load_torch_state, rel_err, run_eval,
-                     torch_with_state)
+from helpers import (DATA, ProjectedSum, cached_state, load_ms_state, load_torch_state, ms_with_weights_of,
+                     official_record, rel_err, run_eval, torch_with_state)
 from ms_models.context import execution_mode
 from ms_models.models.ghostnetv2 import GhostModuleV2 as MsGhostModule, GhostNetV2 as MsGhostNetV2
 from specs import check_input_size, get_model_cfg
@@ -37,26 +35,12 @@ from specs.ghostnetv2 import block_plan, make_divisible, min_input_size
 from torch_ref.models.ghostnetv2 import GhostModuleV2, GhostNetV2
 
 TOL = 1e-4   # float32, relative to the output scale (observed ~2e-6 to 2e-5)
+OFFICIAL = "ghostnetv2_official_w025.safetensors"   # the official code at width 0.25: kwargs, state, inputs, outputs
 OFFICIAL_PARAMS = {"ghostnetv2_100": 6156908, "ghostnetv2_130": 8960404, "ghostnetv2_160": 12392698}
-
-
-def _official():
-    path = DATA / "ghostnetv2_official_w025.safetensors"
-    with safe_open(str(path), "np") as f:
-        kwargs = json.loads(f.metadata()["kwargs"])
-    arrays = load_file(str(path))
-    return kwargs, {k[6:]: v for k, v in arrays.items() if k.startswith("state.")}, arrays
 
 
 def _torch_copy(state, **kwargs):
     return load_torch_state(GhostNetV2(**kwargs), state)
-
-
-def _ms_copy(torch_model, **kwargs):
-    model = MsGhostNetV2(**kwargs)
-    load_ms_state(model, torch_to_ms(torch_state_of(torch_model), build_name_map(torch_model, model)))
-    model.set_train(False)
-    return model
 
 
 def test_rounding_and_plan():
@@ -89,7 +73,7 @@ def test_parameter_counts_equal_official(name):
 
 
 def test_torch_matches_official_code():
-    kwargs, state, a = _official()
+    kwargs, state, a = official_record(OFFICIAL)
     model = _torch_copy(state, **kwargs)
     model.eval()
     for size in ("112x80", "99x67"):
@@ -100,10 +84,10 @@ def test_torch_matches_official_code():
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
 def test_mindspore_matches_official_code(mode):
-    kwargs, state, a = _official()
+    kwargs, state, a = official_record(OFFICIAL)
     tm = _torch_copy(state, **kwargs)
     with execution_mode(mode):
-        mm = _ms_copy(tm, **kwargs)
+        mm = ms_with_weights_of(tm, MsGhostNetV2(**kwargs))
         for size in ("112x80", "99x67"):
             got = mm(ms.Tensor(a[f"input_{size}"])).asnumpy()
             assert rel_err(a[f"logits_{size}"], got) <= TOL, size
@@ -117,7 +101,7 @@ def test_graph_mode_gradients_equal_torch(graph_mode):
     112x80 must be as close to torch float64 as torch float32 is (4x, or 1e-5 of the tensor's scale), plus
     1e-6 of the largest gradient. Train mode differs only by real BatchNorm after the kernel, whose gradients
     ``test_conv_bn.py`` checks in both modes (one more compile here would cost 18 s of CI time)."""
-    kwargs, state, a = _official()
+    kwargs, state, a = official_record(OFFICIAL)
     x = a["input_112x80"]
     proj = np.random.RandomState(5).randn(len(x), kwargs["num_classes"]).astype(np.float32)
     grads_t = {}
@@ -126,7 +110,7 @@ def test_graph_mode_gradients_equal_torch(graph_mode):
         tm.eval().to(dtype)
         (tm(torch.from_numpy(x).to(dtype)) * torch.from_numpy(proj).to(dtype)).sum().backward()
         grads_t[dtype] = {k: p.grad.double().numpy() for k, p in tm.named_parameters()}
-    mm = _ms_copy(tm.float(), **kwargs, drop_rate=0.0)
+    mm = ms_with_weights_of(tm.float(), MsGhostNetV2(**kwargs, drop_rate=0.0))
     params = mm.trainable_params()
     names = [p.name for p in params]
     _, grads = ms.value_and_grad(ProjectedSum(mm, ms.Tensor(proj)), None, params)(ms.Tensor(x))

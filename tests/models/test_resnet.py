@@ -20,8 +20,6 @@ import numpy as np
 import pytest
 import torch
 from mindspore.nn.utils import no_init_parameters
-from safetensors import safe_open
-from safetensors.numpy import load_file
 
 import ms_models
 import torch_ref
@@ -31,7 +29,7 @@ from convert.io import read_checkpoint
 from convert.mapping import build_name_map, torch_to_ms
 from convert.onnx import export_onnx, ort_run
 from convert.parity import run_parity
-from helpers import DATA, load_ms_state, load_torch_state, rel_err, torch_with_state
+from helpers import DATA, load_torch_state, ms_with_weights_of, official_record, rel_err, torch_with_state
 from ms_models.context import execution_mode
 from ms_models.models.resnet import ResNet as MsResNet
 from specs.errors import CheckpointError
@@ -49,18 +47,8 @@ def _timm(name: str) -> dict:
 
 
 def _official(case: str):
-    path = DATA / f"resnet_official_tiny_{case}.safetensors"
-    with safe_open(str(path), "np") as f:
-        kwargs = json.loads(f.metadata()["kwargs"])
-    arrays = load_file(str(path))
-    return kwargs, {k[6:]: v for k, v in arrays.items() if k.startswith("state.")}, arrays
-
-
-def _ms_copy(torch_model: torch.nn.Module, **kwargs) -> MsResNet:
-    """MindSpore twin of a custom-size model (no registry name): same weights through the computed name map."""
-    model = MsResNet(**kwargs)
-    load_ms_state(model, torch_to_ms(torch_state_of(torch_model), build_name_map(torch_model, model)))
-    return model
+    """timm's tiny ``case`` model: kwargs, state, inputs and outputs (:func:`helpers.official_record`)."""
+    return official_record(f"resnet_official_tiny_{case}.safetensors")
 
 
 def _blocks(model, framework: str) -> dict:
@@ -127,8 +115,7 @@ def test_mindspore_matches_official_code(case, mode):
     max pool's and the stride-2 convs' padding."""
     kwargs, state, a = _official(case)
     with execution_mode(mode):
-        mm = _ms_copy(load_torch_state(ResNet(**kwargs), state), **kwargs)
-        mm.set_train(False)
+        mm = ms_with_weights_of(load_torch_state(ResNet(**kwargs), state), MsResNet(**kwargs))
         for size in SIZES:
             assert rel_err(a[f"logits_{size}"], mm(ms.Tensor(a[f"input_{size}"])).asnumpy()) <= TOL, size
 
@@ -138,7 +125,7 @@ def test_training_mode_and_bn_momentum_equal_torch(graph_mode):
     running mean and variance as torch's momentum 0.1 does (MindSpore momentum 0.9)."""
     kwargs, state, a = _official("bottleneck")
     tm = load_torch_state(ResNet(**kwargs), state)
-    mm = _ms_copy(tm, **kwargs)
+    mm = ms_with_weights_of(tm, MsResNet(**kwargs))
     nm = build_name_map(tm, mm)
     before = torch_to_ms(state, nm)
     x = a["input_64x48"]
@@ -171,7 +158,7 @@ def test_drop_path_drops_the_residual_branch_only(framework, pynative_mode):
                 h = torch.relu(h if b.downsample is None else b.downsample(h))
             assert rel_err(tm.forward_head(h).numpy(), ref) <= 1e-6
             return
-    mm = _ms_copy(load_torch_state(ResNet(**kwargs), state), **kwargs)
+    mm = ms_with_weights_of(load_torch_state(ResNet(**kwargs), state), MsResNet(**kwargs))
     for b in _blocks(mm, "mindspore").values():
         b.drop_path.p, b.drop_path.keep = 1.0, 0.0
     mm.set_train(True)

@@ -28,16 +28,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from mindspore.nn.utils import no_init_parameters
-from safetensors import safe_open
 from safetensors.numpy import load_file
 
 import ms_models
 import torch_ref
-from convert.api import convert_file, torch_state_of
+from convert.api import convert_file
 from convert.io import read_checkpoint
 from convert.mapping import build_name_map, ms_to_torch, torch_to_ms
 from convert.onnx import export_onnx, ort_run
-from helpers import DATA, ProjectedSum, load_ms_state, load_torch_state, rel_err
+from helpers import DATA, ProjectedSum, load_torch_state, ms_with_weights_of, official_record, prefixed, rel_err
 from ms_models.context import execution_mode
 from ms_models.models.swin import SwinTransformer as MsSwin, roll_hw
 from ms_models.train.optim import param_groups
@@ -50,25 +49,7 @@ TOL = 1e-4        # float32, relative to the output scale (observed ~5e-7 in bot
 # bias tables resized in float64 here, in float32 by torch's bicubic kernel: a few float32 ulps of the table's scale
 # (observed 7e-7); the logits through them: observed 4e-7
 RESIZE_TOL = 2e-6
-
-
-def _official():
-    path = DATA / "swin_official_tiny.safetensors"
-    with safe_open(str(path), "np") as f:
-        kwargs = json.loads(f.metadata()["kwargs"])
-    arrays = load_file(str(path))
-    state = {k[6:]: v for k, v in arrays.items() if k.startswith("state.")}
-    return kwargs, state, arrays
-
-
-def _prefixed(arrays, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-
-
-def _with_weights_of(torch_model: torch.nn.Module, mm):
-    load_ms_state(mm, torch_to_ms(torch_state_of(torch_model), build_name_map(torch_model, mm)))
-    mm.set_train(False)
-    return mm
+OFFICIAL = "swin_official_tiny.safetensors"   # the official code's tiny model: kwargs, state, inputs, outputs
 
 
 def _load_file(path, kwargs: dict):
@@ -82,7 +63,7 @@ def _load_file(path, kwargs: dict):
 
 
 def _official_torch():
-    kwargs, state, a = _official()
+    kwargs, state, a = official_record(OFFICIAL)
     return load_torch_state(SwinTransformer(**kwargs), state).eval(), kwargs, a
 
 
@@ -108,7 +89,7 @@ def test_buffers_are_the_official_ones():
     """The state holds the official persistent buffers, bit for bit and in their dtypes: ``relative_position_index``
     int64 in every block, ``attn_mask`` float32 in the shifted block of stage 0 only (stage 1's 4x4 grid equals the
     window: clamped, unshifted, no mask); the mask has -100 across regions and 0 inside them."""
-    kwargs, state, _ = _official()
+    kwargs, state, _ = official_record(OFFICIAL)
     tm = SwinTransformer(**kwargs)
     got = tm.state_dict()
     masks = [k for k in got if k.endswith("attn_mask")]
@@ -134,7 +115,7 @@ def test_mindspore_matches_official_code(mode):
     """MindSpore on the official weights (through the converter) gives the official logits and tokens."""
     tm, kwargs, a = _official_torch()
     with execution_mode(mode):
-        mm = _with_weights_of(tm, MsSwin(**kwargs))
+        mm = ms_with_weights_of(tm, MsSwin(**kwargs))
         x = ms.Tensor(a["input"])
         assert rel_err(a["logits"], mm(x).asnumpy()) <= TOL
         assert rel_err(a["tokens"], mm.forward_features(x).asnumpy()) <= TOL
@@ -201,10 +182,10 @@ def test_checkpoint_of_another_window_loads_like_fastmim(tmp_path, pynative_mode
     the file's (FastMIM re-makes them). Through the loaders' path the torch model loads strictly with exactly that
     state, MindSpore loads the same file through the converter and agrees; with the 'interpolate' tables torch
     gives the official logits; a table of another head count is a one-line error."""
-    kwargs, _, a = _official()
-    w2 = _prefixed(a, "w2.")
+    kwargs, _, a = official_record(OFFICIAL)
+    w2 = prefixed(a, "w2.")
     tm = SwinTransformer(**kwargs).eval()
-    simmim = _prefixed(load_file(str(DATA / "swin_official_simmim_remap.safetensors")), "w2to4.")
+    simmim = prefixed(load_file(str(DATA / "swin_official_simmim_remap.safetensors")), "w2to4.")
     filtered = spec.checkpoint_filter(w2, tm)
     assert simmim and all(np.array_equal(filtered[k], v) for k, v in simmim.items())
     assert filtered["layers.0.blocks.1.attn_mask"].shape == (4, 16, 16)
@@ -221,7 +202,7 @@ def test_checkpoint_of_another_window_loads_like_fastmim(tmp_path, pynative_mode
         got = tm(torch.from_numpy(x)).numpy()
     assert rel_err(got, mm(ms.Tensor(x)).asnumpy()) <= TOL
     interp = spec.checkpoint_filter(w2, tm, remap_mode="interpolate")
-    for k, ref in _prefixed(a, "w2to4.").items():
+    for k, ref in prefixed(a, "w2to4.").items():
         assert interp[k].shape == ref.shape == (49, ref.shape[1]) and rel_err(ref, interp[k]) <= RESIZE_TOL, k
     load_torch_state(tm, interp)
     with torch.no_grad():
@@ -235,7 +216,7 @@ def test_converter_round_trip_keeps_buffers_bit_exact(tmp_path):
     """torch -> MindSpore -> torch through the converter's files: every entry bit-exact, the index int64 on both
     sides, the frozen Parameters out of MindSpore's trainable ones; a window-4 file converts as it is (the model it
     implies: ``infer_kwargs`` window 4)."""
-    kwargs, state, _ = _official()
+    kwargs, state, _ = official_record(OFFICIAL)
     torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp_path / "swin.pth")
     convert_file(NAME, tmp_path / "swin.pth", tmp_path / "swin.ckpt", "torch2ms")
     ms_state = read_checkpoint(tmp_path / "swin.ckpt")
@@ -258,7 +239,7 @@ def test_official_layouts_load_strictly(tmp_path):
     """Plain state dict, FastMIM's ``{'model': ...}`` (with ``optimizer``, ``epoch``, ``args``), microsoft's file
     (final norm ``norm``), a timm ``CheckpointSaver`` file (EMA first): strict in torch, through the converter in
     MindSpore; a missing buffer is a key error."""
-    kwargs, state, a = _official()
+    kwargs, state, a = official_record(OFFICIAL)
     tens = {k: torch.from_numpy(v) for k, v in state.items()}
     microsoft = {("norm." + k[8:] if k.startswith("fc_norm.") else k): v for k, v in tens.items()}
     ema = {k: v if k.endswith(("attn_mask", "relative_position_index")) else v * 0.5 for k, v in tens.items()}
@@ -283,7 +264,7 @@ def test_gradients_match(pynative_mode):
     """Gradients of a projected sum w.r.t. the input and the bias tables (through the gather, the mask and the
     roll) agree between the frameworks (1e-4 of the largest; observed ~1e-6), in train mode without dropout."""
     tm, kwargs, a = _official_torch()
-    mm = _with_weights_of(tm, MsSwin(**kwargs))
+    mm = ms_with_weights_of(tm, MsSwin(**kwargs))
     tm.train(), mm.set_train(True)
     proj = np.random.RandomState(1).randn(2, 10).astype(np.float32)
     x = torch.from_numpy(a["input"]).requires_grad_()
@@ -300,7 +281,7 @@ def test_gradients_match(pynative_mode):
 @pytest.mark.parametrize("framework", ["torch", "graph"])
 def test_input_size_other_than_img_size_is_an_error(framework):
     """The official ``PatchEmbed`` assertion as a one-line :class:`InputSizeError` (MindSpore: at compile time)."""
-    kwargs, _, _ = _official()
+    kwargs, _, _ = official_record(OFFICIAL)
     x = np.zeros((1, 3, 32, 48), np.float32)
     with pytest.raises(InputSizeError, match="32x48 does not match the model's img_size 32x32"):
         if framework == "torch":
@@ -336,7 +317,7 @@ def test_onnx_export_matches_framework(tmp_path, framework, graph_mode):
     """The reduced official model exports (gather of the bias, mask, roll, window reshapes, patch merging) and
     onnxruntime agrees with the framework and with the official logits."""
     tm, kwargs, a = _official_torch()
-    model = tm if framework == "torch" else _with_weights_of(tm, MsSwin(**kwargs))
+    model = tm if framework == "torch" else ms_with_weights_of(tm, MsSwin(**kwargs))
     result = export_onnx(model, tmp_path / "swin.onnx", framework, (32, 32))
     assert result.max_abs_err <= TOL * result.ref_scale and result.ref_scale > 0.1
     assert rel_err(a["logits"][:1], ort_run(tmp_path / "swin.onnx", a["input"][:1])) <= TOL

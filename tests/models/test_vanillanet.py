@@ -7,19 +7,16 @@ logits at lambda 1 and 0.37, the state its ``switch_to_deploy`` wrote and the de
 """
 from __future__ import annotations
 
-import json
 import math
 
 import mindspore as ms
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.numpy import load_file
 
 from convert.api import convert_file, ms_state_of, ms_twin, torch_state_of
 from convert.io import read_checkpoint, write_checkpoint
-from helpers import DATA, load_ms_state, load_torch_state, rel_err, run_eval
+from helpers import load_torch_state, ms_with_weights_of, official_record, prefixed, rel_err, run_eval
 from ms_models.context import execution_mode
 from ms_models.models.vanillanet import VanillaNet as MsVanillaNet
 from specs.vanillanet import deep_training_lambda
@@ -35,27 +32,14 @@ TOL = 1e-4   # float32, relative to the output scale
 
 
 def _official(case):
-    path = DATA / f"vanillanet_official_{case}.safetensors"
-    with safe_open(str(path), "np") as f:
-        kwargs = json.loads(f.metadata()["kwargs"])
-    arrays = load_file(str(path))
-    train = {k[6:]: v for k, v in arrays.items() if k.startswith("state.")}
-    deploy = {k[7:]: v for k, v in arrays.items() if k.startswith("deploy.")}
-    return kwargs, train, deploy, arrays
+    """The official code's ``case`` model: kwargs, train-form state, deploy-form state (the ``deploy.`` arrays),
+    all arrays (:func:`helpers.official_record`)."""
+    kwargs, train, arrays = official_record(f"vanillanet_official_{case}.safetensors")
+    return kwargs, train, prefixed(arrays, "deploy."), arrays
 
 
 def _torch_model(kwargs, state, deploy=False):
     return load_torch_state(TorchVanillaNet(**kwargs, deploy=deploy), state).eval()
-
-
-def _ms_model(kwargs, torch_model, deploy=False):
-    """MindSpore twin of a custom-size model: same weights through the computed name map."""
-    from convert.mapping import build_name_map, torch_to_ms
-    model = MsVanillaNet(**kwargs, deploy=deploy)
-    nm = build_name_map(torch_model, model)
-    load_ms_state(model, torch_to_ms(torch_state_of(torch_model), nm))
-    model.set_train(False)
-    return model
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -86,7 +70,7 @@ def test_torch_matches_official_code(case):
 def test_mindspore_matches_official_code(case, mode):
     kwargs, train, _, a = _official(case)
     with execution_mode(mode):
-        model = _ms_model(kwargs, _torch_model(kwargs, train))
+        model = ms_with_weights_of(_torch_model(kwargs, train), MsVanillaNet(**kwargs))
         x = ms.Tensor(a["input"])
         assert rel_err(a["logits_lam1"], model(x).asnumpy()) <= TOL
         model.change_act(0.37)
@@ -99,7 +83,7 @@ def test_mindspore_matches_official_code(case, mode):
 
 def test_change_act_takes_effect_in_graph_mode_without_recompiling(graph_mode):
     kwargs, train, _, a = _official("tiny")
-    model = _ms_model(kwargs, _torch_model(kwargs, train))
+    model = ms_with_weights_of(_torch_model(kwargs, train), MsVanillaNet(**kwargs))
     x = ms.Tensor(a["input"])
     first = model(x).asnumpy()
     compiled = compiled_graphs(model)

@@ -24,8 +24,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from mindspore.nn.utils import no_init_parameters
-from safetensors import safe_open
-from safetensors.numpy import load_file
 
 import ms_models
 import torch_ref
@@ -34,7 +32,8 @@ from convert.io import read_checkpoint
 from convert.mapping import build_name_map, torch_to_ms
 from convert.onnx import export_onnx, ort_run
 from convert.parity import run_parity
-from helpers import DATA, ProjectedSum, cached_state, load_ms_state, load_torch_state, rel_err
+from helpers import (DATA, ProjectedSum, cached_state, load_ms_state, load_torch_state, ms_with_weights_of,
+                     official_record, rel_err)
 from ms_models.context import execution_mode
 from ms_models.layers import GELU, Attention as MsAttention, DropPath as MsDropPath, kernels, refresh_graph
 from ms_models.models.vit import VisionTransformer as MsViT
@@ -50,21 +49,7 @@ TOL = 1e-4        # float32, relative to the output scale (observed ~1e-6)
 # resampled position embeddings: timm computes in float32, specs.vit in float64 rounded once to float32; the two
 # agree to a few float32 ulps of the embedding's scale (observed 1.7e-7)
 RESAMPLE_TOL = 1e-6
-
-
-def _official():
-    path = DATA / "vit_official_tiny.safetensors"
-    with safe_open(str(path), "np") as f:
-        kwargs = json.loads(f.metadata()["kwargs"])
-    arrays = load_file(str(path))
-    return kwargs, {k[6:]: v for k, v in arrays.items() if k.startswith("state.")}, arrays
-
-
-def _with_weights_of(torch_model: torch.nn.Module, mm):
-    """The MindSpore model ``mm`` holding ``torch_model``'s weights (through the name map), in eval mode."""
-    load_ms_state(mm, torch_to_ms(torch_state_of(torch_model), build_name_map(torch_model, mm)))
-    mm.set_train(False)
-    return mm
+OFFICIAL = "vit_official_tiny.safetensors"   # timm's tiny model: kwargs, state, inputs, outputs
 
 
 def _torch_interpolate_aa(posemb: np.ndarray, new_size: tuple[int, int]) -> np.ndarray:
@@ -94,7 +79,7 @@ def test_parameter_counts_equal_official(name):
 
 
 def test_torch_matches_official_code():
-    kwargs, state, a = _official()
+    kwargs, state, a = official_record(OFFICIAL)
     tm = load_torch_state(VisionTransformer(**kwargs), state).eval()
     x = torch.from_numpy(a["input_24x24"])
     with torch.no_grad():
@@ -107,7 +92,7 @@ def test_checkpoint_filter_resamples_like_timm(size):
     """timm's ``checkpoint_filter_fn`` into a model for another input size (3x3 grid -> 4x5, upsampled; -> 2x2,
     antialiased downsampling): :func:`specs.vit.checkpoint_filter` gives timm's ``pos_embed``, and the torch model
     loaded with it timm's logits; the class token entry is unchanged."""
-    kwargs, state, a = _official()
+    kwargs, state, a = official_record(OFFICIAL)
     h, w = size
     model = VisionTransformer(**{**kwargs, "img_size": size}).eval()
     filtered = spec.checkpoint_filter(state, model)
@@ -123,12 +108,12 @@ def test_checkpoint_filter_resamples_like_timm(size):
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
 def test_mindspore_matches_official_code(mode):
     """MindSpore on timm's weights gives timm's logits at 24x24 and, with the resampled state, at 32x40."""
-    kwargs, state, a = _official()
+    kwargs, state, a = official_record(OFFICIAL)
     with execution_mode(mode):
         for size, weights in (((24, 24), state), ((32, 40), None)):
             tm = VisionTransformer(**{**kwargs, "img_size": size}).eval()
             load_torch_state(tm, weights or spec.checkpoint_filter(state, tm))
-            mm = _with_weights_of(tm, MsViT(**{**kwargs, "img_size": size}))
+            mm = ms_with_weights_of(tm, MsViT(**{**kwargs, "img_size": size}))
             key = f"{size[0]}x{size[1]}"
             assert rel_err(a[f"logits_{key}"], mm(ms.Tensor(a[f"input_{key}"])).asnumpy()) <= TOL, key
 
@@ -291,7 +276,7 @@ def test_onnx_export_matches_framework(tmp_path, framework, graph_mode):
     torch.manual_seed(0)
     kwargs = dict(depth=2, img_size=32)
     tm = deterministic_weights(torch_ref.create_model(NAME, **kwargs), input_size=32, batches=1, batch_size=2)
-    model = tm if framework == "torch" else _with_weights_of(tm, ms_models.create_model(NAME, **kwargs))
+    model = tm if framework == "torch" else ms_with_weights_of(tm, ms_models.create_model(NAME, **kwargs))
     result = export_onnx(model, tmp_path / "vit.onnx", framework, (32, 32))
     assert result.max_abs_err <= TOL * result.ref_scale and result.ref_scale > 0.1
     x = np.random.RandomState(7).randn(1, 3, 32, 32).astype(np.float32)

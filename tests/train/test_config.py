@@ -190,3 +190,40 @@ def test_save_is_atomic(tmp_path, monkeypatch):
         save_config(apply_overrides(Config(), ["seed=1"]), path)
     assert path.read_text() == before and load_config(path) == Config()   # the old file is intact
     assert os.listdir(tmp_path) == ["config.yaml"]                         # and the partial temp file is gone
+
+
+def test_base_recipe_chain(tmp_path):
+    """``base: FILE`` (relative to the recipe) lays the recipe over its base section by section, through a chain;
+    a cycle or a base that is not a path is a one-line error."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.yaml").write_text("model: {name: resnet18, num_classes: 10, kwargs: {layers: [1, 1, 1, 1]}}\n"
+                                     "data: {image_size: 64, batch_size: 8}\noptimizer: {lr: 0.5}\n")
+    (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\ndata: {batch_size: 16}\n"
+                                             "model: {kwargs: {zero_init_last: false}}\n")
+    (tmp_path / "c.yaml").write_text("base: sub/b.yaml\noptimizer: {lr: 0.25}\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert (cfg.model.name, cfg.model.num_classes, cfg.data.image_size, cfg.data.batch_size, cfg.optimizer.lr) == \
+        ("resnet18", 10, 64, 16, 0.25)
+    assert cfg.model.kwargs == {"layers": [1, 1, 1, 1], "zero_init_last": False}
+    (tmp_path / "a.yaml").write_text("base: c.yaml\n")
+    one_line_error(ConfigError, lambda: load_config(tmp_path / "c.yaml"), "'base' chain comes back to itself")
+    (tmp_path / "d.yaml").write_text("base: [a.yaml]\n")
+    one_line_error(ConfigError, lambda: load_config(tmp_path / "d.yaml"), "'base' must be a recipe path")
+    (tmp_path / "e.yaml").write_text("base: missing.yaml\n")
+    one_line_error(ConfigError, lambda: load_config(tmp_path / "e.yaml"), "cannot read config", "missing.yaml")
+
+
+def test_distill_recipes_cite_the_official_commands():
+    """The VanillaKD recipes: A2 is the ResNet-50 A2 recipe plus the teacher; A1, DKD and DIST change what the
+    readme commands change."""
+    a2, a1, dkd, dist = (load_config(ROOT / "configs" / "distill" / f"resnet50_beitv2_{v}.yaml")
+                         for v in ("kd_a2", "kd_a1", "dkd_a2", "dist_a2"))
+    base = load_config(ROOT / "configs" / "resnet" / "resnet50_a2.yaml")
+    assert dataclasses.replace(a2, distill=base.distill) == base
+    assert (a2.distill.method, a2.distill.teacher.name, a2.distill.temperature) == ("kd", "beitv2_base_patch16_224", 1)
+    assert (a1.train.epochs, a1.optimizer.weight_decay, a1.data.smoothing, a1.data.mixup, a1.data.cutmix) == \
+        (600, 0.01, 0.1, 0.2, 1.0)
+    assert (dkd.distill.method, dkd.distill.dkd_alpha, dkd.distill.dkd_beta) == ("dkd", 1.0, 2.0)
+    assert dist.distill.method == "dist" and dataclasses.replace(dist, distill=a2.distill) == a2
+    for path in (ROOT / "configs" / "distill").glob("*.yaml"):
+        assert "Hao840/vanillaKD@a27b029" in "".join(path.read_text().splitlines()[:4]), path

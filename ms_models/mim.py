@@ -1,0 +1,619 @@
+"""Masked-image-modelling pieces of FastMIM (arXiv 2212.06593) and LocalMIM (arXiv 2303.05251): the HOG targets
+and the masking helpers, as the official ggjy/FastMIM.pytorch@d4eea0d (``util/hog_layer.py``,
+``mim_vit_pretrain.py``) and Haoqing-Wang/LocalMIM@314a6e5 (``ViT/models_mim.py``) compute them. Mirrors
+``torch_ref/mim.py`` name for name.
+
+HOG (both papers §3, "HOG as the target", after MaskFeat): per pixel and colour channel the reflect-padded
+cross-correlation with ``kx = [[1,0,-1],[2,0,-2],[1,0,-1]]`` and ``ky = kxᵀ``, ``mag = sqrt(gx² + gy²)``, the
+hard bin ``floor(atan2(gx, gy) / π · nbins) mod nbins`` (unsigned orientation), a per-cell histogram (FastMIM
+sums the ``pool×pool`` cell, LocalMIM averages it) and an L2 normalisation of each cell over its bins,
+``x / max(‖x‖, 1e-12)``. The HOG layers compile in GRAPH_MODE; the masking helpers run in PyNative.
+
+MindSpore specifics: the gradients are separable slice differences after ``ops.pad(mode='reflect')`` (exactly 0
+on the reflected borders, as upstream's convolution gives; a convolution kernel of another summation order
+need not cancel); the phase is scaled as ``phase / π * nbins`` in float32 in that order; ``ops.L2Normalize``
+clamps the norm at 1e-4, so the normalisation is written out with torch's 1e-12; upstream's ``scatter_add_``
+is a one-hot product (each pixel writes once). Indices and masks are int32 (torch: int64).
+"""
+from __future__ import annotations
+
+import math
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import Uniform, initializer
+
+__all__ = ["HOGLayerC", "HOGLayer", "SobelConv", "sobel_gradients", "orientation_bins", "block_masking",
+           "random_masking", "recal_mask"]
+
+SOBEL_X = ((1.0, 0.0, -1.0), (2.0, 0.0, -2.0), (1.0, 0.0, -1.0))   # kx; ky = kxᵀ
+NORM_EPS = 1e-12    # torch F.normalize's eps
+
+
+def sobel_gradients(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(gx, gy)`` of every channel of ``x`` (B, C, H, W): reflect padding by 1, then the cross-correlation with
+    ``kx`` and ``ky = kxᵀ`` (``gx = left − right``, ``gy = top − bottom``), as separable smoothing ``[1, 2, 1]``
+    and a slice difference. A reflected border column (row) subtracts two bitwise-equal sums, so gx (gy) is
+    exactly 0 there whatever the input."""
+    p = ops.pad(x, (1, 1, 1, 1), mode="reflect")
+    rows = p[:, :, :-2, :] + 2 * p[:, :, 1:-1, :] + p[:, :, 2:, :]       # [1, 2, 1] down the rows
+    cols = p[:, :, :, :-2] + 2 * p[:, :, :, 1:-1] + p[:, :, :, 2:]       # [1, 2, 1] along the columns
+    return rows[:, :, :, :-2] - rows[:, :, :, 2:], cols[:, :, :-2, :] - cols[:, :, 2:, :]
+
+
+def orientation_bins(gx: Tensor, gy: Tensor, nbins: int, max_angle: float = math.pi) -> tuple[Tensor, Tensor]:
+    """``(mag, bin)``: ``sqrt(gx² + gy²)`` and ``floor(atan2(gx, gy) / max_angle * nbins) mod nbins`` (int32),
+    the float32 operations in upstream's order (a precomputed ``nbins / π`` moves the exact-edge pixels)."""
+    mag = ops.sqrt(gx * gx + gy * gy)
+    phase = ops.atan2(gx, gy) / max_angle * nbins
+    bins = ops.cast(ops.floor(phase), ms.int32)
+    return mag, ops.floor_mod(bins, nbins)
+
+
+def _histogram(mag: Tensor, bins: Tensor, levels: Tensor, pool: int, mean: bool) -> Tensor:
+    """Per-cell orientation histograms (B, C, nbins, H//pool, W//pool) of ``mag`` (B, C, H, W) in ``bins``
+    (``levels``: the int32 bin numbers, shaped (1, 1, nbins, 1, 1)); the trailing rows and columns that do not
+    fill a cell are dropped, as upstream's ``unfold`` / ``AvgPool2d`` do."""
+    b, c, h, w = mag.shape
+    nbins = levels.shape[2]
+    hp, wp = h // pool, w // pool
+    hist = ops.cast(ops.equal(bins.expand_dims(2), levels), mag.dtype) * mag.expand_dims(2)   # scatter of a pixel
+    hist = hist[:, :, :, :hp * pool, :wp * pool].reshape(b, c, nbins, hp, pool, wp, pool)
+    return hist.mean(axis=(4, 6)) if mean else hist.sum(axis=(4, 6))
+
+
+def _l2_normalize(x: Tensor, axis: int) -> Tensor:
+    """``x / max(‖x‖₂, 1e-12)`` along ``axis`` (torch ``F.normalize``; not ``ops.L2Normalize``, eps 1e-4)."""
+    return x / ops.maximum(ops.sqrt((x * x).sum(axis, keepdims=True)), NORM_EPS)
+
+
+def _levels(nbins: int) -> Tensor:
+    return Tensor(np.arange(nbins, dtype=np.int32).reshape(1, 1, nbins, 1, 1))
+
+
+class HOGLayerC(nn.Cell):
+    """FastMIM's HOG target (paper §3.2; official ``util/hog_layer.py::HOGLayerC``, from MaskFeat): (B, 3, H, W)
+    -> (B, 3·nbins, H//pool, W//pool), the R bins, then G, then B; cell histograms are **sums**, L2-normalised
+    per cell and channel when ``norm_pix_loss``. ``weight_x`` / ``weight_y`` are upstream's (3, 1, 3, 3) kernel
+    buffers (frozen Parameters); the forward uses the same fixed kernels as exact slice differences
+    (:func:`sobel_gradients`). Upstream's ``gaussian_window`` (always 0 in FastMIM) is not kept."""
+
+    def __init__(self, nbins: int = 9, pool: int = 8, norm_pix_loss: bool = True) -> None:
+        super().__init__()
+        self.nbins = nbins
+        self.pool = pool
+        self.pi = math.pi
+        self.norm_pix_loss = norm_pix_loss
+        weight_x = np.tile(np.array(SOBEL_X, np.float32).reshape(1, 1, 3, 3), (3, 1, 1, 1))
+        self.weight_x = Parameter(Tensor(weight_x), name="weight_x", requires_grad=False)
+        self.weight_y = Parameter(Tensor(np.ascontiguousarray(weight_x.transpose(0, 1, 3, 2))), name="weight_y",
+                                  requires_grad=False)
+        self.levels = _levels(nbins)
+
+    def orientation(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(mag, bin)`` per pixel and channel, each (B, 3, H, W): the step part of the layer."""
+        gx, gy = sobel_gradients(x)
+        return orientation_bins(gx, gy, self.nbins, self.pi)
+
+    def histogram(self, mag: Tensor, bins: Tensor) -> Tensor:
+        """The output from the per-pixel ``(mag, bin)``: summed cells, optional L2 norm, channels flattened."""
+        out = _histogram(mag, bins, self.levels, self.pool, False)
+        if self.norm_pix_loss:
+            out = _l2_normalize(out, 2)
+        b, c, n, h, w = out.shape
+        return out.reshape(b, c * n, h, w)
+
+    def construct(self, x: Tensor) -> Tensor:
+        mag, bins = self.orientation(x)
+        return ops.stop_gradient(self.histogram(mag, bins))
+
+
+class SobelConv(nn.Cell):
+    """The frozen ``conv`` of LocalMIM's ``HOGLayer`` (upstream an ``nn.Conv2d(1, 2, 3, padding=1,
+    padding_mode='reflect', bias=bias)``): ``weight`` (2, 1, 3, 3) is the (kx, ky) pair and ``bias`` (2,), when
+    present, starts at torch ``nn.Conv2d``'s default U(−1/3, 1/3) as upstream leaves it (checkpoints carry the
+    values that count). (B, 1, H, W) -> (B, 2, H, W); computed as :func:`sobel_gradients` plus the bias."""
+
+    def __init__(self, bias: bool = False) -> None:
+        super().__init__()
+        kx = np.array(SOBEL_X, np.float32)
+        self.weight = Parameter(Tensor(np.stack([kx, kx.T])[:, None]), name="weight", requires_grad=False)
+        self.has_bias = bias
+        self.bias = Parameter(initializer(Uniform(1 / 3), (2,), ms.float32), name="bias",
+                              requires_grad=False) if bias else None
+
+    def construct(self, x: Tensor) -> Tensor:
+        gx, gy = sobel_gradients(x)
+        gxy = ops.cat((gx, gy), 1)
+        if self.has_bias:
+            gxy = gxy + self.bias.reshape(1, 2, 1, 1)
+        return gxy
+
+
+class HOGLayer(nn.Cell):
+    """LocalMIM's HOG target of one channel (paper §3.3; official ``ViT/models_mim.py::HOGLayer``; the Swin one
+    is the same): (B, 1, H, W) -> (B, nbins, H//pool, W//pool); cell histograms are **means** (``AvgPool2d``),
+    always L2-normalised. ``max_angle`` divides the phase (π upstream). With ``bias`` the frozen ``conv.bias``
+    is added to (gx, gy), so a flat region has the constant gradient ``bias`` and a flat cell is one-hot.
+    Upstream's comment says "linear interpolation", its code (kept here) assigns hard bins."""
+
+    def __init__(self, nbins: int, pool: int, bias: bool = False, max_angle: float = math.pi) -> None:
+        super().__init__()
+        self.nbins = nbins
+        self.pool = pool
+        self.max_angle = max_angle
+        self.conv = SobelConv(bias)
+        self.levels = _levels(nbins)
+
+    def orientation(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(mag, bin)`` per pixel, each (B, 1, H, W): the step part of the layer."""
+        if x.shape[1] != 1:
+            raise ValueError("HOGLayer takes one channel (B, 1, H, W)")
+        gxy = self.conv(x)
+        return orientation_bins(gxy[:, :1], gxy[:, 1:], self.nbins, self.max_angle)
+
+    def histogram(self, mag: Tensor, bins: Tensor) -> Tensor:
+        """The output from the per-pixel ``(mag, bin)``: averaged cells, L2-normalised over the bins."""
+        return _l2_normalize(_histogram(mag, bins, self.levels, self.pool, True)[:, 0], 1)
+
+    def construct(self, x: Tensor) -> Tensor:
+        mag, bins = self.orientation(x)
+        return ops.stop_gradient(self.histogram(mag, bins))
+
+
+def _repeat_hw(x: Tensor, r: int) -> Tensor:
+    """Nearest upsampling of (B, C, H, W) by ``r`` on both spatial axes (``repeat_interleave`` on dims 2, 3)."""
+    b, c, h, w = x.shape
+    return ops.broadcast_to(x.reshape(b, c, h, 1, w, 1), (b, c, h, r, w, r)).reshape(b, c, h * r, w * r)
+
+
+def block_masking(imgs: Tensor, mask_ratio: float, img_size: int, block_size: int = 16, patch_size: int = 16,
+                  noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """FastMIM's per-sample block masking (paper §3.1; official ``mim_vit_pretrain.py::
+    mim_per_sample_block_masking``): ``(mask (B, 1, H, W), loss_mask (B, 1, img_size//patch_size, ...))``, int32,
+    1 = masked. The ``n = (img_size//block_size)²`` blocks are ranked by ``noise`` (B, n) (drawn U[0, 1) when
+    None); the ``int(n·(1 − mask_ratio))`` smallest are kept. ``mask`` spreads each block over ``H // √n`` pixels;
+    ``loss_mask`` is at block resolution, repeated to token resolution when ``block_size > patch_size``."""
+    batch, _, height, width = imgs.shape
+    if height != width:
+        raise ValueError(f"Input height and width doesn't match ({height} != {width}).")
+    mask_size = img_size // block_size
+    bw_ratio = height // mask_size
+    if bw_ratio * mask_size != height:
+        raise ValueError(f"image size {height} is not a multiple of the {mask_size}x{mask_size} block grid")
+    len_keep = int(mask_size ** 2 * (1 - mask_ratio))
+    if noise is None:
+        noise = ops.rand(batch, mask_size ** 2, dtype=ms.float32)
+    ids_restore = ops.argsort(ops.argsort(noise, axis=1), axis=1)
+    loss_mask = ops.cast(ids_restore >= len_keep, ms.int32).reshape(batch, 1, mask_size, mask_size)
+    mask = _repeat_hw(loss_mask, bw_ratio)
+    if block_size > patch_size:
+        loss_mask = _repeat_hw(loss_mask, block_size // patch_size)
+    return mask, loss_mask
+
+
+def random_masking(x: Tensor, mask_ratio: float, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """MAE's per-sample random masking, as LocalMIM uses it (official ``ViT/models_mim.py::random_masking``):
+    ``(x_keep (N, len_keep, D), mask (N, L) float32, ids_restore (N, L) int32)`` for ``x`` (N, L, D); the
+    ``int(L·(1 − mask_ratio))`` tokens of smallest ``noise`` (N, L) (drawn U[0, 1) when None) are kept, in
+    ascending noise order; ``mask`` is 1 for a removed token, in the original order."""
+    n, length, dim = x.shape
+    len_keep = int(length * (1 - mask_ratio))
+    if noise is None:
+        noise = ops.rand(n, length, dtype=ms.float32)
+    ids_shuffle = ops.argsort(noise, axis=1)
+    ids_restore = ops.argsort(ids_shuffle, axis=1)
+    ids_keep = ids_shuffle[:, :len_keep]
+    x_keep = ops.gather_elements(x, 1, ops.broadcast_to(ids_keep.expand_dims(-1), (n, len_keep, dim)))
+    mask = ops.cast(ids_restore >= len_keep, ms.float32)
+    return x_keep, mask, ids_restore
+
+
+def recal_mask(mask: Tensor, scale: float) -> Tensor:
+    """LocalMIM's mask at the grid of one decoder scale (paper §3.2; official ``ViT/models_mim.py::recal_mask``):
+    ``mask`` (B, L) on a square √L×√L token grid -> (B, L·scale²) float32. ``scale ≥ 1``: nearest upsampling by
+    ``int(scale)``; ``scale < 1``: the **mean** over each ``int(1/scale)``² group (multiples of 0.25 at 0.5)."""
+    mask = ops.cast(mask, ms.float32)
+    b, length = mask.shape
+    h = int(length ** .5)
+    if scale >= 1.:
+        return _repeat_hw(mask.reshape(b, 1, h, h), int(scale)).reshape(b, -1)
+    s = int(1 / scale)
+    return mask.reshape(b, h // s, s, h // s, s).swapaxes(2, 3).mean((-2, -1)).reshape(b, -1)
+
+
+# ================================================================== pretraining models and fine-tuning (2.3, 2.4)
+# Mirrors the torch section of ``torch_ref/mim.py`` cell for cell (FastMIM ``mim_vit_pretrain.py``, LocalMIM
+# ``ViT/models_mim.py``, MAE ``models_vit.py``); the parameter names are the torch keys with LayerNorm's
+# ``gamma``/``beta``. MindSpore specifics: LayerNorm epsilon 1e-6 and exact-erf GELU set explicitly (the project's
+# ViT ``Block``); FastMIM's boolean-indexed means are masked sums over the mask count; the constructs compile in
+# GRAPH_MODE. An official torch file loads through the converter's computed name map (:func:`load_official`).
+
+import os  # noqa: E402
+from typing import Any  # noqa: E402
+
+from specs import mim as _spec  # noqa: E402
+from specs.errors import CheckpointError, ConfigError  # noqa: E402
+
+from .layers import GELU, PatchEmbed  # noqa: E402
+from .models.vit import Block, VisionTransformer as _TimmViT, layer_norm  # noqa: E402
+
+__all__ += ["MaskedAutoencoderViT", "LocalMIMViT", "MAEDecoder", "LayerNorm2d", "FinetuneViT",
+            "fastmim_vit_base_patch16", "localmim_vit_base_patch16", "vit_base_patch16", "load_pretrained",
+            "load_official", "hog_c"]
+
+
+def hog_c(imgs: Tensor, levels: Tensor, pool: int = 8, norm_pix_loss: bool = True) -> Tensor:
+    """:class:`HOGLayerC` as a function of the int32 bin numbers ``levels`` (1, 1, nbins, 1, 1): no parameters, as
+    FastMIM builds the layer inside every loss call (its kernels are not in the pretraining state dict)."""
+    gx, gy = sobel_gradients(imgs)
+    mag, bins = orientation_bins(gx, gy, levels.shape[2], math.pi)
+    out = _histogram(mag, bins, levels, pool, False)
+    if norm_pix_loss:
+        out = _l2_normalize(out, 2)
+    b, c, n, h, w = out.shape
+    return ops.stop_gradient(out.reshape(b, c * n, h, w))
+
+
+def _fixed_pos_embed(dim: int, grid: int, name: str = "pos_embed") -> Parameter:
+    return Parameter(Tensor(_spec.sincos_pos_embed(dim, grid)), name=name, requires_grad=False)
+
+
+def _xavier_dense(in_ch: int, out_ch: int) -> nn.Dense:
+    """MAE's Linear init: xavier-uniform weight, zero bias."""
+    return nn.Dense(in_ch, out_ch, weight_init="xavier_uniform", bias_init="zeros")
+
+
+def _init_patch_embed(patch_embed: PatchEmbed) -> None:
+    """xavier-uniform over the (out, in·k·k) view of the patch conv (upstream's ``w.view([w.shape[0], -1])``)."""
+    w = patch_embed.proj.weight
+    fan_out, fan_in = w.shape[0], int(np.prod(w.shape[1:]))
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
+    w.set_data(initializer(Uniform(bound), w.shape, ms.float32))
+
+
+def _normal(shape: tuple, name: str, std: float = 0.02) -> Parameter:
+    from mindspore.common.initializer import Normal
+    return Parameter(initializer(Normal(sigma=std), shape, ms.float32), name=name)
+
+
+class MaskedAutoencoderViT(nn.Cell):
+    """FastMIM's ViT pretraining model (see ``torch_ref.mim.MaskedAutoencoderViT``): same constructor and
+    ``construct(imgs, mask_ratio=0.75, noise=None) -> (loss, pred, mask)``."""
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 1024,
+                 depth: int = 24, num_heads: int = 16, block_size: int = 16, decoder_embed_dim: int = 512,
+                 decoder_depth: int = 8, mlp_ratio: float = 4.0, norm_pix_loss: bool = False, mim_loss: str = "l2"):
+        super().__init__()
+        if mim_loss not in ("HOG", "l2"):
+            raise ConfigError(f"mim_loss must be 'HOG' or 'l2', not {mim_loss!r}")
+        if decoder_depth < 1 or block_size < patch_size:
+            raise ConfigError("FastMIM here needs decoder_depth >= 1 and block_size >= patch_size")
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.cls_token = _normal((1, 1, embed_dim), "cls_token")
+        self.pos_embed = _fixed_pos_embed(embed_dim, self.patch_embed.grid_size[0])
+        self.blocks = nn.CellList([Block(embed_dim, num_heads, mlp_ratio, True) for _ in range(depth)])
+        self.norm = layer_norm(embed_dim)
+        self.decoder_embed = _xavier_dense(embed_dim, decoder_embed_dim)
+        self.mask_token = _normal((1, 3, 1, 1), "mask_token")
+        self.decoder_blocks = nn.CellList([Block(decoder_embed_dim, decoder_embed_dim // 32, mlp_ratio, True)
+                                           for _ in range(decoder_depth)])
+        self.decoder_norm = layer_norm(decoder_embed_dim)
+        out = (patch_size // 8) ** 2 * 9 * 3 if mim_loss == "HOG" else patch_size ** 2 * in_chans
+        self.decoder_pred = _xavier_dense(decoder_embed_dim, out)
+        for blk in list(self.blocks) + list(self.decoder_blocks):
+            for _, cell in blk.cells_and_names():
+                if isinstance(cell, nn.Dense):
+                    cell.weight.set_data(initializer("xavier_uniform", cell.weight.shape, ms.float32))
+                    cell.bias.set_data(initializer("zeros", cell.bias.shape, ms.float32))
+        _init_patch_embed(self.patch_embed)
+        self.img_size, self.patch_size, self.block_size = img_size, patch_size, block_size
+        self.norm_pix_loss, self.mim_loss = norm_pix_loss, mim_loss
+        self.hog_levels = _levels(_spec.FASTMIM_HOG["nbins"])
+
+    def forward_encoder(self, imgs, mask_ratio, noise=None):
+        mask, loss_mask = block_masking(imgs, mask_ratio, self.img_size, self.block_size, self.patch_size, noise)
+        m = ops.cast(mask, imgs.dtype)
+        x = imgs * (1 - m) + m * self.mask_token
+        x = self.patch_embed(x) + self.pos_embed[:, 1:]
+        cls = ops.broadcast_to(self.cls_token + self.pos_embed[:, :1], (x.shape[0], -1, -1))
+        x = ops.concat((cls, x), axis=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x), loss_mask
+
+    def forward_decoder(self, x):
+        x = self.decoder_embed(x)
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+
+    def patchify(self, imgs):
+        """(B, 3, H, W) -> (B, p²·3, h, w), channels in (p, q, c) order."""
+        p = self.patch_size
+        b, c, hh, ww = imgs.shape
+        x = imgs.reshape(b, c, hh // p, p, ww // p, p).transpose(0, 3, 5, 1, 2, 4)
+        return x.reshape(b, p * p * c, hh // p, ww // p)
+
+    def forward_l2_loss(self, imgs, pred, mask):
+        b, n, c = pred.shape
+        side = int(n ** 0.5)
+        pred = pred.swapaxes(-1, -2).reshape(b, c, side, side)
+        target = self.patchify(imgs)
+        if self.norm_pix_loss:
+            mean = target.mean(1, keep_dims=True)
+            var = ((target - mean) ** 2).sum(1, keepdims=True) / (target.shape[1] - 1)
+            target = (target - mean) / ops.sqrt(var + 1e-6)
+        m = ops.cast(mask, pred.dtype)
+        return (((pred - target) ** 2) * m).sum() / (m.sum() * c)
+
+    def hog_target(self, imgs, side: int):
+        """(B, L, 27·u²): each token's ``u × u`` HOG cells, (channel·bin, dy, dx) order."""
+        t = hog_c(imgs, self.hog_levels, _spec.FASTMIM_HOG["pool"], self.norm_pix_loss)
+        b, ch, th, _ = t.shape
+        u = th // side
+        return t.reshape(b, ch, side, u, side, u).transpose(0, 2, 4, 1, 3, 5).reshape(b, side * side, ch * u * u)
+
+    def forward_hog_loss(self, imgs, pred, mask):
+        b, n, c = pred.shape
+        target = self.hog_target(imgs, int(n ** 0.5))
+        m = ops.cast(mask, pred.dtype).reshape(b, n, 1)
+        return (((pred - target) ** 2) * m).sum() / (m.sum() * c)
+
+    def construct(self, imgs, mask_ratio=0.75, noise=None):
+        latent, mask = self.forward_encoder(imgs, mask_ratio, noise)
+        pred = self.forward_decoder(latent)
+        if self.mim_loss == "HOG":
+            loss = self.forward_hog_loss(imgs, pred, mask)
+        else:
+            loss = self.forward_l2_loss(imgs, pred, mask)
+        return loss, pred, mask
+
+
+class LayerNorm2d(nn.Cell):
+    """LocalMIM's channels-first ``LayerNorm`` (parameters ``weight``/``bias``, as the torch keys)."""
+
+    def __init__(self, normalized_shape: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = Parameter(Tensor(np.ones(normalized_shape, np.float32)), name="weight")
+        self.bias = Parameter(Tensor(np.zeros(normalized_shape, np.float32)), name="bias")
+        self.eps = eps
+
+    def construct(self, x):
+        u = x.mean(1, keep_dims=True)
+        s = ((x - u) ** 2).mean(1, keep_dims=True)
+        x = (x - u) / ops.sqrt(s + self.eps)
+        return self.weight.reshape(1, -1, 1, 1) * x + self.bias.reshape(1, -1, 1, 1)
+
+
+def _conv_t(in_ch: int, out_ch: int) -> nn.Conv2dTranspose:
+    bound = 1.0 / math.sqrt(out_ch * 4)     # torch's default for ConvTranspose2d (fan_in from weight dim 1)
+    return nn.Conv2dTranspose(in_ch, out_ch, 2, 2, pad_mode="valid", has_bias=True, weight_init=Uniform(bound),
+                              bias_init=Uniform(bound))
+
+
+def _conv1x1(in_ch: int, out_ch: int) -> nn.Conv2d:
+    bound = 1.0 / math.sqrt(in_ch)
+    return nn.Conv2d(in_ch, out_ch, 1, has_bias=True, weight_init=Uniform(bound), bias_init=Uniform(bound))
+
+
+class _AvgPool2(nn.Cell):
+    def construct(self, x):
+        b, c, h, w = x.shape
+        return x.reshape(b, c, h // 2, 2, w // 2, 2).mean((3, 5))
+
+
+def _pred_head(embed_dim: int, out_dim: int, scale: float) -> nn.SequentialCell:
+    if scale == 4.0:
+        layers = [_conv_t(embed_dim, embed_dim // 2), LayerNorm2d(embed_dim // 2), GELU(),
+                  _conv_t(embed_dim // 2, embed_dim // 4)]
+        hidden = embed_dim // 4
+    elif scale == 2.0:
+        layers, hidden = [_conv_t(embed_dim, embed_dim // 2)], embed_dim // 2
+    elif scale == 1.0:
+        layers, hidden = [], embed_dim
+    elif scale == 0.5:
+        layers, hidden = [_AvgPool2()], embed_dim
+    else:
+        raise ConfigError(f"scale {scale} is not supported (4, 2, 1 or 0.5)")
+    return nn.SequentialCell(layers + [_conv1x1(hidden, out_dim)])
+
+
+class MAEDecoder(nn.Cell):
+    """LocalMIM's ``MAE_Decoder`` (see ``torch_ref.mim.MAEDecoder``)."""
+
+    def __init__(self, inp_dim: int, embed_dim: int = 256, out_dim: int = 27, scale: float = 1.0,
+                 num_patches: int = 196, depth: int = 1, num_heads: int = 8, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.num_patches = num_patches
+        self.side = int(num_patches ** .5)
+        self.embed = _xavier_dense(inp_dim, embed_dim)
+        self.mask_token = _normal((1, 1, embed_dim), "mask_token")
+        self.pos_embed = _fixed_pos_embed(embed_dim, self.side)
+        self.blocks = nn.CellList([Block(embed_dim, num_heads, mlp_ratio, True) for _ in range(depth)])
+        self.norm = layer_norm(embed_dim)
+        self.pred = _pred_head(embed_dim, out_dim, scale)
+
+    def construct(self, x, ids_restore):
+        x = self.embed(x)
+        b, n, d = x.shape
+        tokens = ops.broadcast_to(self.mask_token, (b, ids_restore.shape[1] + 1 - n, d))
+        x_ = ops.concat((x[:, 1:], tokens), axis=1)
+        x_ = ops.gather_elements(x_, 1, ops.broadcast_to(ids_restore.expand_dims(-1), (b, ids_restore.shape[1], d)))
+        x = ops.concat((x[:, :1], x_), axis=1) + self.pos_embed
+        for blk in self.blocks:
+            x = blk(x)
+        x = self.norm(x)
+        x = self.pred(x[:, 1:].swapaxes(1, 2).reshape(b, d, self.side, self.side))
+        return x.reshape(b, x.shape[1], -1).swapaxes(1, 2)
+
+
+class LocalMIMViT(nn.Cell):
+    """LocalMIM's ViT pretraining model (see ``torch_ref.mim.LocalMIMViT``): same constructor and
+    ``construct(imgs, mask_ratio=0.75, noise=None, return_levels=False)``."""
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 1024,
+                 depth: int = 24, num_heads: int = 16, decoder_embed_dim: int = 512, decoder_depth: int = 1,
+                 decoder_num_heads: int = 16, mlp_ratio: float = 4.0, hog_nbins: int = 9, hog_bias: bool = False):
+        super().__init__()
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = _normal((1, 1, embed_dim), "cls_token")
+        self.pos_embed = _fixed_pos_embed(embed_dim, self.patch_embed.grid_size[0])
+        self.blocks = nn.CellList([Block(embed_dim, num_heads, mlp_ratio, True) for _ in range(depth)])
+        self.ID = _spec.localmim_taps(depth)
+        self.taps = tuple(self.ID.index(i) if i in self.ID else -1 for i in range(depth))   # block -> norm index
+        self.scale = tuple(_spec.LOCALMIM_SCALES)
+        self.norm = nn.CellList([layer_norm(embed_dim) for _ in self.ID])
+        self.decoder = nn.CellList([
+            MAEDecoder(embed_dim, decoder_embed_dim, in_chans * hog_nbins, s, num_patches, decoder_depth,
+                       decoder_num_heads, mlp_ratio) for s in self.scale])
+        self.hog_enc = nn.CellList([HOGLayer(hog_nbins, k, hog_bias) for k in _spec.LOCALMIM_POOLS])
+        for _, cell in self.cells_and_names():
+            if isinstance(cell, nn.Dense):
+                cell.weight.set_data(initializer("xavier_uniform", cell.weight.shape, ms.float32))
+                cell.bias.set_data(initializer("zeros", cell.bias.shape, ms.float32))
+        _init_patch_embed(self.patch_embed)
+
+    def hog(self, imgs, k: int):
+        """Target ``k``: (B, h·w, 3·nbins), the R, G, B histograms of ``hog_enc[k]``."""
+        enc = self.hog_enc[k]
+        feat = ops.concat((enc(imgs[:, 0:1]), enc(imgs[:, 1:2]), enc(imgs[:, 2:3])), axis=1)
+        b, c, h, w = feat.shape
+        return feat.reshape(b, c, h * w).swapaxes(1, 2)
+
+    def forward_encoder(self, x, mask_ratio, noise=None):
+        x = self.patch_embed(x) + self.pos_embed[:, 1:]
+        x, mask, ids_restore = random_masking(x, mask_ratio, noise)
+        cls = ops.broadcast_to(self.cls_token + self.pos_embed[:, :1], (x.shape[0], -1, -1))
+        x = ops.concat((cls, x), axis=1)
+        latent = []
+        i = 0
+        for blk in self.blocks:
+            x = blk(x)
+            if self.taps[i] >= 0:
+                latent.append(self.norm[self.taps[i]](x))
+            i += 1
+        return latent, mask, ids_restore
+
+    def forward_loss(self, imgs, pred, mask):
+        levels = []
+        for k in range(len(pred)):
+            m = recal_mask(mask, self.scale[k])
+            levels.append((((pred[k] - self.hog(imgs, k)) ** 2).mean(-1) * m).sum() / m.sum())
+        return ops.stack(levels)
+
+    def construct(self, imgs, mask_ratio=0.75, noise=None, return_levels=False):
+        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
+        pred = []
+        for i in range(len(latent)):
+            pred.append(self.decoder[i](latent[i], ids_restore))
+        levels = self.forward_loss(imgs, pred, mask)
+        loss = levels.sum()
+        if return_levels:
+            return loss, levels
+        return loss
+
+
+class FinetuneViT(_TimmViT):
+    """MAE's fine-tune ViT with global pooling (see ``torch_ref.mim.FinetuneViT``)."""
+
+    output_fmt = "NC"
+
+    def __init__(self, num_classes: int = 1000, img_size: int = 224, patch_size: int = 16, embed_dim: int = 768,
+                 depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, global_pool: bool = True,
+                 drop_path_rate: float = 0.1):
+        super().__init__(num_classes, img_size, patch_size, embed_dim, depth, num_heads, mlp_ratio,
+                         drop_path_rate=drop_path_rate)
+        self.global_pool = global_pool
+        if global_pool:
+            self.fc_norm = layer_norm(embed_dim)
+            del self.norm
+
+    def forward_features(self, x):
+        cls = ops.broadcast_to(self.cls_token, (x.shape[0], -1, -1))
+        x = ops.concat((cls, self.patch_embed(x)), axis=1) + self.pos_embed
+        x = self.blocks(x)
+        if self.global_pool:
+            return self.fc_norm(x[:, 1:].mean(1))
+        return self.norm(x)[:, 0]
+
+    def forward_head(self, x, pre_logits: bool = False):
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+
+def _tagged(model, factory: str, kwargs: dict):
+    model.mim_factory, model.build_kwargs = factory, dict(kwargs)   # the torch twin for the name map
+    return model
+
+
+def fastmim_vit_base_patch16(**overrides: Any) -> MaskedAutoencoderViT:
+    """FastMIM ViT-B/16 pretraining model (see ``torch_ref.mim.fastmim_vit_base_patch16``)."""
+    return _tagged(MaskedAutoencoderViT(**{**_spec.FASTMIM_VIT_BASE, **overrides}), "fastmim_vit_base_patch16",
+                   overrides)
+
+
+def localmim_vit_base_patch16(**overrides: Any) -> LocalMIMViT:
+    """LocalMIM ViT-B/16 pretraining model (see ``torch_ref.mim.localmim_vit_base_patch16``)."""
+    return _tagged(LocalMIMViT(**{**_spec.LOCALMIM_VIT_BASE, **overrides}), "localmim_vit_base_patch16", overrides)
+
+
+def vit_base_patch16(num_classes: int = 1000, **overrides: Any) -> FinetuneViT:
+    """MAE ``models_vit.vit_base_patch16`` with global pool and drop path 0.1 (see the torch twin)."""
+    return _tagged(FinetuneViT(num_classes, **{**_spec.VIT_BASE_FINETUNE, **overrides}), "vit_base_patch16",
+                   {"num_classes": num_classes, **overrides})
+
+
+def _name_map(model):
+    """The converter's computed torch <-> MindSpore name map of ``model`` (its torch twin built on the meta device;
+    needs torch, imported here only)."""
+    import torch
+    import torch_ref.mim as tm
+    from convert.mapping import build_name_map
+    factory = getattr(model, "mim_factory", None)
+    if factory is None:                    # built by create_model: the factory of the same name
+        cfg = getattr(model, "pretrained_cfg", None)
+        if cfg is None:
+            raise CheckpointError("build the model with create_model(...) or ms_models.mim.<factory>(...) to load "
+                                  "a torch checkpoint")
+        factory = cfg.name
+    kwargs = dict(getattr(model, "build_kwargs", {}))
+    if factory == "vit_base_patch16":
+        kwargs["num_classes"] = model.num_classes
+    with torch.device("meta"):
+        twin = getattr(tm, factory)(**kwargs)
+    return build_name_map(twin, model, factory)
+
+
+def _read_model_state(path) -> dict:
+    from convert.io import read_checkpoint   # weights_only torch.load, argparse.Namespace allow-listed
+    return read_checkpoint(path)
+
+
+def load_official(model, path: str | os.PathLike):
+    """Strictly load an official (torch) pretraining checkpoint into ``model`` through the name map; a missing,
+    extra or mis-shaped key is a one-line :class:`specs.errors.KeyMismatchError`."""
+    from convert.mapping import torch_to_ms
+    from convert.state import assign_ms_state
+    return assign_ms_state(model, torch_to_ms(_read_model_state(path), _name_map(model)), str(path))
+
+
+def load_pretrained(model: FinetuneViT, path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Fine-tune initialisation as upstream (see ``torch_ref.mim.load_pretrained``); returns ``(missing,
+    unexpected)`` in torch key names."""
+    nm = _name_map(model)
+    state = _spec.finetune_state(_read_model_state(path), nm.torch_shapes, model.patch_embed.num_patches)
+    missing, unexpected = _spec.split_keys(state, nm.torch_shapes, str(path))
+    params = {nm.torch_to_ms[k]: Parameter(Tensor(np.array(v)), name=nm.torch_to_ms[k])
+              for k, v in state.items() if k in nm.torch_to_ms}
+    ms.load_param_into_net(model, params, strict_load=False)
+    return missing, unexpected
+
+
+from ._registry import registry  # noqa: E402
+
+registry.register_family("fastmim", MaskedAutoencoderViT)
+registry.register_family("localmim", LocalMIMViT)
+registry.register_family("mim_vit", FinetuneViT)

@@ -1,0 +1,228 @@
+"""SFDA-DE (arXiv 2204.11257, CVPR 2022): the framework components of source-free domain adaptation by
+distribution estimation, as the third-party CvNoob/SFDA-DE@213e138 (built on CAN) computes them, quirks included:
+spherical k-means pseudo-labels anchored at the classifier weights (the paper's step 1;
+``solver/clustering.py``), distance / class-size filtering (``solver/utils.py``), the diagonal class-conditional
+source-distribution estimate (step 2; ``solver/anchor_solver.py``) and CAN's contrastive domain discrepancy, the
+contrastive adaptation loss of step 3 (``discrepancy/cdd.py``). The steps are the abstract's; the paper body was
+not available to check section numbers or equations against. Mirrors ``torch_ref/sfda.py`` name for name.
+
+The k-means, filtering and estimation helpers are host-side numpy code (the contract allows it; upstream runs
+them once per loop under ``no_grad``): they take ``mindspore.Tensor`` or numpy arrays, work in PyNative and
+GRAPH_MODE alike (no graph is built) and return ``mindspore.Tensor`` arrays (labels int64, masks bool) and
+Python lists. :class:`CDD` is a Cell whose ``construct`` compiles in GRAPH_MODE with the class counts as constant
+tuples (a new tuple compiles a new graph) and runs in PyNative.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, nn, ops
+from scipy.optimize import linear_sum_assignment
+
+__all__ = ["spherical_kmeans", "filter_samples", "estimate_source_distribution", "CDD", "cosine_distance"]
+
+
+def _array(x, dtype=None) -> np.ndarray:
+    """mindspore.Tensor / numpy -> numpy (host helpers take either)."""
+    a = x.asnumpy() if isinstance(x, Tensor) else np.asarray(x)
+    return a if dtype is None else a.astype(dtype)
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    """Rows divided by ``max(‖row‖, 1e-12)`` (torch ``F.normalize``)."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12).astype(x.dtype)
+
+
+def cosine_distance(a: np.ndarray, b: np.ndarray, cross: bool = False) -> np.ndarray:
+    """``0.5·(1 − cos(a, b))`` row by row, or for every pair of rows with ``cross`` (upstream
+    ``clustering.py::DIST.cos``; a zero row has distance 0.5). numpy, in the inputs' dtype."""
+    a, b = _normalize(a), _normalize(b)
+    if not cross:
+        return 0.5 * (1.0 - np.sum(a * b, axis=1))
+    return 0.5 * (1.0 - a @ b.T)
+
+
+def spherical_kmeans(features, anchors, eps: float = 1e-3) -> tuple[Tensor, Tensor, Tensor]:
+    """Spherical k-means started at the classifier weights (paper step 1; upstream
+    ``clustering.py::Clustering.feature_clustering``, ``assign_labels``, ``clustering_stop``, ``align_centers``).
+
+    ``features`` (N, D), ``anchors`` (C, D) the raw (not normalised) classifier weights. Each step assigns every
+    sample to the nearest centre under :func:`cosine_distance`; the new centre is the *sum* of the raw assigned
+    features (standard spherical k-means averages unit vectors), an empty cluster takes its anchor back.
+    The loop stops when ``mean_c d(new_c, old_c) < eps``, keeps those last centres and assigns once more.
+    Clusters are then mapped to classes by the Hungarian method on ``d(centres, anchors)`` (cluster i -> class
+    ``col_ind[i]``). Upstream has no iteration cap; neither has this (no step lowers Σ ‖x‖·cos(x, centre of x), so
+    only exact ties could cycle).
+
+    Returns ``labels`` (N,) int64 classes, ``dist2center`` (N, C) with column c the distance to class c's centre,
+    and ``centers`` (C, D) in class order. Upstream keeps ``dist2center`` in cluster order (only its row minimum
+    is ever used) and reorders its logged centres with the forward map ``centers[col_ind]``; here both are in
+    class order (the inverse map), as the contract asks.
+    """
+    feats = _array(features, np.float32)
+    init = _array(anchors, np.float32)
+    num_classes = init.shape[0]
+    centers, new = init, None
+    while True:                                           # clustering_stop / feature_clustering
+        if new is not None:
+            stop = float(cosine_distance(new, centers).mean()) < eps
+            centers = new
+            if stop:
+                break
+        labels = cosine_distance(feats, centers, cross=True).argmin(1)
+        onehot = np.eye(num_classes, dtype=feats.dtype)[labels]                  # (N, C)
+        sums = onehot.T @ feats
+        filled = onehot.sum(0)[:, None] > 0
+        new = np.where(filled, sums, init)                # an empty cluster falls back to its anchor
+    dist = cosine_distance(feats, centers, cross=True)    # the final assignment, cluster order
+    labels = dist.argmin(1)
+    _, col_ind = linear_sum_assignment(cosine_distance(centers, init, cross=True))  # cluster i -> class col_ind[i]
+    inverse = np.argsort(col_ind)                         # class c <- cluster inverse[c]
+    return (Tensor(col_ind[labels].astype(np.int64)), Tensor(np.ascontiguousarray(dist[:, inverse])),
+            Tensor(np.ascontiguousarray(centers[inverse])))
+
+
+def filter_samples(labels, dist2center, threshold: float = 0.078, min_per_class: int = 5,
+                   num_classes: int | None = None) -> tuple[Tensor, list[int]]:
+    """Keep the samples whose nearest centre is closer than ``threshold`` (strict; upstream
+    ``solver/utils.py::filter_samples``), then list the classes with at least ``min_per_class`` kept samples,
+    ascending (``filter_class``). Defaults: VisDA's ``CLUSTERING.FILTERING_THRESHOLD`` 0.078 and
+    ``TRAIN.MIN_SN_PER_CLASS`` 5; ``num_classes`` None: ``dist2center``'s width. Returns ``keep`` (N,) bool and
+    ``classes``, a list of ints."""
+    labels = _array(labels, np.int64)
+    dist2center = _array(dist2center)
+    keep = dist2center.min(1) < threshold                 # a Python float threshold compares in float32 (NEP 50)
+    num_classes = dist2center.shape[1] if num_classes is None else num_classes
+    counts = np.bincount(labels[keep], minlength=num_classes)
+    classes = [c for c in range(num_classes) if counts[c] >= min_per_class]
+    return Tensor(keep), classes
+
+
+def estimate_source_distribution(features, labels, anchors, classes: Sequence[int], variance_mult: float = 1.0
+                                 ) -> tuple[Tensor, Tensor, Tensor]:
+    """The diagonal Gaussian of each class's source features (paper step 2; upstream
+    ``anchor_solver.py::collect_target_feature_mean_std`` and ``construct_surrogate_feature_sampler``).
+
+    ``features`` / ``labels``: the kept target samples and their pseudo-labels; ``anchors`` (C, D) the raw
+    classifier weights. For each class c of ``classes``: the target mean μ_t and unbiased per-dimension std σ_t;
+    ``mean[c] = normalize(anchors[c])·‖μ_t‖`` (the direction from the anchor, the length from the target) and
+    ``std[c] = where(σ_t == 0, 1e-4, σ_t)·variance_mult``. Only the diagonal is estimated (upstream: sampling a
+    full 2048-d covariance is O(d²)); whether the paper uses a full covariance is not verified here.
+    ``valid[c] = ‖μ_t‖ ≥ 1e-3``; a class outside ``classes`` is invalid. Upstream builds no sampler for an
+    invalid class; its rows here are 0. A class of one sample has σ_t = NaN, as upstream. The statistics are taken
+    in float64 (torch's Welford std of a constant column is exactly 0; a float32 numpy mean need not be), then
+    rounded to float32. Returns ``mean`` (C, D), ``std`` (C, D), ``valid`` (C,) bool.
+    """
+    feats = _array(features, np.float64)
+    labels = _array(labels, np.int64)
+    anchors = _array(anchors, np.float32)
+    num_classes, dim = anchors.shape
+    directions = _normalize(anchors)                      # AnchorSolver.source_anchors
+    mean = np.zeros((num_classes, dim), np.float32)
+    std = np.zeros((num_classes, dim), np.float32)
+    valid = np.zeros(num_classes, bool)
+    for c in classes:
+        x = feats[labels == c]
+        mu = x.mean(0).astype(np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sigma = x.std(0, ddof=1).astype(np.float32)
+        norm = np.linalg.norm(mu)
+        if norm < 1e-3:
+            continue
+        valid[c] = True
+        mean[c] = directions[c] * norm
+        std[c] = np.where(sigma == 0, np.float32(1e-4), sigma) * np.float32(variance_mult)
+    return Tensor(mean), Tensor(std), Tensor(valid)
+
+
+# --- CDD ----------------------------------------------------------------------------------------------------------
+
+def _membership(nums: Sequence[int]) -> Tensor:
+    """(len(nums), Σnums) one-hot rows: row c marks the samples of the c-th class group (constant shapes: builds
+    in GRAPH_MODE from a constant tuple)."""
+    eye = ops.eye(len(nums), len(nums), ms.float32)
+    return ops.cat([ops.broadcast_to(eye[:, c:c + 1], (len(nums), n)) for c, n in enumerate(nums)], 1)
+
+
+def paired_distance(a: Tensor, b: Tensor) -> Tensor:
+    """Squared Euclidean distance of every pair of rows, from explicit differences (upstream
+    ``cdd.py::compute_paired_dist``; the diagonal of ``paired_distance(a, a)`` is exactly 0)."""
+    return ((a.expand_dims(1) - b.expand_dims(0)) ** 2).sum(2)
+
+
+def kernel_sum(dist: Tensor, gamma: Tensor, kernel_num: int, kernel_mul: float) -> Tensor:
+    """``Σ_k exp(−clamp(d/γ_k))`` with ``γ_k = γ/mul^(num//2)·mul^k`` clamped to at least 1e-5 and ``d/γ_k`` to
+    [1e-5, 1e5]; the clamped entries get no gradient (upstream ``cdd.py::compute_kernel_dist``, detached masks;
+    ``where`` passes no gradient to the unselected branch). ``gamma`` broadcasts against ``dist``, constant."""
+    base = gamma / (kernel_mul ** (kernel_num // 2))
+    total = ops.zeros_like(dist * base)
+    for k in range(kernel_num):
+        g = base * (kernel_mul ** k)
+        g = ops.where(g < 1e-5, ops.full_like(g, 1e-5), g)
+        x = dist / g
+        x = ops.where(x > 1e5, ops.full_like(x, 1e5), ops.where(x < 1e-5, ops.full_like(x, 1e-5), x))
+        total = total + ops.exp(-x)
+    return total
+
+
+class CDD(nn.Cell):
+    """CAN's contrastive domain discrepancy (the paper's contrastive adaptation loss, step 3; upstream
+    ``discrepancy/cdd.py::CDD.forward``), called as ``cdd(source, target, nums_S, nums_T)``.
+
+    ``source`` / ``target``: one ``(Σnums, D_l)`` float32 tensor per layer (``feat`` then ``probs``), rows grouped
+    by class in the order of ``nums_S`` / ``nums_T`` (constant tuples of ints; ``len(nums_S)`` classes in the
+    batch).
+    Per class pair (i, j) the bandwidth is γ_ij = (Σd_ss,i + Σd_tt,j + 2Σd_st,ij) / (a² + b² + 2ab − a − b) over
+    squared distances, constant (upstream ``.item()``; ``stop_gradient`` here); the multi-kernel
+    (:func:`kernel_sum`) is summed over the layers and ``mmd_ij = mean K_ss,i + mean K_tt,j − 2 mean K_st,ij``,
+    every term under γ_ij. ``intra = Σ_i mmd_ii / C``, ``inter = Σ_{i≠j} mmd_ij / (C(C−1))`` with C =
+    ``num_classes`` (``DATASET.NUM_CLASSES``, used only here), and ``cdd = intra − inter``; ``intra_only`` or
+    ``num_classes == 1``: ``cdd = intra``, ``inter = None``. Returns ``{'cdd', 'intra', 'inter'}``. No temperature:
+    the contrast is intra- minus inter-class MMD. Upstream loops over the class pairs; this is the same sums with
+    one-hot membership matrices.
+    """
+
+    def __init__(self, num_classes: int, num_layers: int = 2, kernel_num: Sequence[int] = (5, 5),
+                 kernel_mul: Sequence[float] = (2, 2), intra_only: bool = False) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.num_layers = num_layers
+        self.kernel_num = tuple(kernel_num)
+        self.kernel_mul = tuple(float(m) for m in kernel_mul)
+        self.intra_only = intra_only or num_classes == 1
+
+    def construct(self, source: Sequence[Tensor], target: Sequence[Tensor], nums_S: Sequence[int],
+                  nums_T: Sequence[int]) -> dict:
+        if len(nums_S) != len(nums_T):
+            raise ValueError("the number of classes for source and target should be the same")
+        m_s, m_t = _membership(nums_S), _membership(nums_T)                    # (C_b, NS), (C_b, NT)
+        a, b = m_s.sum(1, keepdims=True), m_t.sum(1, keepdims=True)
+        pairs = (a + b.T) ** 2 - a - b.T                  # a² + b² + 2ab − a − b
+        block_s, block_t = ops.matmul(m_s.T, m_s), ops.matmul(m_t.T, m_t)    # same-class masks
+        k_ss, k_tt, k_st = 0, 0, 0
+        for i in range(self.num_layers):
+            d_ss = paired_distance(source[i], source[i])
+            d_tt = paired_distance(target[i], target[i])
+            d_st = paired_distance(source[i], target[i])
+            sum_ss = ops.matmul(m_s, d_ss * block_s).sum(1, keepdims=True)
+            sum_tt = ops.matmul(m_t, d_tt * block_t).sum(1, keepdims=True)
+            gamma = (sum_ss + sum_tt.T + 2 * ops.matmul(ops.matmul(m_s, d_st), m_t.T)) / pairs
+            gamma = ops.stop_gradient(gamma)              # patch_gamma_estimation (a Python float upstream)
+            num, mul = self.kernel_num[i], self.kernel_mul[i]
+            # st: entry (p, q) under γ[class(p), class(q)]
+            g_st = ops.matmul(ops.matmul(m_s.T, gamma), m_t)
+            k_st = k_st + ops.matmul(ops.matmul(m_s, kernel_sum(d_st, g_st, num, mul)), m_t.T)
+            # ss of class i under γ[i, j] for every j: (C_b, NS, NS) kernels, summed over the same-class blocks
+            g_ss = ops.matmul(m_s.T, gamma).T.expand_dims(2)                   # [j, p] = γ[class(p), j]
+            k_ss = k_ss + ops.matmul(m_s, (kernel_sum(d_ss, g_ss, num, mul) * block_s).sum(2).T)
+            g_tt = ops.matmul(gamma, m_t).expand_dims(2)                       # [i, q] = γ[i, class(q)]
+            k_tt = k_tt + ops.matmul((kernel_sum(d_tt, g_tt, num, mul) * block_t).sum(2), m_t.T)
+        mmds = k_ss / a ** 2 + k_tt / (b ** 2).T - 2 * k_st / ops.matmul(a, b.T)
+        eye = ops.eye(len(nums_S), len(nums_S), ms.float32)
+        intra = (mmds * eye).sum() / self.num_classes
+        if self.intra_only:
+            return {"cdd": intra, "intra": intra, "inter": None}
+        inter = (mmds * (1 - eye)).sum() / (self.num_classes * (self.num_classes - 1))
+        return {"cdd": intra - inter, "intra": intra, "inter": inter}

@@ -1,0 +1,116 @@
+"""FastMIM / LocalMIM pretraining models and the MAE-style fine-tune ViT: the framework-free part (arXiv 2212.06593,
+2303.05251). Both frameworks build from these tables and apply the same checkpoint rule.
+
+- The default architectures: FastMIM's ``mim_vit_base`` with the README ViT-B pretraining flags
+  (ggjy/FastMIM.pytorch@d4eea0d ``mim_vit_pretrain.py``; ``num_heads=6`` as the official code has it), LocalMIM's
+  ``MIM_vit_base_patch16`` (Haoqing-Wang/LocalMIM@314a6e5 ``ViT/models_mim.py``) and MAE's ``vit_base_patch16``
+  (``models_vit.py`` of both repositories, timm-0.3.2 ViT-B/16 with global pooling).
+- The fixed 2-D sin-cos position table with its zero class-token row (``util/pos_embed.py``).
+- The fine-tune loading rule of ``main_finetune.py`` / ``run_finetune.py`` on ``{name: ndarray}``: ``head.*`` dropped
+  when its shape differs, an ``encoder.`` prefix stripped, the patch part of ``pos_embed`` resized bicubically
+  (torch's ``interpolate(mode='bicubic', align_corners=False)``, no antialias, the class row kept).
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from ._registry import ModelCfg, register_cfgs
+from .errors import CheckpointError
+from .vig import resize_bicubic, sincos_2d
+
+PAPERS = {"fastmim": "2212.06593", "localmim": "2303.05251"}
+LN_EPS = 1e-6
+# constructor defaults; the overridable names are the upstream constructor's
+FASTMIM_VIT_BASE = dict(img_size=128, patch_size=16, embed_dim=768, depth=12, num_heads=6, mlp_ratio=4.0,
+                        block_size=16, decoder_embed_dim=256, decoder_depth=1, norm_pix_loss=True, mim_loss="HOG")
+LOCALMIM_VIT_BASE = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
+                         decoder_embed_dim=256, decoder_depth=1, decoder_num_heads=8, hog_nbins=9, hog_bias=False)
+VIT_BASE_FINETUNE = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
+                         global_pool=True, drop_path_rate=0.1)
+LOCALMIM_SCALES = (4.0, 2.0, 1.0, 0.5)     # decoder k predicts at grid * scale[k]
+LOCALMIM_POOLS = (4, 8, 16, 32)            # HOG cell of target k (matches the grids for patch 16)
+FASTMIM_HOG = dict(nbins=9, pool=8)
+
+
+def localmim_taps(depth: int) -> list[int]:
+    """The blocks whose outputs the four decoders read, ``[1, 3, depth - 3, depth - 1]`` (0-indexed)."""
+    return [1, 3, depth - 3, depth - 1]
+
+
+def sincos_pos_embed(dim: int, grid: int, cls_token: bool = True) -> np.ndarray:
+    """MAE's ``get_2d_sincos_pos_embed`` as a (1, [1 +] grid², dim) float32 array: half the channels encode the
+    column index (``meshgrid(w, h)[0]``), half the row; sin then cos; a zero row for the class token."""
+    table = sincos_2d(dim, grid)
+    if cls_token:
+        table = np.concatenate([np.zeros((1, dim)), table], axis=0)
+    return table.astype(np.float32)[None]
+
+
+def interpolate_pos_embed(pos: np.ndarray, num_patches: int, num_extra_tokens: int = 1) -> np.ndarray:
+    """``util/pos_embed.py::interpolate_pos_embed``: the (1, extra + n, D) table's square grid resized to
+    ``√num_patches`` per side by torch's plain bicubic resize (``align_corners=False``), the extra rows kept; the
+    input itself when the sides agree."""
+    pos = np.asarray(pos)
+    orig = int((pos.shape[-2] - num_extra_tokens) ** 0.5)
+    new = int(num_patches ** 0.5)
+    if orig == new:
+        return pos
+    extra, grid = pos[:, :num_extra_tokens], pos[:, num_extra_tokens:]
+    grid = grid.reshape(-1, orig, orig, pos.shape[-1]).transpose(0, 3, 1, 2)
+    grid = resize_bicubic(grid, new, new).transpose(0, 2, 3, 1).reshape(grid.shape[0], new * new, -1)
+    return np.concatenate([extra, grid.astype(pos.dtype)], axis=1)
+
+
+def finetune_state(checkpoint_model: Mapping[str, np.ndarray], model_shapes: Mapping[str, tuple],
+                   num_patches: int) -> dict[str, np.ndarray]:
+    """The state ``load_pretrained`` loads non-strictly: upstream's steps on ``checkpoint['model']`` (torch names)
+    for a model with the given ``{key: shape}`` and patch count."""
+    state = dict(checkpoint_model)
+    for k in ("head.weight", "head.bias"):
+        if k in state and k in model_shapes and tuple(state[k].shape) != tuple(model_shapes[k]):
+            del state[k]
+    state = {(k[len("encoder."):] if k.startswith("encoder.") else k): v for k, v in state.items()}
+    if "pos_embed" in state and "pos_embed" in model_shapes:
+        extra = model_shapes["pos_embed"][-2] - num_patches
+        state["pos_embed"] = interpolate_pos_embed(state["pos_embed"], num_patches, extra)
+    return state
+
+
+def split_keys(state: Mapping[str, np.ndarray], model_shapes: Mapping[str, tuple],
+               source: str = "checkpoint") -> tuple[list[str], list[str]]:
+    """``(missing, unexpected)`` as torch's ``load_state_dict(strict=False)`` reports them; a shared key of
+    another shape is a one-line :class:`CheckpointError` (torch raises on it too)."""
+    bad = [k for k in state if k in model_shapes and tuple(state[k].shape) != tuple(model_shapes[k])]
+    if bad:
+        k = bad[0]
+        raise CheckpointError(f"{source}: {k} has shape {tuple(state[k].shape)}, the model "
+                              f"{tuple(model_shapes[k])} ({len(bad)} mismatched key(s))")
+    return [k for k in model_shapes if k not in state], [k for k in state if k not in model_shapes]
+
+
+
+# ---------------------------------------------------------------- registry entries (not classification sweeps)
+_FASTMIM_CODE = "ggjy/FastMIM.pytorch@d4eea0d mim_vit_pretrain.py (MaskedAutoencoderViT, mim_vit_base)"
+_LOCALMIM_CODE = "Haoqing-Wang/LocalMIM@314a6e5 ViT/models_mim.py (MaskedAutoencoderViT, MIM_vit_base_patch16)"
+_FINETUNE_CODE = ("ggjy/FastMIM.pytorch@d4eea0d models_vit.py, main_finetune.py; Haoqing-Wang/LocalMIM@314a6e5 "
+                  "ViT/models_vit.py, ViT/run_finetune.py (vit_base_patch16, global_pool)")
+CFGS = [
+    ModelCfg(name="fastmim_vit_base_patch16", family="fastmim", paper=PAPERS["fastmim"], official_code=_FASTMIM_CODE,
+             arch=dict(FASTMIM_VIT_BASE), task="mim_pretrain", num_classes=0, input_size=(3, 128, 128),
+             test_input_size=(3, 64, 64), min_input_size=(3, 32, 32), first_conv="patch_embed.proj",
+             notes="FastMIM ViT-B pretraining (README flags: 128 px, block 16, decoder 256 x 1, HOG); returns "
+                   "(loss, pred, mask)"),
+    ModelCfg(name="localmim_vit_base_patch16", family="localmim", paper=PAPERS["localmim"],
+             official_code=_LOCALMIM_CODE, arch=dict(LOCALMIM_VIT_BASE), task="mim_pretrain", num_classes=0,
+             input_size=(3, 224, 224), test_input_size=(3, 64, 64), min_input_size=(3, 64, 64),
+             first_conv="patch_embed.proj", notes="LocalMIM ViT-B pretraining (hog_nbins 9); returns the loss"),
+    ModelCfg(name="vit_base_patch16", family="mim_vit", paper=PAPERS["fastmim"], official_code=_FINETUNE_CODE,
+             arch={k: v for k, v in VIT_BASE_FINETUNE.items()}, task="mim_finetune", input_size=(3, 224, 224),
+             test_input_size=(3, 224, 224), min_input_size=(3, 224, 224), first_conv="patch_embed.proj",
+             classifier=("head",), interpolation="bicubic",
+             notes="MAE-style fine-tune ViT-B/16 (global pool, drop path 0.1) for FastMIM / LocalMIM "
+                   "checkpoints: mim.load_pretrained"),
+]
+register_cfgs(CFGS)

@@ -1,0 +1,568 @@
+"""Masked-image-modelling pieces of FastMIM (arXiv 2212.06593) and LocalMIM (arXiv 2303.05251): the HOG targets
+and the masking helpers, as the official ggjy/FastMIM.pytorch@d4eea0d (``util/hog_layer.py``,
+``mim_vit_pretrain.py``) and Haoqing-Wang/LocalMIM@314a6e5 (``ViT/models_mim.py``) compute them. Mirrors
+``ms_models/mim.py`` name for name.
+
+HOG (both papers §3, "HOG as the target", after MaskFeat): per pixel and colour channel the reflect-padded
+cross-correlation with ``kx = [[1,0,-1],[2,0,-2],[1,0,-1]]`` and ``ky = kxᵀ``, ``mag = sqrt(gx² + gy²)``, the
+hard bin ``floor(atan2(gx, gy) / π · nbins) mod nbins`` (unsigned orientation), a per-cell histogram (FastMIM
+sums the ``pool×pool`` cell, LocalMIM averages it) and an L2 normalisation of each cell over its bins,
+``x / max(‖x‖, 1e-12)``. The gradients are computed as separable slice differences, so on the reflected borders
+gx (left/right) and gy (top/bottom) are exactly 0, as upstream's convolution gives there; the phase is scaled as
+``phase / π * nbins`` in float32 in that order, which keeps those pixels on upstream's side of the bin edge.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["HOGLayerC", "HOGLayer", "SobelConv", "sobel_gradients", "orientation_bins", "block_masking",
+           "random_masking", "recal_mask"]
+
+SOBEL_X = ((1.0, 0.0, -1.0), (2.0, 0.0, -2.0), (1.0, 0.0, -1.0))   # kx; ky = kxᵀ
+NORM_EPS = 1e-12    # F.normalize's eps
+
+
+def sobel_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(gx, gy)`` of every channel of ``x`` (B, C, H, W): reflect padding by 1, then the cross-correlation with
+    ``kx`` and ``ky = kxᵀ`` (``gx = left − right``, ``gy = top − bottom``), as separable smoothing ``[1, 2, 1]``
+    and a slice difference. A reflected border column (row) subtracts two bitwise-equal sums, so gx (gy) is
+    exactly 0 there whatever the input."""
+    p = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    rows = p[..., :-2, :] + 2 * p[..., 1:-1, :] + p[..., 2:, :]       # [1, 2, 1] down the rows
+    cols = p[..., :, :-2] + 2 * p[..., :, 1:-1] + p[..., :, 2:]       # [1, 2, 1] along the columns
+    return rows[..., :, :-2] - rows[..., :, 2:], cols[..., :-2, :] - cols[..., 2:, :]
+
+
+def orientation_bins(gx: torch.Tensor, gy: torch.Tensor, nbins: int,
+                     max_angle: float = math.pi) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mag, bin)``: ``sqrt(gx² + gy²)`` and ``floor(atan2(gx, gy) / max_angle * nbins) mod nbins`` (int64),
+    the float32 operations in upstream's order (a precomputed ``nbins / π`` moves the exact-edge pixels)."""
+    mag = torch.sqrt(gx * gx + gy * gy)
+    phase = torch.atan2(gx, gy) / max_angle * nbins
+    return mag, torch.floor(phase).long() % nbins
+
+
+def _histogram(mag: torch.Tensor, bins: torch.Tensor, nbins: int, pool: int, mean: bool) -> torch.Tensor:
+    """Per-cell orientation histograms (B, C, nbins, H//pool, W//pool) of ``mag`` (B, C, H, W) in ``bins``; the
+    trailing rows and columns that do not fill a cell are dropped, as ``unfold`` / ``AvgPool2d`` do."""
+    b, c, h, w = mag.shape
+    hp, wp = h // pool, w // pool
+    levels = torch.arange(nbins, device=bins.device).view(1, 1, nbins, 1, 1)
+    hist = (bins.unsqueeze(2) == levels).to(mag.dtype) * mag.unsqueeze(2)            # scatter of one pixel
+    hist = hist[..., :hp * pool, :wp * pool].reshape(b, c, nbins, hp, pool, wp, pool)
+    return hist.mean(dim=(4, 6)) if mean else hist.sum(dim=(4, 6))
+
+
+def _l2_normalize(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x / max(‖x‖₂, 1e-12)`` along ``dim`` (``F.normalize``)."""
+    return x / torch.sqrt((x * x).sum(dim, keepdim=True)).clamp_min(NORM_EPS)
+
+
+class HOGLayerC(nn.Module):
+    """FastMIM's HOG target (paper §3.2; official ``util/hog_layer.py::HOGLayerC``, from MaskFeat): (B, 3, H, W)
+    -> (B, 3·nbins, H//pool, W//pool), the R bins, then G, then B; cell histograms are **sums**, L2-normalised
+    per cell and channel when ``norm_pix_loss``. ``weight_x`` / ``weight_y`` are upstream's (3, 1, 3, 3) kernel
+    buffers; the forward uses the same fixed kernels as exact slice differences (:func:`sobel_gradients`).
+    Upstream's ``gaussian_window`` (always 0 in FastMIM) is not kept."""
+
+    def __init__(self, nbins: int = 9, pool: int = 8, norm_pix_loss: bool = True) -> None:
+        super().__init__()
+        self.nbins = nbins
+        self.pool = pool
+        self.pi = math.pi
+        self.norm_pix_loss = norm_pix_loss
+        weight_x = torch.tensor(SOBEL_X).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
+        self.register_buffer("weight_x", weight_x)
+        self.register_buffer("weight_y", weight_x.transpose(2, 3).contiguous())
+
+    def orientation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mag, bin)`` per pixel and channel, each (B, 3, H, W): the step part of the layer."""
+        return orientation_bins(*sobel_gradients(x), self.nbins, self.pi)
+
+    def histogram(self, mag: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+        """The output from the per-pixel ``(mag, bin)``: summed cells, optional L2 norm, channels flattened."""
+        out = _histogram(mag, bins, self.nbins, self.pool, mean=False)
+        if self.norm_pix_loss:
+            out = _l2_normalize(out, 2)
+        return out.flatten(1, 2)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.histogram(*self.orientation(x))
+
+
+class SobelConv(nn.Module):
+    """The frozen ``conv`` of LocalMIM's ``HOGLayer`` (upstream an ``nn.Conv2d(1, 2, 3, padding=1,
+    padding_mode='reflect', bias=bias)``): ``weight`` (2, 1, 3, 3) is the (kx, ky) pair and ``bias`` (2,), when
+    present, starts at ``nn.Conv2d``'s default U(−1/3, 1/3) as upstream leaves it (checkpoints carry the values
+    that count). (B, 1, H, W) -> (B, 2, H, W); computed as :func:`sobel_gradients` plus the bias."""
+
+    def __init__(self, bias: bool = False) -> None:
+        super().__init__()
+        kx = torch.tensor(SOBEL_X)
+        self.weight = nn.Parameter(torch.stack([kx, kx.t()])[:, None], requires_grad=False)
+        if bias:
+            self.bias = nn.Parameter(torch.empty(2).uniform_(-1 / 3, 1 / 3), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gxy = torch.cat(sobel_gradients(x), 1)
+        return gxy if self.bias is None else gxy + self.bias.view(1, 2, 1, 1)
+
+
+class HOGLayer(nn.Module):
+    """LocalMIM's HOG target of one channel (paper §3.3; official ``ViT/models_mim.py::HOGLayer``; the Swin one
+    is the same): (B, 1, H, W) -> (B, nbins, H//pool, W//pool); cell histograms are **means** (``AvgPool2d``),
+    always L2-normalised. ``max_angle`` divides the phase (π upstream). With ``bias`` the frozen ``conv.bias``
+    is added to (gx, gy), so a flat region has the constant gradient ``bias`` and a flat cell is one-hot.
+    Upstream's comment says "linear interpolation", its code (kept here) assigns hard bins."""
+
+    def __init__(self, nbins: int, pool: int, bias: bool = False, max_angle: float = math.pi) -> None:
+        super().__init__()
+        self.nbins = nbins
+        self.pool = pool
+        self.max_angle = max_angle
+        self.conv = SobelConv(bias)
+
+    def orientation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mag, bin)`` per pixel, each (B, 1, H, W): the step part of the layer."""
+        if x.shape[1] != 1:
+            raise ValueError(f"HOGLayer takes one channel (B, 1, H, W), got {tuple(x.shape)}")
+        gxy = self.conv(x)
+        return orientation_bins(gxy[:, :1], gxy[:, 1:], self.nbins, self.max_angle)
+
+    def histogram(self, mag: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+        """The output from the per-pixel ``(mag, bin)``: averaged cells, L2-normalised over the bins."""
+        return _l2_normalize(_histogram(mag, bins, self.nbins, self.pool, mean=True)[:, 0], 1)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.histogram(*self.orientation(x))
+
+
+def block_masking(imgs: torch.Tensor, mask_ratio: float, img_size: int, block_size: int = 16, patch_size: int = 16,
+                  noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """FastMIM's per-sample block masking (paper §3.1; official ``mim_vit_pretrain.py::
+    mim_per_sample_block_masking``): ``(mask (B, 1, H, W), loss_mask (B, 1, img_size//patch_size, ...))``, int64,
+    1 = masked. The ``n = (img_size//block_size)²`` blocks are ranked by ``noise`` (B, n) (drawn U[0, 1) when
+    None); the ``int(n·(1 − mask_ratio))`` smallest are kept. ``mask`` spreads each block over ``H // √n`` pixels;
+    ``loss_mask`` is at block resolution, repeated to token resolution when ``block_size > patch_size``."""
+    batch, _, height, width = imgs.shape
+    if height != width:
+        raise ValueError(f"Input height and width doesn't match ({height} != {width}).")
+    mask_size = img_size // block_size
+    bw_ratio = height // mask_size
+    if bw_ratio * mask_size != height:
+        raise ValueError(f"image size {height} is not a multiple of the {mask_size}x{mask_size} block grid")
+    len_keep = int(mask_size ** 2 * (1 - mask_ratio))
+    if noise is None:
+        noise = torch.rand(batch, mask_size ** 2, device=imgs.device)
+    ids_restore = torch.argsort(torch.argsort(noise, dim=1), dim=1)
+    loss_mask = (ids_restore >= len_keep).long().reshape(batch, 1, mask_size, mask_size)
+    mask = loss_mask.repeat_interleave(bw_ratio, dim=2).repeat_interleave(bw_ratio, dim=3)
+    if block_size > patch_size:
+        rep = block_size // patch_size
+        loss_mask = loss_mask.repeat_interleave(rep, dim=2).repeat_interleave(rep, dim=3)
+    return mask, loss_mask
+
+
+def random_masking(x: torch.Tensor, mask_ratio: float,
+                   noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MAE's per-sample random masking, as LocalMIM uses it (official ``ViT/models_mim.py::random_masking``):
+    ``(x_keep (N, len_keep, D), mask (N, L) float, ids_restore (N, L) int64)`` for ``x`` (N, L, D); the
+    ``int(L·(1 − mask_ratio))`` tokens of smallest ``noise`` (N, L) (drawn U[0, 1) when None) are kept, in
+    ascending noise order; ``mask`` is 1 for a removed token, in the original order."""
+    n, length, dim = x.shape
+    len_keep = int(length * (1 - mask_ratio))
+    if noise is None:
+        noise = torch.rand(n, length, device=x.device)
+    ids_shuffle = torch.argsort(noise, dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    ids_keep = ids_shuffle[:, :len_keep]
+    x_keep = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, dim))
+    mask = (ids_restore >= len_keep).float()
+    return x_keep, mask, ids_restore
+
+
+def recal_mask(mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """LocalMIM's mask at the grid of one decoder scale (paper §3.2; official ``ViT/models_mim.py::recal_mask``):
+    ``mask`` (B, L) on a square √L×√L token grid -> (B, L·scale²) float. ``scale ≥ 1``: nearest upsampling by
+    ``int(scale)``; ``scale < 1``: the **mean** over each ``int(1/scale)``² group (multiples of 0.25 at 0.5)."""
+    mask = mask.float()
+    b, length = mask.shape
+    h = int(length ** .5)
+    if scale >= 1.:
+        s = int(scale)
+        return mask.reshape(b, h, 1, h, 1).expand(b, h, s, h, s).reshape(b, -1)
+    s = int(1 / scale)
+    return mask.reshape(b, h // s, s, h // s, s).transpose(2, 3).mean((-2, -1)).reshape(b, -1)
+
+
+# ================================================================== pretraining models and fine-tuning (2.3, 2.4)
+# FastMIM ``mim_vit_pretrain.py::MaskedAutoencoderViT`` (SimMIM-style: every token encoded, masked pixels replaced
+# by a learnable RGB token), LocalMIM ``ViT/models_mim.py::MaskedAutoencoderViT`` (MAE-style: visible tokens only,
+# four decoders reading blocks ``[1, 3, depth-3, depth-1]`` at scales 4, 2, 1, 0.5) and MAE's ``models_vit.py``
+# fine-tune ViT with global pooling. The blocks are timm-0.3.2 ``Block``s (qkv bias, exact-erf GELU, LayerNorm eps
+# 1e-6, scale head_dim^-0.5): the project's ViT ``Block``, whose keys are timm's.
+
+import os  # noqa: E402
+from functools import partial  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from specs import mim as _spec  # noqa: E402
+from specs.errors import ConfigError  # noqa: E402
+
+from .layers import PatchEmbed  # noqa: E402
+from .models.vit import Block, VisionTransformer as _TimmViT  # noqa: E402
+
+__all__ += ["MaskedAutoencoderViT", "LocalMIMViT", "MAEDecoder", "LayerNorm2d", "FinetuneViT",
+            "fastmim_vit_base_patch16", "localmim_vit_base_patch16", "vit_base_patch16", "load_pretrained",
+            "load_official", "hog_c"]
+
+_LN = partial(nn.LayerNorm, eps=_spec.LN_EPS)
+
+
+def hog_c(imgs: torch.Tensor, nbins: int = 9, pool: int = 8, norm_pix_loss: bool = True) -> torch.Tensor:
+    """:class:`HOGLayerC` as a function (no buffers): FastMIM builds the layer inside every loss call, so its
+    kernels are not part of the pretraining state dict."""
+    with torch.no_grad():
+        mag, bins = orientation_bins(*sobel_gradients(imgs), nbins, math.pi)
+        out = _histogram(mag, bins, nbins, pool, mean=False)
+        return (_l2_normalize(out, 2) if norm_pix_loss else out).flatten(1, 2)
+
+
+def _fixed_pos_embed(dim: int, grid: int) -> nn.Parameter:
+    """The frozen sin-cos table (1, 1 + grid², dim) with a zero class row (a ``requires_grad=False`` parameter)."""
+    return nn.Parameter(torch.from_numpy(_spec.sincos_pos_embed(dim, grid)), requires_grad=False)
+
+
+def _xavier_linears(module: nn.Module) -> None:
+    """MAE's ``_init_weights``: xavier-uniform Linear weights, zero biases, LayerNorm (1, 0)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def _init_patch_embed(patch_embed: PatchEmbed) -> None:
+    w = patch_embed.proj.weight.data
+    nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+
+
+class MaskedAutoencoderViT(nn.Module):
+    """FastMIM's ViT pretraining model (paper §3; official ``mim_vit_pretrain.py::MaskedAutoencoderViT``).
+
+    ``forward(imgs, mask_ratio=0.75, noise=None) -> (loss, pred, mask)``: block masking (:func:`block_masking`,
+    ``noise`` (B, (img_size//block_size)²)), masked pixels replaced by ``mask_token`` (1, 3, 1, 1), all tokens
+    patch-embedded with the fixed sin-cos ``pos_embed`` and a class token, the blocks, ``norm``, then the light
+    decoder (``decoder_embed``, ``decoder_depth`` blocks of ``decoder_embed_dim // 32`` heads, ``decoder_norm``,
+    ``decoder_pred``; no decoder position embedding), class token dropped. The loss is the masked-token MSE to
+    the HOG target (``HOGLayerC(9, 8, norm_pix_loss)``, each token's cells unfolded in (channel·bin, dy, dx)
+    order) or, with ``mim_loss='l2'``, to the patchified pixels ((p, q, c) order; per-patch normalised with the
+    unbiased variance when ``norm_pix_loss``). ``mask`` is the loss mask (B, 1, h, w). Upstream's branch for a
+    block smaller than a patch (``decoder_depth=0``, ``block_size < patch_size``) is not supported."""
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 1024,
+                 depth: int = 24, num_heads: int = 16, block_size: int = 16, decoder_embed_dim: int = 512,
+                 decoder_depth: int = 8, mlp_ratio: float = 4.0, norm_pix_loss: bool = False, mim_loss: str = "l2"):
+        super().__init__()
+        if mim_loss not in ("HOG", "l2"):
+            raise ConfigError(f"mim_loss must be 'HOG' or 'l2', not {mim_loss!r}")
+        if decoder_depth < 1 or block_size < patch_size:
+            raise ConfigError("FastMIM here needs decoder_depth >= 1 and block_size >= patch_size")
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        grid = self.patch_embed.grid_size[0]
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = _fixed_pos_embed(embed_dim, grid)
+        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, True) for _ in range(depth)])
+        self.norm = _LN(embed_dim)
+        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        self.decoder_blocks = nn.ModuleList([Block(decoder_embed_dim, decoder_embed_dim // 32, mlp_ratio, True)
+                                             for _ in range(decoder_depth)])
+        self.decoder_norm = _LN(decoder_embed_dim)
+        out = (patch_size // 8) ** 2 * 9 * 3 if mim_loss == "HOG" else patch_size ** 2 * in_chans
+        self.decoder_pred = nn.Linear(decoder_embed_dim, out)
+        self.img_size, self.patch_size, self.block_size = img_size, patch_size, block_size
+        self.norm_pix_loss, self.mim_loss = norm_pix_loss, mim_loss
+        _init_patch_embed(self.patch_embed)
+        nn.init.normal_(self.cls_token, std=.02)
+        nn.init.normal_(self.mask_token, std=.02)
+        _xavier_linears(self)
+
+    def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
+        mask, loss_mask = block_masking(imgs, mask_ratio, self.img_size, self.block_size, self.patch_size, noise)
+        x = imgs * (1 - mask) + mask * self.mask_token
+        x = self.patch_embed(x) + self.pos_embed[:, 1:]
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x), loss_mask
+
+    def forward_decoder(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.decoder_embed(x)
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+
+    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, p²·3, h, w), channels in (p, q, c) order (upstream's, channel-first)."""
+        p = self.patch_size
+        b, c, hh, ww = imgs.shape
+        x = imgs.reshape(b, c, hh // p, p, ww // p, p)
+        return torch.einsum("nchpwq->npqchw", x).reshape(b, p * p * c, hh // p, ww // p)
+
+    def forward_l2_loss(self, imgs, pred, mask):
+        b, n, c = pred.shape
+        side = int(n ** 0.5)
+        pred = pred.transpose(-1, -2).reshape(b, c, side, side)
+        target = self.patchify(imgs)
+        if self.norm_pix_loss:
+            target = (target - target.mean(1, keepdim=True)) / (target.var(1, keepdim=True) + 1e-6) ** .5
+        m = mask.to(pred.dtype)
+        return (((pred - target) ** 2) * m).sum() / (m.sum() * c)
+
+    def hog_target(self, imgs: torch.Tensor, side: int) -> torch.Tensor:
+        """(B, L, 27·u²): each token's ``u × u`` HOG cells, (channel·bin, dy, dx) order."""
+        t = hog_c(imgs, 9, 8, self.norm_pix_loss)
+        b, ch, th, tw = t.shape
+        u = th // side
+        return t.reshape(b, ch, side, u, side, u).permute(0, 2, 4, 1, 3, 5).reshape(b, side * side, ch * u * u)
+
+    def forward_hog_loss(self, imgs, pred, mask):
+        b, n, c = pred.shape
+        target = self.hog_target(imgs, int(n ** 0.5))
+        m = mask.flatten(1).to(pred.dtype).unsqueeze(-1)
+        return (((pred - target) ** 2) * m).sum() / (m.sum() * c)
+
+    def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None):
+        latent, mask = self.forward_encoder(imgs, mask_ratio, noise)
+        pred = self.forward_decoder(latent)
+        loss = self.forward_hog_loss(imgs, pred, mask) if self.mim_loss == "HOG" else \
+            self.forward_l2_loss(imgs, pred, mask)
+        return loss, pred, mask
+
+
+class LayerNorm2d(nn.Module):
+    """LocalMIM's channels-first ``LayerNorm`` (ConvNeXt's): normalise (B, C, H, W) over C, biased variance."""
+
+    def __init__(self, normalized_shape: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(normalized_shape))
+        self.bias = nn.Parameter(torch.zeros(normalized_shape))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+def _pred_head(embed_dim: int, out_dim: int, scale: float) -> nn.Sequential:
+    """The per-scale prediction head (keys ``pred.0/1/3/4`` at 4, ``pred.0/1`` at 2, ``pred.0`` at 1, ``pred.1``
+    at 0.5)."""
+    if scale == 4.0:
+        layers = [nn.ConvTranspose2d(embed_dim, embed_dim // 2, 2, 2), LayerNorm2d(embed_dim // 2), nn.GELU(),
+                  nn.ConvTranspose2d(embed_dim // 2, embed_dim // 4, 2, 2)]
+        hidden = embed_dim // 4
+    elif scale == 2.0:
+        layers, hidden = [nn.ConvTranspose2d(embed_dim, embed_dim // 2, 2, 2)], embed_dim // 2
+    elif scale == 1.0:
+        layers, hidden = [], embed_dim
+    elif scale == 0.5:
+        layers, hidden = [nn.AvgPool2d(2, 2)], embed_dim
+    else:
+        raise ConfigError(f"scale {scale} is not supported (4, 2, 1 or 0.5)")
+    return nn.Sequential(*layers, nn.Conv2d(hidden, out_dim, 1))
+
+
+class MAEDecoder(nn.Module):
+    """LocalMIM's ``MAE_Decoder``: ``embed``, mask tokens inserted and unshuffled by ``ids_restore``, the fixed
+    sin-cos ``pos_embed``, ``depth`` blocks, ``norm``, the tokens as a √L×√L map through ``pred``;
+    returns (B, L·scale², out_dim)."""
+
+    def __init__(self, inp_dim: int, embed_dim: int = 256, out_dim: int = 27, scale: float = 1.0,
+                 num_patches: int = 196, depth: int = 1, num_heads: int = 8, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.num_patches = num_patches
+        self.embed = nn.Linear(inp_dim, embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = _fixed_pos_embed(embed_dim, int(num_patches ** .5))
+        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, True) for _ in range(depth)])
+        self.norm = _LN(embed_dim)
+        self.pred = _pred_head(embed_dim, out_dim, scale)
+        nn.init.normal_(self.mask_token, std=.02)
+        _xavier_linears(self)
+
+    def forward(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        b, _, d = x.shape
+        tokens = self.mask_token.expand(b, ids_restore.shape[1] + 1 - x.shape[1], -1)
+        x_ = torch.cat([x[:, 1:], tokens], dim=1)
+        x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d))
+        x = torch.cat([x[:, :1], x_], dim=1) + self.pos_embed
+        for blk in self.blocks:
+            x = blk(x)
+        x = self.norm(x)
+        side = int(self.num_patches ** .5)
+        x = self.pred(x[:, 1:].transpose(1, 2).reshape(b, d, side, side))
+        return x.flatten(2).transpose(1, 2)
+
+
+class LocalMIMViT(nn.Module):
+    """LocalMIM's ViT pretraining model (paper §3.2; official ``ViT/models_mim.py::MaskedAutoencoderViT``).
+
+    ``forward(imgs, mask_ratio=0.75, noise=None, return_levels=False)``: patch embedding plus ``pos_embed[1:]``,
+    :func:`random_masking` (``noise`` (B, L)), the class token, the blocks; the outputs of blocks
+    ``[1, 3, depth-3, depth-1]`` each through its own ``norm.k`` feed decoder ``k`` at scale ``[4, 2, 1, 0.5][k]``;
+    target ``k`` is the per-colour-channel ``HOGLayer(hog_nbins, [4, 8, 16, 32][k], hog_bias)`` (R, G, B);
+    ``levels[k] = Σ mean_d(pred−target)² · M / Σ M`` with ``M = recal_mask(mask, scale[k])``, ``loss = Σ levels``.
+    Use ``depth ≥ 7`` (shallower models repeat a tap, which upstream silently collapses to fewer levels)."""
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 1024,
+                 depth: int = 24, num_heads: int = 16, decoder_embed_dim: int = 512, decoder_depth: int = 1,
+                 decoder_num_heads: int = 16, mlp_ratio: float = 4.0, hog_nbins: int = 9, hog_bias: bool = False):
+        super().__init__()
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = _fixed_pos_embed(embed_dim, self.patch_embed.grid_size[0])
+        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, True) for _ in range(depth)])
+        self.ID = _spec.localmim_taps(depth)
+        self.scale = list(_spec.LOCALMIM_SCALES)
+        self.norm = nn.ModuleList([_LN(embed_dim) for _ in self.ID])
+        _init_patch_embed(self.patch_embed)
+        nn.init.normal_(self.cls_token, std=.02)
+        _xavier_linears(self)
+        self.decoder = nn.ModuleList([
+            MAEDecoder(embed_dim, decoder_embed_dim, in_chans * hog_nbins, s, num_patches, decoder_depth,
+                       decoder_num_heads, mlp_ratio) for s in self.scale])
+        self.hog_enc = nn.ModuleList([HOGLayer(hog_nbins, k, hog_bias) for k in _spec.LOCALMIM_POOLS])
+
+    def hog(self, imgs: torch.Tensor, k: int) -> torch.Tensor:
+        """Target ``k``: (B, h·w, 3·nbins), the R, G, B histograms of ``hog_enc[k]``."""
+        feat = torch.cat([self.hog_enc[k](imgs[:, c:c + 1]) for c in range(3)], 1)
+        return feat.flatten(2).transpose(1, 2)
+
+    def forward_encoder(self, x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
+        x = self.patch_embed(x) + self.pos_embed[:, 1:]
+        x, mask, ids_restore = random_masking(x, mask_ratio, noise)
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        latent = []
+        for i, blk in enumerate(self.blocks):
+            x = blk(x)
+            if i in self.ID:
+                latent.append(self.norm[self.ID.index(i)](x))
+        return latent, mask, ids_restore
+
+    def forward_loss(self, imgs: torch.Tensor, pred: list, mask: torch.Tensor) -> torch.Tensor:
+        levels = []
+        for k in range(len(pred)):
+            m = recal_mask(mask, self.scale[k])
+            levels.append((((pred[k] - self.hog(imgs, k)) ** 2).mean(-1) * m).sum() / m.sum())
+        return torch.stack(levels)
+
+    def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None,
+                return_levels: bool = False):
+        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
+        pred = [self.decoder[i](latent[i], ids_restore) for i in range(len(latent))]
+        levels = self.forward_loss(imgs, pred, mask)
+        loss = levels.sum()
+        return (loss, levels) if return_levels else loss
+
+
+class FinetuneViT(_TimmViT):
+    """MAE's fine-tune ViT (``models_vit.py`` of both repositories: timm-0.3.2 ``VisionTransformer`` plus global
+    pooling). With ``global_pool`` (default) there is ``fc_norm`` and no ``norm``, and ``forward_features(x)`` is
+    ``fc_norm(mean of the patch tokens)`` (B, D); without, ``norm`` and the class token. ``drop_path_rate``
+    rises linearly over the blocks (timm)."""
+
+    output_fmt = "NC"
+
+    def __init__(self, num_classes: int = 1000, img_size: int = 224, patch_size: int = 16, embed_dim: int = 768,
+                 depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, global_pool: bool = True,
+                 drop_path_rate: float = 0.1):
+        super().__init__(num_classes, img_size, patch_size, embed_dim, depth, num_heads, mlp_ratio,
+                         drop_path_rate=drop_path_rate)
+        self.global_pool = global_pool
+        if global_pool:
+            self.fc_norm = _LN(embed_dim)
+            del self.norm
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), self.patch_embed(x)], dim=1) + self.pos_embed
+        x = self.blocks(x)
+        if self.global_pool:
+            return self.fc_norm(x[:, 1:].mean(dim=1))
+        return self.norm(x)[:, 0]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+
+def fastmim_vit_base_patch16(**overrides: Any) -> MaskedAutoencoderViT:
+    """FastMIM ViT-B/16 pretraining model with the README flags (128 px, 6 heads as upstream, decoder 256 × 1,
+    HOG, ``norm_pix_loss``); ``overrides`` use the upstream constructor names."""
+    return MaskedAutoencoderViT(**{**_spec.FASTMIM_VIT_BASE, **overrides})
+
+
+def localmim_vit_base_patch16(**overrides: Any) -> LocalMIMViT:
+    """LocalMIM ``MIM_vit_base_patch16(hog_nbins=9, hog_bias=False)``; ``overrides`` use upstream's names."""
+    return LocalMIMViT(**{**_spec.LOCALMIM_VIT_BASE, **overrides})
+
+
+def vit_base_patch16(num_classes: int = 1000, **overrides: Any) -> FinetuneViT:
+    """MAE ``models_vit.vit_base_patch16`` as both fine-tune scripts build it (global pool, drop path 0.1)."""
+    return FinetuneViT(num_classes, **{**_spec.VIT_BASE_FINETUNE, **overrides})
+
+
+def _read_model_state(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """``checkpoint['model']`` of an official file, read with ``weights_only=True`` (``argparse.Namespace`` is the
+    one allow-listed class; :func:`convert.io.read_checkpoint`); a plain state dict is accepted too."""
+    from convert.io import read_checkpoint
+    return read_checkpoint(path)
+
+
+def load_official(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Strictly load an official pretraining checkpoint (``{'model', 'epoch', 'args', ...}``) into ``model``;
+    a missing, extra or mis-shaped key is a one-line :class:`specs.errors.KeyMismatchError`."""
+    from convert.state import check_keys
+    state = _read_model_state(path)
+    check_keys(state, {k: tuple(v.shape) for k, v in model.state_dict().items()}, (), str(path))
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=True)
+    return model
+
+
+def load_pretrained(model: FinetuneViT, path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Fine-tune initialisation as ``main_finetune.py`` / ``run_finetune.py``: ``checkpoint['model']``, ``head.*``
+    dropped when its shape differs, an ``encoder.`` prefix stripped, ``pos_embed`` resized bicubically, then a
+    non-strict load. Returns ``(missing, unexpected)`` (torch key names). Upstream then redraws the head
+    (``trunc_normal_(std=2e-5)``, random): not done here."""
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state = _spec.finetune_state(_read_model_state(path), shapes, model.patch_embed.num_patches)
+    missing, unexpected = _spec.split_keys(state, shapes, str(path))
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items() if k in shapes},
+                          strict=False)
+    return missing, unexpected
+
+
+from ._registry import registry  # noqa: E402
+
+registry.register_family("fastmim", MaskedAutoencoderViT)
+registry.register_family("localmim", LocalMIMViT)
+registry.register_family("mim_vit", FinetuneViT)
