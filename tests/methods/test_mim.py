@@ -142,31 +142,23 @@ def np_case(case: dict):
 
 # ---- HOG against the official outputs ---------------------------------------------------------------------------
 
+@pytest.mark.parametrize("framework", ["torch", "ms"])
 @pytest.mark.parametrize("cid", list(HOG_CASES))
-def test_hog_official_torch(cid):
-    """torch_ref vs the recorded official output; the step checked pixel by pixel against the float64 bins (no
-    near-edge pixel may flip: the op order is upstream's), then the continuous part with the step shared."""
+def test_hog_official(cid, framework, request):
+    """torch_ref and MindSpore (PyNative) vs the recorded official output; the step checked pixel by pixel against
+    the float64 bins (no near-edge pixel may flip: the op order is upstream's), then the continuous part with the
+    step shared."""
+    if framework == "ms":
+        request.getfixturevalue("pynative_mode")
+    tol = TORCH_TOL if framework == "torch" else MS_TOL
     case = HOG_CASES[cid]
     ref, x = ORACLE[f"{cid}/out"], ORACLE[case["input"]]
-    layer = make_layer("torch", case)
-    assert rel_err(forward(layer, x), ref) <= TORCH_TOL
+    layer = make_layer(framework, case)
+    assert rel_err(forward(layer, x), ref) <= tol
     _, bins64, v, _ = np_case(case)
     out, flips, off = shared_step(layer, x, bins64, near_edge(v))
     assert (flips, off) == (0, 0)
-    assert rel_err(out, ref) <= TORCH_TOL
-
-
-@pytest.mark.parametrize("cid", list(HOG_CASES))
-def test_hog_official_ms_pynative(cid, pynative_mode):
-    """MindSpore (PyNative) vs the recorded official output, and the same step check as for torch."""
-    case = HOG_CASES[cid]
-    ref, x = ORACLE[f"{cid}/out"], ORACLE[case["input"]]
-    layer = make_layer("ms", case)
-    assert rel_err(forward(layer, x), ref) <= MS_TOL
-    _, bins64, v, _ = np_case(case)
-    out, flips, off = shared_step(layer, x, bins64, near_edge(v))
-    assert (flips, off) == (0, 0)
-    assert rel_err(out, ref) <= MS_TOL
+    assert rel_err(out, ref) <= tol
 
 
 @pytest.mark.parametrize("cid", list(HOG_CASES))
