@@ -167,7 +167,7 @@ def bench_train(name: str, batch: int, size: int, repeats: int, warmup: int, tea
     with execution_mode(ms.GRAPH_MODE):
         mm = ms_models.create_model(name)
         mm.set_train(True)
-        steps = repeats + warmup + 1
+        steps = (2 if teacher else 1) * (repeats + warmup + 1) + 1     # the lr schedule covers every call below
         optimizer = create_optimizer(mm, OptimizerConfig(name="sgd", lr=1e-3, weight_decay=1e-4),
                                      np.full(steps, 1e-3, np.float32))
         ce = ms.nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")

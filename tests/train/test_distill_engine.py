@@ -330,3 +330,15 @@ def test_distill_demo_script(tmp_path, capsys):
     log = (tmp_path / "student_kd" / "train.log").read_text()
     assert "kd distillation from resnet18" in log and "distillation" not in (tmp_path / "student" / "train.log").read_text()
     assert "student + KD" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_benchmark_distillation_row():
+    """scripts/benchmark.py --train --teacher: one row (live teacher step, cached replay step, both frameworks) runs
+    to the end on a small ResNet pair and reports positive times."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import benchmark
+    row = benchmark.bench_train("resnet18", 2, 32, repeats=2, warmup=1, teacher="resnet18")
+    for key in ("torch", "torch_cached", "ms_graph", "ms_graph_cached", "ms_compile"):
+        assert row[key] > 0, key
+    assert row["ms_over_torch"] == row["ms_graph"] / row["torch"]
