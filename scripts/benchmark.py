@@ -1,9 +1,14 @@
 """Speed benchmark: MindSpore GRAPH_MODE and PyNative vs torch eager vs onnxruntime, in one run.
 
 For each model, form (train/deploy) and batch size (each row in a fresh process) it prints the median latency
-of each runtime, the ratio MindSpore graph / torch and the fraction of this machine's measured fp32 matmul peak
-that the fastest runtime reaches. ``--convert`` also times ``torch2ms`` of a checkpoint against a plain
-``torch.load`` + ``torch.save`` of the same file and records peak memory (each in a fresh process).
+of each runtime with its spread, the ratio MindSpore graph / torch and the fraction of this machine's measured
+fp32 matmul peak that the fastest runtime reaches. torch, MindSpore graph mode and onnxruntime are timed
+interleaved in one process (rounds A B C A B C ...), so a change of machine load falls on all of them alike; the
+ratio is the median of the per-round ratios, with its range. torch is also timed alone before MindSpore has run
+anything in the process (``torch alone``): torch eager runs slower once MindSpore has run a graph in the same
+process (``docs/benchmarks.md``), and a ratio against that slower torch would flatter MindSpore. The load average
+is printed at the start and the end of the run. ``--convert`` also times ``torch2ms`` of a checkpoint against a
+plain ``torch.load`` + ``torch.save`` of the same file and records peak memory (each in a fresh process).
 Not a test: run it with ``make bench`` or ``python scripts/benchmark.py --help``.
 """
 from __future__ import annotations
@@ -16,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("GLOG_v", "3")   # MindSpore: errors only on the console
@@ -40,6 +46,55 @@ def median_time(fn, repeats: int, warmup: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds of each call of each runtime, timed in rounds (every function once per round, in the dict's order:
+    A B C A B C ...) after ``warmup`` untimed rounds, so that a change of load falls on every runtime alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {key: [] for key in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t0)
+    return times
+
+
+def summarize(row: dict, times: dict[str, list[float]], ratio: tuple[str, str] | None = None) -> dict:
+    """Adds to ``row`` each runtime's median (``row[key]``), its spread ``(max - min) / median``
+    (``row[key + '_spread']``) and its raw times (``row['times']``); with ``ratio = (a, b)`` also the median and the
+    range of the per-round ratios a / b (``row['ms_over_torch']``, ``row['ms_over_torch_range']``)."""
+    row.setdefault("times", {}).update(times)
+    for key, ts in times.items():
+        row[key] = statistics.median(ts)
+        row[key + "_spread"] = (max(ts) - min(ts)) / row[key]
+    if ratio is not None:
+        per_round = [a / b for a, b in zip(times[ratio[0]], times[ratio[1]])]
+        row["ms_over_torch"] = statistics.median(per_round)
+        row["ms_over_torch_range"] = [min(per_round), max(per_round)]
+    return row
+
+
+def load_average() -> float:
+    """The machine's 1-minute load average."""
+    return os.getloadavg()[0]
+
+
+def fmt_time(row: dict, key: str, width: int = 15) -> str:
+    """``123.4ms(5%)``: the median and the spread of one runtime, right-aligned in ``width``."""
+    if key not in row:
+        return f"{'-':>{width}}"
+    spread = f"({100 * row[key + '_spread']:.0f}%)" if key + "_spread" in row else ""
+    return f"{row[key] * 1e3:.1f}ms{spread}".rjust(width)
+
+
+def fmt_ratio(row: dict) -> str:
+    """``0.95 (0.91-1.02)``: the median per-round ratio and its range."""
+    lo, hi = row["ms_over_torch_range"]
+    return f"{row['ms_over_torch']:.2f} ({lo:.2f}-{hi:.2f})".rjust(18)
 
 
 def matmul_peak(threads: int) -> float:
@@ -69,9 +124,26 @@ def model_flops(model, x) -> int:
     return counter.get_total_flops()
 
 
+def _ort_session(tm, xt, threads: int, name: str):
+    """An onnxruntime session of ``tm`` exported at ``xt``'s shape, or None (reported) when the export fails."""
+    import onnxruntime as ort
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "m.onnx")
+        try:
+            with torch.no_grad():
+                torch.onnx.export(tm, (xt,), path, dynamo=False, opset_version=17)
+        except Exception as exc:  # noqa: BLE001  (report and go on: the other runtimes are measured)
+            print(f"  {name}: onnx export failed ({type(exc).__name__}); onnxruntime skipped", flush=True)
+            return None
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
 def bench_model(name: str, form: str, batch: int, size: int, repeats: int, warmup: int, threads: int,
                 use_ort: bool, knn_share: bool = False) -> dict | None:
-    """One row of timings; None for the deploy form of a model without one (no ``switch_to_deploy``)."""
+    """One row of timings; None for the deploy form of a model without one (no ``switch_to_deploy``). torch alone
+    first, then torch, MindSpore graph mode and onnxruntime interleaved, then PyNative alone (it is not a target)."""
     torch.manual_seed(0)
     tm = torch_ref.create_model(name)
     if form == "deploy" and not hasattr(tm, "switch_to_deploy"):
@@ -83,40 +155,38 @@ def bench_model(name: str, form: str, batch: int, size: int, repeats: int, warmu
         tm.switch_to_deploy()
     x = np.random.RandomState(0).randn(batch, 3, size, size).astype(np.float32)
     xt = torch.from_numpy(x)
-    row = {"model": name, "form": form, "batch": batch, "size": size, "flops": model_flops(tm, xt)}
-    with torch.no_grad():
-        row["torch"] = median_time(lambda: tm(xt), repeats, warmup)
+    row = {"model": name, "form": form, "batch": batch, "size": size, "flops": model_flops(tm, xt),
+           "load": [load_average()]}
+
+    def run_torch():
+        with torch.no_grad():
+            tm(xt)
+    row["torch_alone"] = median_time(run_torch, repeats, warmup)
+    fns = {"torch": run_torch}
+    sess = _ort_session(tm, xt, threads, name) if use_ort else None
     xm = ms.Tensor(x)
-    for mode, key in ((ms.GRAPH_MODE, "ms_graph"), (ms.PYNATIVE_MODE, "ms_pynative")):
-        with execution_mode(mode):
-            mm = ms_twin(tm)
-            mm.set_train(False)
-            row[key] = median_time(lambda: mm(xm).asnumpy(), repeats, warmup)
-            if knn_share and key == "ms_graph":
-                row.update(knn_times(tm, mm, x, repeats, warmup))
-    if use_ort:
-        import onnxruntime as ort
-        with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "m.onnx")
-            try:
-                with torch.no_grad():
-                    torch.onnx.export(tm, (xt,), path, dynamo=False, opset_version=17)
-            except Exception as exc:  # noqa: BLE001  (report and go on: the other runtimes are measured)
-                print(f"  {name}: onnx export failed ({type(exc).__name__}); onnxruntime skipped", flush=True)
-                return row
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads
-            sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    with execution_mode(ms.GRAPH_MODE):
+        mm = ms_twin(tm)
+        mm.set_train(False)
+        fns["ms_graph"] = lambda: mm(xm).asnumpy()
+        if sess is not None:
             feed = {sess.get_inputs()[0].name: x}
-            row["onnxruntime"] = median_time(lambda: sess.run(None, feed), repeats, warmup)
+            fns["onnxruntime"] = lambda: sess.run(None, feed)
+        summarize(row, interleaved_times(fns, repeats, warmup), ("ms_graph", "torch"))
+        if knn_share:
+            row.update(knn_times(tm, mm, x, repeats, warmup))
+    with execution_mode(ms.PYNATIVE_MODE):
+        mp = ms_twin(tm)
+        mp.set_train(False)
+        row["ms_pynative"] = median_time(lambda: mp(xm).asnumpy(), repeats, warmup)
+    row["ms_over_torch_alone"] = row["ms_graph"] / row["torch_alone"]
+    row["load"].append(load_average())
     return row
 
 
 def bench_model_isolated(name: str, form: str, batch: int, size: int, repeats: int, warmup: int, threads: int,
                          use_ort: bool, knn_share: bool = False) -> dict | None:
-    """:func:`bench_model` in a fresh process. In one process torch eager ran slower after MindSpore had run a
-    graph (``docs/ghostnetv2.md``), so every row starts clean; within a row torch is timed first (MindSpore's
-    times do not change after torch's run)."""
+    """:func:`bench_model` in a fresh process, so that every row starts clean (see ``torch alone``)."""
     return _isolated("row", [name, form, batch, size, repeats, warmup, threads, use_ort, knn_share])
 
 
@@ -129,7 +199,8 @@ def bench_train(name: str, batch: int, size: int, repeats: int, warmup: int, tea
     torch eager against MindSpore GRAPH_MODE through the training engine's own step
     (:func:`ms_models.train.step.build_train_network`, :func:`ms_models.train.optim.create_optimizer`). With
     ``teacher``: VanillaKD's step (train-kd.py), the frozen teacher's forward (eval, no gradients) on the same
-    batch and ``CE + KLDiv(T=1)``; in MindSpore inside the same compiled step (:mod:`ms_models.train.distill`)."""
+    batch and ``CE + KLDiv(T=1)``; in MindSpore inside the same compiled step (:mod:`ms_models.train.distill`).
+    torch's step is timed alone first, then every step interleaved (:func:`interleaved_times`)."""
     import ms_models
     from ms_models.distill import KLDiv
     from ms_models.train.config import OptimizerConfig, TrainConfig
@@ -140,7 +211,7 @@ def bench_train(name: str, batch: int, size: int, repeats: int, warmup: int, tea
     r = np.random.RandomState(0)
     x = r.randn(batch, 3, size, size).astype(np.float32)
     y = r.randint(0, get_model_cfg(name).num_classes, batch).astype(np.int64)
-    row = {"model": name, "batch": batch, "size": size, "teacher": teacher}
+    row = {"model": name, "batch": batch, "size": size, "teacher": teacher, "load": [load_average()]}
     torch.manual_seed(0)
     tm = torch_ref.create_model(name).train()
     tt = torch_ref.create_model(teacher).eval() if teacher else None
@@ -160,10 +231,10 @@ def bench_train(name: str, batch: int, size: int, repeats: int, warmup: int, tea
         loss = torch.nn.functional.cross_entropy(z_s, yt)
         (loss if tt is None else loss + kd(z_s, z_t)).backward()
         opt.step()
-    row["torch"] = median_time(torch_step, repeats, warmup)
+    row["torch_alone"] = median_time(torch_step, repeats, warmup)
+    fns = {"torch": torch_step}
     if tt is not None:
-        row["torch_cached"] = median_time(lambda: torch_step(True), repeats, warmup)
-    del tm, tt, opt
+        fns["torch_cached"] = lambda: torch_step(True)
     with execution_mode(ms.GRAPH_MODE):
         mm = ms_models.create_model(name)
         mm.set_train(True)
@@ -181,34 +252,39 @@ def bench_train(name: str, batch: int, size: int, repeats: int, warmup: int, tea
         out = step(xm, ym)
         (out[0] if teacher else out).asnumpy()
         row["ms_compile"] = time.perf_counter() - t0
-        if teacher:      # the live step, then the teacher cache's replay step (its second graph)
-            row["ms_graph"] = median_time(lambda: step(xm, ym)[0].asnumpy(), repeats, warmup)
+        if teacher:      # the live step, then the teacher cache's replay step (its second graph, compiled in warmup)
             z_t = ms.Tensor(out[1].asnumpy())
-            row["ms_graph_cached"] = median_time(lambda: step(xm, ym, z_t)[0].asnumpy(), repeats, warmup + 1)
+            fns["ms_graph"] = lambda: step(xm, ym)[0].asnumpy()
+            fns["ms_graph_cached"] = lambda: step(xm, ym, z_t)[0].asnumpy()
         else:
-            row["ms_graph"] = median_time(lambda: step(xm, ym).asnumpy(), repeats, warmup)
-    row["ms_over_torch"] = row["ms_graph"] / row["torch"]
+            fns["ms_graph"] = lambda: step(xm, ym).asnumpy()
+        summarize(row, interleaved_times(fns, repeats, warmup), ("ms_graph", "torch"))
+    row["ms_over_torch_alone"] = row["ms_graph"] / row["torch_alone"]
+    row["load"].append(load_average())
     return row
 
 
 def run_train(args) -> list[dict]:
     kd = f" + frozen teacher {args.teacher} forward + KL (VanillaKD)" if args.teacher else ""
-    print(f"training step (forward + cross-entropy{kd} + backward + SGD momentum update), batch {args.train_batch}, "
-          f"median of {args.repeats}; each row in a fresh process")
-    head = f"{'model':<24}{'size':>6}{'torch eager':>13}{'ms graph':>11}{'ms/torch':>10}{'compile':>10}{'img/s ms':>10}"
+    print(f"training step (forward + cross-entropy{kd} + backward + SGD momentum update), batch {args.train_batch}; "
+          f"median of {args.repeats} interleaved rounds, (x%) = (max - min) / median; ms/torch = median (range) of "
+          f"the per-round ratios; each row in a fresh process; load average {load_average():.2f} at the start")
+    head = (f"{'model':<24}{'size':>6}{'torch':>15}{'ms graph':>15}{'ms/torch':>18}{'torch alone':>13}"
+            f"{'ms/alone':>10}{'compile':>9}{'img/s ms':>10}")
     print(head + "\n" + "-" * len(head))
     rows = []
     for name in args.models:
         size = TRAIN_SIZES.get(name, args.size)
         r = _isolated("train-row", [name, args.train_batch, size, args.repeats, args.warmup, args.teacher])
         rows.append(r)
-        print(f"{name:<24}{size:>6}{r['torch'] * 1e3:>11.1f}ms{r['ms_graph'] * 1e3:>9.1f}ms"
-              f"{r['ms_over_torch']:>10.2f}{r['ms_compile']:>9.1f}s{args.train_batch / r['ms_graph']:>10.1f}", flush=True)
+        print(f"{name:<24}{size:>6}{fmt_time(r, 'torch')}{fmt_time(r, 'ms_graph')}{fmt_ratio(r)}"
+              f"{r['torch_alone'] * 1e3:>11.1f}ms{r['ms_over_torch_alone']:>10.2f}{r['ms_compile']:>8.1f}s"
+              f"{args.train_batch / r['ms_graph']:>10.1f}", flush=True)
         if "ms_graph_cached" in r:
-            print(f"{'  teacher logits cached':<24}{size:>6}{r['torch_cached'] * 1e3:>11.1f}ms"
-                  f"{r['ms_graph_cached'] * 1e3:>9.1f}ms{r['ms_graph_cached'] / r['torch_cached']:>10.2f}{'':>10}"
-                  f"{args.train_batch / r['ms_graph_cached']:>10.1f}   (MindSpore: {r['ms_graph'] / r['ms_graph_cached']:.2f}x "
-                  f"faster than live)", flush=True)
+            print(f"{'  teacher logits cached':<24}{size:>6}{fmt_time(r, 'torch_cached')}{fmt_time(r, 'ms_graph_cached')}"
+                  f"{r['ms_graph_cached'] / r['torch_cached']:>18.2f}{'':>32}{args.train_batch / r['ms_graph_cached']:>10.1f}"
+                  f"   (MindSpore: {r['ms_graph'] / r['ms_graph_cached']:.2f}x faster than live)", flush=True)
+    print(f"load average {load_average():.2f} at the end")
     return rows
 
 
@@ -409,7 +485,7 @@ def main(argv=None) -> int:
     p.add_argument("--forms", nargs="+", default=["train", "deploy"], choices=["train", "deploy"])
     p.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--no-ort", action="store_true", help="skip onnxruntime")
@@ -463,9 +539,13 @@ def main(argv=None) -> int:
     print(f"fp32 matmul peak (best torch/NumPy/onnxruntime square matmul, {args.threads} threads): "
           f"{peak / 1e9:.1f} GFLOP/s\n%peak = model FLOPs (torch FlopCounterMode, 2 per MAC) / time / peak, for "
           f"MindSpore graph mode and for the fastest runtime")
+    print(f"median of {args.repeats} rounds of torch, MindSpore graph mode and onnxruntime interleaved; (x%) = "
+          f"(max - min) / median; ms/torch = median (range) of the per-round ratios; torch alone = torch timed before "
+          f"MindSpore ran in the process; PyNative timed alone after; each row in a fresh process; load average "
+          f"{load_average():.2f} at the start")
     rows = []
-    head = (f"{'model':<28}{'form':<8}{'batch':>6}{'GFLOP':>8}{'ms graph':>11}{'ms pynat':>11}{'torch':>11}{'onnxrt':>11}"
-            f"{'ms/torch':>10}{'%peak ms':>9}{'best':>6}")
+    head = (f"{'model':<24}{'form':<7}{'batch':>5}{'GFLOP':>7}{'ms graph':>15}{'torch':>15}{'ms/torch':>18}"
+            f"{'torch alone':>13}{'ms/alone':>9}{'ms pynat':>11}{'onnxrt':>15}{'%peak ms':>9}{'best':>6}")
     print(head + "\n" + "-" * len(head))
     for name in args.models:
         forms = args.forms
@@ -477,18 +557,17 @@ def main(argv=None) -> int:
                 r = bench_model_isolated(name, form, batch, args.size, args.repeats, args.warmup, args.threads,
                                          not args.no_ort, args.knn_share)
                 if r is None:
-                    print(f"{name:<28}{form:<8}{batch:>6}  skipped: no deploy form", flush=True)
+                    print(f"{name:<24}{form:<7}{batch:>5}  skipped: no deploy form", flush=True)
                     continue
-                r["ms_over_torch"] = r["ms_graph"] / r["torch"]
                 r["peak_fraction"] = r["flops"] / r["ms_graph"] / peak
                 r["peak_fraction_best"] = r["flops"] / min(r[k] for k in ("ms_graph", "ms_pynative", "torch",
-                                                                          "onnxruntime") if k in r) / peak
+                                                                          "torch_alone", "onnxruntime") if k in r) / peak
                 rows.append(r)
-                ort_s = f"{r['onnxruntime'] * 1e3:>9.1f}ms" if "onnxruntime" in r else f"{'-':>11}"
-                print(f"{name:<28}{form:<8}{batch:>6}{r['flops'] / 1e9:>8.1f}{r['ms_graph'] * 1e3:>9.1f}ms{r['ms_pynative'] * 1e3:>9.1f}ms"
-                      f"{r['torch'] * 1e3:>9.1f}ms{ort_s}{r['ms_over_torch']:>10.2f}{100 * r['peak_fraction']:>8.1f}%"
-                      f"{100 * r['peak_fraction_best']:>5.0f}%",
-                      flush=True)
+                print(f"{name:<24}{form:<7}{batch:>5}{r['flops'] / 1e9:>7.1f}{fmt_time(r, 'ms_graph')}"
+                      f"{fmt_time(r, 'torch')}{fmt_ratio(r)}{r['torch_alone'] * 1e3:>11.1f}ms"
+                      f"{r['ms_over_torch_alone']:>9.2f}{r['ms_pynative'] * 1e3:>9.1f}ms{fmt_time(r, 'onnxruntime')}"
+                      f"{100 * r['peak_fraction']:>8.1f}%{100 * r['peak_fraction_best']:>5.0f}%", flush=True)
+    print(f"load average {load_average():.2f} at the end")
     for r in rows:
         if "knn_torch" in r:
             print(f"{r['model']} batch {r['batch']}: graph construction (kNN alone, summed over Graphers) torch "

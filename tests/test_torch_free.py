@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = r'''
@@ -125,6 +127,7 @@ print("TORCH-FREE OK", len(trained), "parameters", [round(v, 3) for v in losses]
 '''
 
 
+@pytest.mark.slow   # a subprocess that trains
 def test_ms_models_imports_builds_loads_and_trains_without_torch():
     run = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "GLOG_v": "3"})

@@ -106,6 +106,7 @@ def test_step_equals_the_official_step_in_torch(files, graph_mode):
         assert rel_err(change, grads[p.name]) < 1e-4, p.name
 
 
+@pytest.mark.slow   # a training run
 def test_training_lowers_the_loss_and_never_touches_the_teacher(files, graph_mode, tmp_path):
     """Eight compiled DKD steps on one batch: the loss falls; every teacher Parameter (BN statistics included)
     stays bit for bit; a training checkpoint holds the student's state and not the teacher's, and restores."""
@@ -339,6 +340,9 @@ def test_benchmark_distillation_row():
     sys.path.insert(0, str(ROOT / "scripts"))
     import benchmark
     row = benchmark.bench_train("resnet18", 2, 32, repeats=2, warmup=1, teacher="resnet18")
-    for key in ("torch", "torch_cached", "ms_graph", "ms_graph_cached", "ms_compile"):
+    for key in ("torch", "torch_alone", "torch_cached", "ms_graph", "ms_graph_cached", "ms_compile"):
         assert row[key] > 0, key
-    assert row["ms_over_torch"] == row["ms_graph"] / row["torch"]
+    assert {k: len(v) for k, v in row["times"].items()} == dict.fromkeys(
+        ("torch", "torch_cached", "ms_graph", "ms_graph_cached"), 2)        # interleaved, 2 rounds
+    ratios = [m / t for m, t in zip(row["times"]["ms_graph"], row["times"]["torch"])]
+    assert row["ms_over_torch"] == pytest.approx(sum(ratios) / 2)          # the median of two per-round ratios

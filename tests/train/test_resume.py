@@ -115,6 +115,7 @@ def test_drop_path_masks_restart_with_the_compiled_graph(graph_mode):
     assert loop.model_seed(0, 1, 0) != loop.model_seed(0, 0, 0)     # each rank its own
 
 
+@pytest.mark.slow   # two training runs
 def test_resume_with_dropout_is_valid(images, tmp_path):
     """With random operators (VanillaNet's head dropout) a mid-epoch resume reproduces everything up to the
     checkpoint and trains on from it with fresh masks: one record per epoch, finite losses and weights."""
@@ -197,6 +198,7 @@ def _poison(monkeypatch, at: int, drop: bool = False):
 NONFINITE = ["train.epochs=1", "schedule.warmup_epochs=0", "data.batch_size=4", "train.eval_interval=1"]   # 9 batches
 
 
+@pytest.mark.slow   # a training run
 def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(images, tmp_path, monkeypatch, capsys):
     _poison(monkeypatch, at=5)                   # the 6th batch
     out = tmp_path / "run"

@@ -87,6 +87,7 @@ def test_torch_groups_equal_the_engines(name):
         assert {wd for wd, _ in ours.values()} == ({0.0, 0.05} if flag else {0.05})
 
 
+@pytest.mark.slow   # the CLI end to end; the step parity itself runs in --fast
 def test_cli_train_steps_prints_the_table(capsys):
     """``python -m convert parity --train-steps 2 --optimizer sgd``: a header, one row per update with both losses
     and the tensor with the largest relative difference, the bound, PASS, exit 0."""
@@ -99,6 +100,7 @@ def test_cli_train_steps_prints_the_table(capsys):
         assert abs(loss_torch - loss_ms) <= TRAIN_TOL * loss_torch and r[5] in name_map(CLI_MODEL).torch_to_ms
 
 
+@pytest.mark.slow   # the CLI end to end, twice
 def test_cli_train_steps_fails_on_another_optimizer(monkeypatch, capsys):
     """The check has teeth: a torch reference that decays every parameter (``filter_bias_and_bn=False``: the
     official AdaBin script's plain ``torch.optim.SGD(model.parameters(), weight_decay=wd)``) against the engine's
