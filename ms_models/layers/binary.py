@@ -2,8 +2,9 @@
 math and official sources documented there).
 
 MindSpore's ``Sign`` has a zero gradient and ``Rint`` none at all ("bprop not defined", 2.8.0): the
-quantisers are Cells with a custom ``bprop`` (GRAPH_MODE and PyNative) or the official
-``sign - stop_gradient(poly) + poly`` expression.
+quantisers are Cells with a custom ``bprop`` (GRAPH_MODE and PyNative); AdaBin's ``ApproxSign`` is ``sign``
+with the derivative of the official ``sign - poly.detach() + poly`` as its ``bprop``, the same values (see the
+class).
 
 AdaBin: the weight estimator :class:`BinaryQuantize` is fed ``t``/``k`` as non-trainable Parameters so that
 :func:`set_temperature` takes effect in GRAPH_MODE without recompiling; ``t``/``k`` are MindSpore-only state:
@@ -38,16 +39,27 @@ class BinaryQuantize(nn.Cell):
 
 
 class ApproxSign(nn.Cell):
-    """``sign(u)`` forward, Bi-Real ApproxSign gradient, in the official mask arithmetic and detach form."""
+    """``sign(u)`` forward, Bi-Real ApproxSign gradient (``2 + 2u`` on [-1, 0), ``2 - 2u`` on [0, 1), else 0) as a
+    custom ``bprop``.
+
+    The official code (``torch_ref.layers.binary.ApproxSign``) writes the forward as
+    ``sign(u).detach() - poly.detach() + poly`` with a masked piecewise polynomial. In float32 that value is
+    ``sign(u)`` exactly for ``|u| < 1.8e19``: ``poly`` lies in [-1, 1] with the sign's sign, and ``(s - p) + p``
+    rounds back to ``s``; checked on 11 M values in ``tests/layers/test_binary.py``. Beyond that, ``u * u``
+    overflows and the official expression gives NaN where this one gives +-1. Computing only the sign saves
+    about 15 element-wise passes per activation in the forward (``docs/adabin.md``, benchmark). The gradient
+    sums the polynomial's two ``u`` terms first (``2 * (dout * u)``, exact), as autograd of the official
+    expression does, then adds ``2 * dout``."""
 
     step_function = True        # a step function of its input (the tests share its output across frameworks)
 
     def construct(self, u):
-        m1, m2, m3 = (u < -1).astype(u.dtype), (u < 0).astype(u.dtype), (u < 1).astype(u.dtype)
-        out1 = (-1) * m1 + (u * u + 2 * u) * (1 - m1)
-        out2 = out1 * m2 + (-u * u + 2 * u) * (1 - m2)
-        out3 = out2 * m3 + 1 * (1 - m3)
-        return ops.stop_gradient(ops.sign(u)) - ops.stop_gradient(out3) + out3
+        return ops.sign(u)
+
+    def bprop(self, u, out, dout):
+        two_du, two_d = 2 * (dout * u), 2 * dout
+        grad = ops.select(u < 0, two_d + two_du, two_d - two_du)
+        return (ops.select((u >= -1) & (u < 1), grad, ops.zeros_like(grad)),)
 
 
 class BinaryActivation(nn.Cell):
