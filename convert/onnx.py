@@ -50,7 +50,12 @@ def _export_ms(model, x: np.ndarray, path: Path) -> np.ndarray:
     inp = ms.Tensor(x)
     ref = model(inp).asnumpy()
     with export_mode(model):         # custom CPU kernels and adaptive pools the exporter cannot write
-        ms.export(model, inp, file_name=str(path)[: -len(".onnx")], file_format="ONNX")
+        try:
+            ms.export(model, inp, file_name=str(path)[: -len(".onnx")], file_format="ONNX")
+        except RuntimeError as exc:  # e.g. "Can not find key Sign in convert map. ..." (then a C++ stack)
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ZooError(f"MindSpore's ONNX exporter cannot write this model ({reason}); "
+                           f"export it from torch instead (--framework torch)") from None
     return ref
 
 

@@ -265,6 +265,20 @@ def test_onnx_that_disagrees_is_not_kept(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_onnx_export_mindspore_cannot_write_is_a_one_line_error(tmp_path, capsys):
+    """MindSpore 2.8's ONNX exporter has no ``Sign`` (AdaBin's binarisation): the CLI says so in one line, points
+    to the torch export, exits 1 and leaves nothing behind (it raised a MindSpore traceback before)."""
+    src = tmp_path / "ab.pth"
+    torch.save(torch_ref.create_model("adabin_resnet20_cifar").state_dict(), src)
+    out = tmp_path / "out" / "ab.onnx"
+    out.parent.mkdir()
+    assert cli(["onnx", "--model", "adabin_resnet20_cifar", "--framework", "mindspore", "--input-size", "32",
+                str(src), str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Sign" in err and "--framework torch" in err, err
+    assert list(out.parent.iterdir()) == []
+
+
 @pytest.mark.parametrize("framework", ["torch", pytest.param("mindspore", marks=pytest.mark.slow)])
 def test_onnx_export_of_non_divisible_adaptive_pools(tmp_path, framework, graph_mode):
     """The ada-pool design (stem stride 3, adaptive max pools 21 -> 10 -> 5 here) exports from both frameworks."""
