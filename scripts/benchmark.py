@@ -63,18 +63,19 @@ def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, warmup
     return times
 
 
-def summarize(row: dict, times: dict[str, list[float]], ratio: tuple[str, str] | None = None) -> dict:
+def summarize(row: dict, times: dict[str, list[float]]) -> dict:
     """Adds to ``row`` each runtime's median (``row[key]``), its spread ``(max - min) / median``
-    (``row[key + '_spread']``) and its raw times (``row['times']``); with ``ratio = (a, b)`` also the median and the
-    range of the per-round ratios a / b (``row['ms_over_torch']``, ``row['ms_over_torch_range']``)."""
-    row.setdefault("times", {}).update(times)
+    (``row[key + '_spread']``) and its raw times (``row['times']``), the median and the range of the per-round
+    ratios MindSpore graph / torch (``row['ms_over_torch']``, ``row['ms_over_torch_range']``) and MindSpore's
+    median over ``row['torch_alone']`` (``row['ms_over_torch_alone']``)."""
+    row["times"] = times
     for key, ts in times.items():
         row[key] = statistics.median(ts)
         row[key + "_spread"] = (max(ts) - min(ts)) / row[key]
-    if ratio is not None:
-        per_round = [a / b for a, b in zip(times[ratio[0]], times[ratio[1]])]
-        row["ms_over_torch"] = statistics.median(per_round)
-        row["ms_over_torch_range"] = [min(per_round), max(per_round)]
+    per_round = [m / t for m, t in zip(times["ms_graph"], times["torch"])]
+    row["ms_over_torch"] = statistics.median(per_round)
+    row["ms_over_torch_range"] = [min(per_round), max(per_round)]
+    row["ms_over_torch_alone"] = row["ms_graph"] / row["torch_alone"]
     return row
 
 
@@ -87,8 +88,7 @@ def fmt_time(row: dict, key: str, width: int = 15) -> str:
     """``123.4ms(5%)``: the median and the spread of one runtime, right-aligned in ``width``."""
     if key not in row:
         return f"{'-':>{width}}"
-    spread = f"({100 * row[key + '_spread']:.0f}%)" if key + "_spread" in row else ""
-    return f"{row[key] * 1e3:.1f}ms{spread}".rjust(width)
+    return f"{row[key] * 1e3:.1f}ms({100 * row[key + '_spread']:.0f}%)".rjust(width)
 
 
 def fmt_ratio(row: dict) -> str:
@@ -172,14 +172,13 @@ def bench_model(name: str, form: str, batch: int, size: int, repeats: int, warmu
         if sess is not None:
             feed = {sess.get_inputs()[0].name: x}
             fns["onnxruntime"] = lambda: sess.run(None, feed)
-        summarize(row, interleaved_times(fns, repeats, warmup), ("ms_graph", "torch"))
+        summarize(row, interleaved_times(fns, repeats, warmup))
         if knn_share:
             row.update(knn_times(tm, mm, x, repeats, warmup))
     with execution_mode(ms.PYNATIVE_MODE):
         mp = ms_twin(tm)
         mp.set_train(False)
         row["ms_pynative"] = median_time(lambda: mp(xm).asnumpy(), repeats, warmup)
-    row["ms_over_torch_alone"] = row["ms_graph"] / row["torch_alone"]
     row["load"].append(load_average())
     return row
 
@@ -258,8 +257,7 @@ def bench_train(name: str, batch: int, size: int, repeats: int, warmup: int, tea
             fns["ms_graph_cached"] = lambda: step(xm, ym, z_t)[0].asnumpy()
         else:
             fns["ms_graph"] = lambda: step(xm, ym).asnumpy()
-        summarize(row, interleaved_times(fns, repeats, warmup), ("ms_graph", "torch"))
-    row["ms_over_torch_alone"] = row["ms_graph"] / row["torch_alone"]
+        summarize(row, interleaved_times(fns, repeats, warmup))
     row["load"].append(load_average())
     return row
 

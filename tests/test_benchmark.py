@@ -32,17 +32,18 @@ def test_interleaved_times_are_the_calls_own():
 
 
 def test_summarize_gives_medians_spreads_and_per_round_ratios():
-    times = {"ms_graph": [2.0, 1.0, 4.0], "torch": [4.0, 4.0, 2.0]}
-    row = benchmark.summarize({}, times, ("ms_graph", "torch"))
-    assert row["ms_graph"] == 2.0 and row["torch"] == 4.0
-    assert row["ms_graph_spread"] == pytest.approx(1.5)         # (4 - 1) / 2
-    assert row["torch_spread"] == pytest.approx(0.5)            # (4 - 2) / 4
-    # per-round ratios 0.5, 0.25, 2.0: the median of the ratios, not the ratio of the medians (0.5 here too)
+    times = {"ms_graph": [3.0, 1.0, 2.0], "torch": [1.0, 2.0, 4.0]}
+    row = benchmark.summarize({"torch_alone": 1.0}, times)
+    assert row["ms_graph"] == 2.0 and row["torch"] == 2.0
+    assert row["ms_graph_spread"] == pytest.approx(1.0)         # (3 - 1) / 2
+    assert row["torch_spread"] == pytest.approx(1.5)            # (4 - 1) / 2
+    # per-round ratios 3, 0.5, 0.5: the median of the ratios (0.5), not the ratio of the medians (1.0)
     assert row["ms_over_torch"] == 0.5
-    assert row["ms_over_torch_range"] == [0.25, 2.0]
+    assert row["ms_over_torch_range"] == [0.5, 3.0]
     assert row["times"] == times
-    assert benchmark.fmt_time(row, "ms_graph").strip() == "2000.0ms(150%)"
-    assert benchmark.fmt_ratio(row).strip() == "0.50 (0.25-2.00)"
+    assert row["ms_over_torch_alone"] == 2.0                    # the MindSpore median over torch alone
+    assert benchmark.fmt_time(row, "ms_graph").strip() == "2000.0ms(100%)"
+    assert benchmark.fmt_ratio(row).strip() == "0.50 (0.50-3.00)"
 
 
 @pytest.mark.slow   # a benchmark row in its own process
