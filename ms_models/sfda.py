@@ -21,7 +21,8 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["spherical_kmeans", "filter_samples", "estimate_source_distribution", "CDD", "cosine_distance"]
+__all__ = ["spherical_kmeans", "filter_samples", "estimate_source_distribution", "CDD", "cosine_distance",
+           "AdaptLoss", "classifier_of"]
 
 
 def _array(x, dtype=None) -> np.ndarray:
@@ -226,3 +227,39 @@ class CDD(nn.Cell):
             return {"cdd": intra, "intra": intra, "inter": None}
         inter = (mmds * (1 - eye)).sum() / (self.num_classes * (self.num_classes - 1))
         return {"cdd": intra - inter, "intra": intra, "inter": inter}
+
+
+def classifier_of(model: nn.Cell) -> nn.Dense:
+    """The linear classifier a model applies to its pooled features (``forward_head(x, pre_logits=True)``): the
+    ``fc`` (ResNet, as upstream's ``FC``) or ``head`` attribute. SFDA-DE freezes it and anchors on its weights."""
+    for name in ("fc", "head"):
+        layer = getattr(model, name, None)
+        if isinstance(layer, nn.Dense):
+            return layer
+    raise ValueError(f"{type(model).__name__} has no linear classifier (fc or head) on pooled features: SFDA-DE "
+                     f"needs one (its weights are the anchors)")
+
+
+class AdaptLoss(nn.Cell):
+    """One SFDA-DE adaptation loss (upstream ``anchor_solver.py::update_network`` / ``calc_loss``):
+    ``cdd_weight * CDD([feat_s, probs_s], [feat_t, probs_t])[key]`` with the target's pooled features
+    ``feat_t`` and ``probs_t = softmax(classifier(feat_t))`` (the model in train mode), the surrogate source
+    features ``feat_s`` sampled from the estimate and ``probs_s = softmax(classifier(feat_s))`` (``net.classify``);
+    ``key`` is ``intra`` with ``intra_only``, else ``cdd``. ``classifier`` (:func:`classifier_of`) is frozen by the
+    caller; gradients reach the model through the target branch only. Called as ``loss(images, surrogate,
+    counts)`` (``counts``: the per-class group sizes, a constant tuple shared by both domains); returns
+    ``(loss, intra)``."""
+
+    def __init__(self, model: nn.Cell, cdd: CDD, cdd_weight: float = 1.0) -> None:
+        super().__init__(auto_prefix=False)
+        self.model = model
+        self.classifier = classifier_of(model)
+        self.cdd = cdd
+        self.cdd_weight = cdd_weight
+
+    def construct(self, images: Tensor, surrogate: Tensor, counts: Sequence[int]) -> tuple[Tensor, Tensor]:
+        feat = self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+        probs_t = ops.softmax(self.classifier(feat), 1)
+        probs_s = ops.softmax(self.classifier(surrogate), 1)
+        out = self.cdd((surrogate, probs_s), (feat, probs_t), counts, counts)
+        return self.cdd_weight * out["cdd"], out["intra"]

@@ -9,6 +9,8 @@ one cycle, no noise), stepped per update (timm ``step_update``) or, with ``per_e
 - ``step`` (timm ``StepLRScheduler``): ``base_lr * decay_rate ** (t // decay_t)``, here floored at ``min_lr``
   (timm has no floor; the default ``min_lr=0`` gives timm's values);
 - ``linear`` (timm ``PolyLRScheduler`` with ``power=1``): ``min_lr + (base_lr - min_lr) * (1 - t / T)``;
+- ``inv`` (CAN / CvNoob/SFDA-DE ``solver/utils.py::adjust_learning_rate_inv``, Caffe's "inv" policy):
+  ``base_lr / (1 + inv_alpha * t) ** inv_beta``, floored at ``min_lr``;
 - cooldown, ``t >= T``: ``min_lr``.
 
 As in timm the decay is a function of ``t`` from 0 (the warmup replaces its start; it is not shifted after the
@@ -38,6 +40,8 @@ class ScheduleLike(Protocol):
     decay_rate: float
     cooldown_epochs: int
     per_epoch: bool
+    inv_alpha: float
+    inv_beta: float
 
 
 class OptimizerLike(Protocol):
@@ -54,7 +58,9 @@ def _decayed(sched: ScheduleLike, base_lr: float, t: np.ndarray, total: float, d
         return np.maximum(base_lr * sched.decay_rate ** np.floor(t / decay_t), sched.min_lr)
     if sched.name == "linear":
         return sched.min_lr + (base_lr - sched.min_lr) * (1.0 - t / total)
-    raise ConfigError(f"unknown schedule {sched.name!r}: expected cosine, step or linear")
+    if sched.name == "inv":
+        return np.maximum(base_lr / (1.0 + sched.inv_alpha * t) ** sched.inv_beta, sched.min_lr)
+    raise ConfigError(f"unknown schedule {sched.name!r}: expected cosine, step, linear or inv")
 
 
 def lr_per_step(sched: ScheduleLike, base_lr: float, epochs: int, steps_per_epoch: int) -> np.ndarray:

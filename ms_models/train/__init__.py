@@ -8,6 +8,8 @@
 - :mod:`.step`: the compiled train step (AMP, loss scaling, accumulation, clipping, EMA, data-parallel reduction);
 - :mod:`.checkpoint`: complete, atomic training checkpoints and resume;
 - :mod:`.loop`, :mod:`.evaluate`, :mod:`.callbacks`: the epoch loop, top-1/top-5, progress, metrics and curves;
+- :mod:`.distill`: the frozen teacher, the distillation loss and the teacher cache (VanillaKD);
+- :mod:`.sfda`: the SFDA-DE adaptation loop (clustering, estimation, class-aware CDD steps);
 - :mod:`.cli`: ``scripts/train.py`` and ``scripts/validate.py``.
 """
 from .config import (Config, DataConfig, ModelConfig, OptimizerConfig, ScheduleConfig, TrainConfig,

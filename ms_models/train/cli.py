@@ -24,7 +24,8 @@ def _train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scripts/train.py", description="Train a registered model in MindSpore.")
     p.add_argument("--config", required=True, help="YAML recipe (configs/<family>/*.yaml, configs/demo/*.yaml)")
     p.add_argument("--data-dir", default=None,
-                   help="ImageFolder root with train/ and val/, or builtin:digits / builtin:shapes (data.dir)")
+                   help="ImageFolder root with train/ and val/, or builtin:digits / builtin:digits_shifted / "
+                        "builtin:shapes (data.dir)")
     p.add_argument("--output", default=None, help="run folder (default: runs/<config name>)")
     p.add_argument("--resume", default=None, help="a training checkpoint, or 'auto': OUTPUT/last.ckpt if present")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config keys, e.g. optimizer.lr=0.01")

@@ -2,7 +2,7 @@
 checked, and saved (atomically) so that a run's resolved config re-loads to an equal :class:`Config`.
 
 Sections: ``model``, ``data``, ``optimizer``, ``schedule``, ``train``, ``distill`` (off unless ``distill.method``
-is set), and the top-level ``seed``. Every bad
+is set), ``sfda`` (off unless ``sfda.adapt``), and the top-level ``seed``. Every bad
 input raises a one-line :class:`specs.ConfigError` naming the dotted key (with close matches for an unknown
 key); an unregistered ``model.name`` raises :class:`specs.UnknownModelError` (also a ``ValueError``).
 
@@ -29,7 +29,7 @@ from specs import check_input_size, get_model_cfg
 from specs.errors import ConfigError, InputSizeError, UnknownModelError
 
 OPTIMIZERS = ("sgd", "adamw", "lamb", "rmsprop")
-SCHEDULES = ("cosine", "step", "linear")
+SCHEDULES = ("cosine", "step", "linear", "inv")
 AMP_LEVELS = ("O0", "O1", "O2", "O3")
 MODES = ("graph", "pynative")
 DEVICE_TARGETS = ("CPU", "Ascend", "GPU")
@@ -79,6 +79,8 @@ class DataConfig:
     scale: tuple[float, float] = (0.08, 1.0)            # RandomResizedCrop
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     random_crop_padding: int | None = None   # CIFAR style: RandomCrop(image_size, padding) instead of RRC
+    train_resize: int | None = None          # CAN / SFDA-DE resize_and_crop: Resize((r, r)) then RandomCrop
+                                             # (train) or CenterCrop (eval) of image_size, instead of RRC / crop_pct
     hflip: float = 0.5
     color_jitter: float = 0.0
     auto_augment: str | None = None          # timm string: "rand-m9-mstd0.5-inc1", "original", "augmix", ...
@@ -115,7 +117,7 @@ class OptimizerConfig:
 
 @dataclass
 class ScheduleConfig:
-    """The learning-rate schedule: warmup from ``warmup_lr``, then cosine / step / linear down to ``min_lr``."""
+    """The learning-rate schedule: warmup from ``warmup_lr``, then cosine / step / linear / inv down to ``min_lr``."""
 
     name: str = "cosine"
     warmup_epochs: float = 0.0
@@ -125,6 +127,8 @@ class ScheduleConfig:
     decay_rate: float = 0.1
     cooldown_epochs: int = 0                 # epochs at min_lr after the schedule (timm; counted in train.epochs)
     per_epoch: bool = False                  # update the lr once per epoch instead of every step
+    inv_alpha: float = 1e-3                  # inv: lr / (1 + inv_alpha * t) ** inv_beta (CAN / SFDA-DE defaults)
+    inv_beta: float = 0.75
 
 
 @dataclass
@@ -190,6 +194,33 @@ class DistillConfig:
 
 
 @dataclass
+class SfdaConfig:
+    """SFDA-DE adaptation of a source model to the unlabelled target ``data.dir`` (CvNoob/SFDA-DE
+    ``config/config.py`` defaults; :mod:`ms_models.train.sfda`). Off unless ``adapt``. A loop is an epoch of the
+    run (``train.epochs`` = ``TRAIN.MAX_LOOP``): cluster, filter and estimate over the whole target train split,
+    then ``iters_per_loop`` steps. The source model comes from ``model.pretrained``; no source image is read."""
+
+    adapt: bool = False
+    iters_per_loop: int = 50                 # TRAIN.ITER_PER_LOOP
+    num_selected_classes: int = 10           # TRAIN.NUM_SELECTED_CLASSES: classes per step
+    class_batch_size: int = 3                # TRAIN.TARGET_CLASS_BATCH_SIZE: target images (and surrogate
+                                             # features) per selected class
+    cluster_batch_size: int = 100            # CLUSTERING.TARGET_BATCH_SIZE: the feature pass's batch
+    eps: float = 1e-3                        # CLUSTERING.EPS: k-means stop
+    filtering_threshold: float = 1.0         # CLUSTERING.FILTERING_THRESHOLD (VisDA 0.078, Office-31 0.5)
+    min_per_class: int = 5                   # TRAIN.MIN_SN_PER_CLASS
+    variance_mult: float = 1.0               # TRAIN.VARIANCE_MULT (VisDA 2.0)
+    bn_lr_mult: float = 1.0                  # TRAIN.TRAIN_BN_MULT: 10.0 for parameters with "bn" in their
+                                             # official name (VisDA); 1.0 off
+    cdd_weight: float = 1.0                  # LOSS.CDD_WEIGHT
+    kernel_num: tuple[int, int] = (5, 5)     # CDD.KERNEL_NUM, per aligned layer (feat, probs)
+    kernel_mul: tuple[float, float] = (2.0, 2.0)   # CDD.KERNEL_MUL
+    intra_only: bool = False                 # CDD.INTRA_ONLY
+    mean_class_accuracy: bool = False        # EVAL_METRIC mean_accu (VisDA): val_top1 is the mean of the
+                                             # per-class accuracies; false: overall accuracy (Office-31)
+
+
+@dataclass
 class Config:
     """A whole run. ``config_to_dict``/``config_from_dict`` convert it; ``load_config``/``save_config`` persist it."""
 
@@ -199,6 +230,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    sfda: SfdaConfig = field(default_factory=SfdaConfig)
     seed: int = 0
 
 
@@ -369,6 +401,8 @@ def validate(cfg: Config) -> Config:
     for key, value in unit.items():
         _check(0 <= value <= 1, key, "in [0, 1]", value)
     _check(d.crop_pct is None or d.crop_pct > 0, "data.crop_pct", "positive", d.crop_pct)
+    _check(d.train_resize is None or d.train_resize >= d.image_size, "data.train_resize",
+           f"at least data.image_size ({d.image_size})", d.train_resize)
     _check(d.smoothing < 1, "data.smoothing", "below 1", d.smoothing)
     _check(o.layer_decay is None or o.layer_decay > 0, "optimizer.layer_decay", "positive", o.layer_decay)
     _check(s.min_lr <= o.lr, "schedule.min_lr", f"<= optimizer.lr ({o.lr})", s.min_lr)
@@ -399,7 +433,40 @@ def validate(cfg: Config) -> Config:
         _validate_distill(cfg.distill, d.image_size, m.num_classes)
     if cfg.distill.students:
         student_configs(cfg)
+    if cfg.sfda.adapt:
+        _validate_sfda(cfg)
     return cfg
+
+
+# what SFDA-DE's adaptation step does not have (CvNoob/SFDA-DE solver/anchor_solver.py: a plain SGD step)
+_SFDA_UNSUPPORTED = (("distill.method", lambda c: c.distill.method is not None), ("train.ema_decay",
+                     lambda c: c.train.ema_decay is not None), ("train.accumulate", lambda c: c.train.accumulate != 1),
+                     ("train.amp_level", lambda c: c.train.amp_level != "O0"),
+                     ("train.loss_scale", lambda c: c.train.loss_scale != "none"),
+                     ("train.grad_clip", lambda c: c.train.grad_clip is not None),
+                     ("data.mixup", lambda c: mixup_active(c.data)), ("data.repeated_aug", lambda c: c.data.repeated_aug),
+                     ("train.save_every_steps", lambda c: c.train.save_every_steps != 0))
+
+
+def _validate_sfda(cfg: Config) -> None:
+    """The ``sfda`` section's values, and the settings an adaptation run cannot take, when ``sfda.adapt``."""
+    k = cfg.sfda
+    for key, value in (("sfda.iters_per_loop", k.iters_per_loop), ("sfda.num_selected_classes",
+                       k.num_selected_classes), ("sfda.class_batch_size", k.class_batch_size),
+                       ("sfda.cluster_batch_size", k.cluster_batch_size), ("sfda.eps", k.eps),
+                       ("sfda.filtering_threshold", k.filtering_threshold), ("sfda.min_per_class", k.min_per_class),
+                       ("sfda.variance_mult", k.variance_mult), ("sfda.bn_lr_mult", k.bn_lr_mult),
+                       ("sfda.cdd_weight", k.cdd_weight), ("sfda.kernel_num[0]", k.kernel_num[0]),
+                       ("sfda.kernel_num[1]", k.kernel_num[1]), ("sfda.kernel_mul[0]", k.kernel_mul[0]),
+                       ("sfda.kernel_mul[1]", k.kernel_mul[1])):
+        _check(value > 0, key, "positive", value)
+    for key, bad in _SFDA_UNSUPPORTED:
+        if bad(cfg):
+            raise ConfigError(f"config key {key!r}: SFDA-DE adaptation (sfda.adapt) trains with a plain step and "
+                              f"checkpoints after whole loops; leave it at its default")
+    if not cfg.model.pretrained:
+        raise ConfigError("config key 'model.pretrained' is required with sfda.adapt: the source model to adapt "
+                          "(a checkpoint of a run on the source data)")
 
 
 def _validate_distill(k: DistillConfig, image_size: int, num_classes: int) -> None:

@@ -41,7 +41,7 @@ from .config import BUILTIN_PREFIX, Config, mixup_active
 from .transforms import apply_transforms, create_mixup, create_transforms
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")   # torchvision's
-BUILTIN = ("digits", "shapes")
+BUILTIN = ("digits", "digits_shifted", "shapes")
 VAL_FRACTION = 0.2
 SPLIT_SEED = 0                 # the built-in train/val split never changes with cfg.seed
 REPEATS = 3                    # timm RepeatAugSampler num_repeats (DeiT)
@@ -171,6 +171,9 @@ def _source(cfg: Config, split: str) -> tuple[Any, np.ndarray, list[str], list[s
         if name == "digits":
             images, labels = builtin_data.digits_images(d.image_size)
             classes = list(builtin_data.DIGIT_CLASSES)
+        elif name == "digits_shifted":
+            images, labels = builtin_data.digits_shifted_images(d.image_size)
+            classes = list(builtin_data.DIGIT_CLASSES)
         elif name == "shapes":
             images, labels = builtin_data.shapes_images()
             classes = list(builtin_data.SHAPE_CLASSES)
@@ -192,6 +195,11 @@ def _source(cfg: Config, split: str) -> tuple[Any, np.ndarray, list[str], list[s
         classes = sorted(e.name for e in os.scandir(train_folder) if e.is_dir())
         _, paths, labels = _scan_split(d.dir, "val", classes)
     return _Files(paths), np.asarray(labels, np.int64), classes, paths
+
+
+def num_images(cfg: Config, split: str) -> int:
+    """The number of images in ``split`` of ``cfg.data.dir``."""
+    return len(_source(cfg, split)[1])
 
 
 def dataset_classes(cfg: Config) -> list[str]:
@@ -273,6 +281,53 @@ class _MixBatch:
         return (*self.mixup(np.stack(images), np.asarray(labels, np.int64), rng), np.asarray(positions, np.int64))
 
 
+def _checked_source(cfg: Config, split: str) -> tuple[Any, np.ndarray, list[str], list[str]]:
+    """:func:`_source` of a known split whose classes number ``model.num_classes``."""
+    if split not in ("train", "val"):
+        raise DataError(f"split must be 'train' or 'val', got {split!r}")
+    read, labels, classes, names = _source(cfg, split)
+    if cfg.model.num_classes != len(classes):
+        raise DataError(f"model.num_classes is {cfg.model.num_classes} but {cfg.data.dir!r} has {len(classes)} "
+                        f"classes ({', '.join(classes[:5])}{' ...' if len(classes) > 5 else ''})")
+    return read, labels, classes, names
+
+
+def _images(cfg: Config, model_cfg: ModelCfg, read: Any, labels: np.ndarray, indices: np.ndarray,
+            seeds: np.ndarray, start: int, training: bool, bad: BadImages) -> ds.Dataset:
+    """The per-image pipeline: rows ``indices[start:]`` read and transformed (train or eval ops) with their
+    sample seeds, in ``data.workers`` processes; columns image, label, pos (and index, seed)."""
+    d = cfg.data
+    ops = create_transforms(d, model_cfg, is_training=training)
+    workers = max(1, min(d.workers, os.cpu_count() or 1))
+    data = ds.GeneratorDataset(_Rows(indices, labels, seeds, start), ["index", "label", "seed", "pos"], shuffle=False)
+    data = data.map(_Sample(read, ops, d.image_size, d.skip_bad_images), input_columns=["index", "seed"],
+                    output_columns=["image", "index", "seed"], num_parallel_workers=workers,
+                    python_multiprocessing=workers > 1)
+    if d.skip_bad_images:
+        data = data.filter(bad.keep, input_columns=["index"], num_parallel_workers=1)
+    return data
+
+
+def create_rows_loader(cfg: Config, split: str, model_cfg: ModelCfg, indices: np.ndarray, seeds: np.ndarray,
+                       batch_sizes: Sequence[int], *, training: bool = True) -> Loader:
+    """Given images of ``split`` in a given order: ``indices`` (rows of the split) with their sample ``seeds``,
+    batched by ``batch_sizes`` (one size per batch, summing to ``len(indices)``), with the train (``training``) or
+    eval transforms and integer labels. For samplers other than :func:`epoch_order`'s (SFDA-DE's class-aware
+    batches, a pass over every image with train augmentation)."""
+    read, labels, classes, names = _checked_source(cfg, split)
+    indices = np.asarray(indices, np.int64)
+    sizes = [int(b) for b in batch_sizes]
+    if sum(sizes) != len(indices) or min(sizes, default=1) < 1 or len(indices) == 0:
+        raise DataError(f"batch sizes {sizes[:5]}{' ...' if len(sizes) > 5 else ''} do not split {len(indices)} rows")
+    if indices.min() < 0 or indices.max() >= len(labels):
+        raise DataError(f"row indices must lie in [0, {len(labels)}) for the {split} split of {cfg.data.dir!r}")
+    bad = BadImages(names)
+    data = _images(cfg, model_cfg, read, labels, indices, np.asarray(seeds, np.uint64), 0, training, bad)
+    data = data.project(["image", "label", "pos"]).batch(lambda info: sizes[info.get_batch_num()])
+    return Loader(dataset=data, num_samples=len(indices), steps=len(sizes), classes=list(classes), bad_images=bad,
+                  indices=indices, consumed=0)
+
+
 def create_loader(cfg: Config, split: str, model_cfg: ModelCfg, *, epoch: int = 0, num_shards: int = 1,
                   shard_id: int = 0, start: int = 0) -> Loader:
     """The ``split`` ("train" or "val") of ``cfg.data`` for one epoch of one shard (module docstring), from row
@@ -281,14 +336,9 @@ def create_loader(cfg: Config, split: str, model_cfg: ModelCfg, *, epoch: int = 
     active, float32 soft targets (B, model.num_classes) with label smoothing folded in. Val: eval transforms, every
     image once, int32 labels. ``data.workers`` > 1 runs the per-image work in that many processes (at most the
     machine's CPU count, MindSpore's limit: a recipe's 8 workers also run on a 2-core machine)."""
-    if split not in ("train", "val"):
-        raise DataError(f"split must be 'train' or 'val', got {split!r}")
     d = cfg.data
     training = split == "train"
-    read, labels, classes, names = _source(cfg, split)
-    if cfg.model.num_classes != len(classes):
-        raise DataError(f"model.num_classes is {cfg.model.num_classes} but {d.dir!r} has {len(classes)} classes "
-                        f"({', '.join(classes[:5])}{' ...' if len(classes) > 5 else ''})")
+    read, labels, classes, names = _checked_source(cfg, split)
     indices, seeds = epoch_order(len(labels), seed=cfg.seed, epoch=epoch, training=training,
                                  repeated_aug=training and d.repeated_aug, num_shards=num_shards, shard_id=shard_id)
     if not 0 <= start <= len(indices):
@@ -300,15 +350,8 @@ def create_loader(cfg: Config, split: str, model_cfg: ModelCfg, *, epoch: int = 
                         f"({batch_size})")
     if mix and batch_size % 2:
         raise DataError(f"Mixup/CutMix needs an even data.batch_size, got {batch_size}")
-    ops = create_transforms(d, model_cfg, is_training=training)
-    workers = max(1, min(d.workers, os.cpu_count() or 1))
     bad = BadImages(names)
-    data = ds.GeneratorDataset(_Rows(indices, labels, seeds, start), ["index", "label", "seed", "pos"], shuffle=False)
-    data = data.map(_Sample(read, ops, d.image_size, d.skip_bad_images), input_columns=["index", "seed"],
-                    output_columns=["image", "index", "seed"], num_parallel_workers=workers,
-                    python_multiprocessing=workers > 1)
-    if d.skip_bad_images:
-        data = data.filter(bad.keep, input_columns=["index"], num_parallel_workers=1)
+    data = _images(cfg, model_cfg, read, labels, indices, seeds, start, training, bad)
     if mix:
         data = data.project(["image", "label", "seed", "pos"])
         data = data.batch(batch_size, drop_remainder=True, input_columns=["image", "label", "seed", "pos"],

@@ -19,6 +19,9 @@ batches that did). ``distill.students`` trains more students beside the run's ow
 same teacher forward (``train-kd.py`` with several ``--model``): student ``i`` writes its files to
 ``output/student<i>`` and resumes from the checkpoint of the same name there.
 
+With ``sfda.adapt`` the run is an SFDA-DE adaptation of ``model.pretrained`` to the target ``data.dir``
+(:mod:`.sfda`: loops of clustering, estimation and CDD steps instead of epochs of labelled batches).
+
 A step with a non-finite loss or gradients is never applied (:mod:`.step`); the run then stops with a
 :class:`~specs.errors.NonFiniteError` naming the step, its last checkpoint untouched, or, with
 ``train.skip_nonfinite``, goes on and counts the skipped updates (``skipped_steps`` in ``metrics.jsonl``).
@@ -137,6 +140,9 @@ def train(cfg: Config, output: str | os.PathLike, resume: str | os.PathLike | No
     mode = ms.GRAPH_MODE if cfg.train.mode == "graph" else ms.PYNATIVE_MODE
     _device(cfg.train.device_target)
     with distributed() as dist, execution_mode(mode), _seeded(cfg.seed):
+        if cfg.sfda.adapt:
+            from .sfda import adapt
+            return adapt(cfg, output, resume_path(output, resume), mode, dist.world)
         return _run(cfg, output, resume_path(output, resume), mode, dist)
 
 

@@ -24,7 +24,7 @@ update count), so saving the optimizer's parameters with the model restores the 
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -71,19 +71,27 @@ def param_groups(model: nn.Cell, weight_decay: float, layer_decay: float | None 
     return list(groups.values())
 
 
-def create_optimizer(model: nn.Cell, opt_cfg: OptimizerConfig, lr: np.ndarray | float) -> nn.Optimizer:
+def create_optimizer(model: nn.Cell, opt_cfg: OptimizerConfig, lr: np.ndarray | float,
+                     lr_mult: Mapping[str, float] | None = None) -> nn.Optimizer:
     """The optimizer ``opt_cfg.name`` over :func:`param_groups` of ``model`` with learning rate ``lr`` (one value
     per update, e.g. :func:`specs.schedules.lr_per_step`, times each group's ``lr_scale``; or a constant).
-    ``optimizer.parameters`` keeps the order of ``model.trainable_params()`` (gradients may come in either)."""
+    ``lr_mult``: a further factor per parameter name (missing names: 1), as the ``lr_mult`` of CAN-style parameter
+    groups (SFDA-DE's BN x10). ``optimizer.parameters`` keeps the order of ``model.trainable_params()``
+    (gradients may come in either)."""
     lr = np.asarray(lr, dtype=np.float32)
     if lr.ndim > 1 or lr.size == 0 or (lr < 0).any():
         raise ConfigError(f"the learning rate must be a non-negative number or 1-d array, got shape {lr.shape}")
+    lr_mult = lr_mult or {}
     groups = []
     for g in param_groups(model, opt_cfg.weight_decay, opt_cfg.layer_decay, opt_cfg.filter_bias_and_bn):
-        group = {"params": g["params"], "weight_decay": g["weight_decay"]}
-        if opt_cfg.layer_decay is not None:
-            group["lr"] = _lr(lr * np.float32(g["lr_scale"]))
-        groups.append(group)
+        by_mult: dict[float, list] = {}
+        for p in g["params"]:
+            by_mult.setdefault(float(lr_mult.get(p.name, 1.0)), []).append(p)
+        for mult, params in by_mult.items():
+            group = {"params": params, "weight_decay": g["weight_decay"]}
+            if opt_cfg.layer_decay is not None or mult != 1.0:
+                group["lr"] = _lr(lr * np.float32(g["lr_scale"] * mult))
+            groups.append(group)
     groups.append({"order_params": model.trainable_params()})
     learning_rate = _lr(lr)
     name = opt_cfg.name

@@ -4,6 +4,9 @@ Eval (timm ``transforms_imagenet_eval``): MindSpore's ``ToPIL``, ``Resize(floor(
 side), ``CenterCrop(size)``, ``ToTensor``, ``Normalize``. On PIL images MindSpore's ``Resize``/``CenterCrop`` run
 Pillow, as torchvision does for timm, so the numbers equal timm's.
 
+With ``data.train_resize`` both are CAN's ``resize_and_crop`` (SFDA-DE's loaders): a square bilinear
+``Resize((r, r))``, then :class:`RandomCrop` (train) or ``CenterCrop`` (eval) of ``size``.
+
 Train (timm ``transforms_imagenet_train``): :class:`RandomResizedCrop` (or :class:`RandomCropPad`, CIFAR style),
 :class:`RandomHorizontalFlip`, :class:`RandAugment` / :class:`AutoAugment` / :class:`AugMix` from a timm string
 (timm ``auto_augment.py``), :class:`ColorJitter` (off when an auto-augment policy other than ``3a`` is given, as in
@@ -110,6 +113,19 @@ class RandomCropPad(RandomOp):
         if img.size != (self.size, self.size):
             img = ImageOps.fit(img, (self.size, self.size), Image.Resampling.BILINEAR)
         img = ImageOps.expand(img, border=self.padding, fill=0)
+        top = int(rng.integers(0, img.size[1] - self.size + 1))
+        left = int(rng.integers(0, img.size[0] - self.size + 1))
+        return img.crop((left, top, left + self.size, top + self.size))
+
+
+class RandomCrop(RandomOp):
+    """torchvision ``RandomCrop(size)`` of an image at least ``size`` on each side: a uniformly placed crop."""
+
+    def __init__(self, size: int, seed: int | None = None):
+        super().__init__(seed)
+        self.size = size
+
+    def apply(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
         top = int(rng.integers(0, img.size[1] - self.size + 1))
         left = int(rng.integers(0, img.size[0] - self.size + 1))
         return img.crop((left, top, left + self.size, top + self.size))
@@ -655,13 +671,19 @@ def create_transforms(data_cfg: Any, model_cfg: ModelCfg, is_training: bool) -> 
     size = data_cfg.image_size
     mean, std = _norm(data_cfg, model_cfg)
     tail = [vision.ToTensor(), vision.Normalize(list(mean), list(std), is_hwc=False)]
+    square = data_cfg.train_resize
     if not is_training:
+        if square is not None:          # CAN's resize_and_crop test transform
+            return [vision.ToPIL(), vision.Resize((square, square), vision.Inter.BILINEAR), vision.CenterCrop(size),
+                    *tail]
         crop_pct = data_cfg.crop_pct if data_cfg.crop_pct is not None else model_cfg.crop_pct
         interp = _MS_INTERP.get(model_cfg.interpolation, vision.Inter.BICUBIC)
         return [vision.ToPIL(), vision.Resize(int(math.floor(size / crop_pct)), interp), vision.CenterCrop(size),
                 *tail]
     ops: list = [vision.ToPIL()]
-    if data_cfg.random_crop_padding is not None:
+    if square is not None:
+        ops += [vision.Resize((square, square), vision.Inter.BILINEAR), RandomCrop(size)]
+    elif data_cfg.random_crop_padding is not None:
         ops.append(RandomCropPad(size, data_cfg.random_crop_padding))
     else:
         ops.append(RandomResizedCrop(size, data_cfg.scale, data_cfg.ratio, data_cfg.interpolation))

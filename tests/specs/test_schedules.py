@@ -64,6 +64,16 @@ def test_per_epoch_holds_the_lr_within_an_epoch():
     assert lr.shape == (12,)
 
 
+def test_inv_is_cans_inverse_decay_per_update():
+    """``inv`` (CAN / SFDA-DE ``adjust_learning_rate_inv``): ``base / (1 + alpha t) ** beta`` per update from t = 0;
+    VisDA's alpha 5e-4, beta 2.25 over 2 loops x 3 updates, and the floor at min_lr."""
+    lr = lr_per_step(ScheduleConfig(name="inv", inv_alpha=5e-4, inv_beta=2.25), 1e-4, 2, 3)
+    np.testing.assert_allclose(lr, [1e-4 / (1 + 5e-4 * t) ** 2.25 for t in range(6)], rtol=1e-12)
+    assert lr[0] == 1e-4
+    lr = lr_per_step(ScheduleConfig(name="inv", inv_alpha=1.0, inv_beta=1.0, min_lr=0.3), 1.0, 1, 4)
+    np.testing.assert_allclose(lr, [1.0, 0.5, 1 / 3, 0.3], rtol=1e-12)
+
+
 def test_schedule_errors_are_one_line_config_errors():
     with pytest.raises(ConfigError, match="cooldown"):
         lr_per_step(ScheduleConfig(cooldown_epochs=3), 1.0, 3, 2)

@@ -11,7 +11,7 @@ from PIL import Image
 import builtin_data
 import mindspore.dataset as ds
 from ms_models.train.config import Config, DataConfig, ModelConfig
-from ms_models.train.data import create_loader, epoch_order
+from ms_models.train.data import create_loader, create_rows_loader, epoch_order
 from ms_models.train.transforms import apply_transforms, create_transforms
 from specs import get_model_cfg
 from specs.errors import DataError
@@ -61,6 +61,40 @@ def test_builtin_shapes_images():
     small = builtin_data.shapes_images.__wrapped__(3, seed=0)
     assert np.array_equal(small[0], builtin_data.shapes_images.__wrapped__(3, seed=0)[0])
     assert not np.array_equal(small[0], builtin_data.shapes_images.__wrapped__(3, seed=1)[0])
+
+
+def test_builtin_digits_shifted_is_the_digits_rendered_otherwise():
+    """The SFDA-DE demo's target domain: the same 1797 labels, seeded, coloured (channels differ), and far from the
+    source rendering; its ink follows the digit (brighter where the source digit is)."""
+    images, labels = builtin_data.digits_shifted_images(16)
+    source, source_labels = builtin_data.digits_images(16)
+    assert images.shape == (1797, 16, 16, 3) and images.dtype == np.uint8 and labels.tolist() == source_labels.tolist()
+    assert np.array_equal(images, builtin_data.digits_shifted_images.__wrapped__(16)[0])      # not the cached one
+    assert not np.array_equal(images, builtin_data.digits_shifted_images.__wrapped__(16, seed=1)[0])
+    assert (images[..., 0] != images[..., 2]).mean() > 0.5
+    grey, ink = source.astype(np.float64).mean(-1), images.astype(np.float64).mean(-1)
+    corr = [np.corrcoef(grey[i].ravel(), ink[i].ravel())[0, 1] for i in range(50)]
+    assert 0.2 < np.median(corr) < 0.95
+
+
+def test_rows_loader_yields_the_given_rows_in_batches_of_the_given_sizes():
+    """``create_rows_loader``: rows in the given order, the given batch sizes (a last short one kept), the eval
+    transform equal to the val loader's for the same images, and bad sizes or rows as one-line errors."""
+    cfg = make_cfg(dir="builtin:digits")
+    rows = np.array([5, 0, 7, 3, 9, 2, 11])
+    loader = create_rows_loader(cfg, "val", MODEL_CFG, rows, np.zeros(len(rows), np.uint64), [3, 3, 1],
+                                training=False)
+    batches = list(loader)
+    assert [len(b[0]) for b in batches] == [3, 3, 1] and loader.steps == 3
+    val = list(create_loader(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=12)), "val",
+                             MODEL_CFG))
+    images, labels = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+    np.testing.assert_array_equal(images, val[0][0][rows])
+    np.testing.assert_array_equal(labels, val[0][1][rows])
+    one_line_error(lambda: create_rows_loader(cfg, "val", MODEL_CFG, rows, np.zeros(7, np.uint64), [3, 3]),
+                   "batch sizes", "7 rows")
+    one_line_error(lambda: create_rows_loader(cfg, "val", MODEL_CFG, np.array([0, 4000]), np.zeros(2, np.uint64),
+                                              [2]), "row indices")
 
 
 def test_stratified_split():

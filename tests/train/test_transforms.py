@@ -111,6 +111,24 @@ def test_random_crop_with_padding_fits_other_sizes_first():
         assert any(np.array_equal(out, fitted[t:t + 8, l:l + 8]) for t in range(5) for l in range(5))
 
 
+def test_train_resize_is_cans_resize_and_crop():
+    """``data.train_resize``: a square bilinear resize to r x r, then (train) a uniformly placed image_size window of
+    it or (eval) its centre window (CAN's ``resize_and_crop``)."""
+    img = random_image(20, 30, seed=2)
+    cfg = DataConfig(image_size=12, train_resize=16, hflip=0.0)
+    square = np.asarray(Image.fromarray(img).resize((16, 16), Image.Resampling.BILINEAR))
+    ev = T.apply_transforms(T.create_transforms(cfg, MODEL_CFG, is_training=False), img, seed=0)
+    np.testing.assert_allclose(ev, normalise(square[2:14, 2:14]), atol=1e-5)
+    offsets = set()
+    for seed in range(30):
+        out = T.apply_transforms(T.create_transforms(cfg, MODEL_CFG, is_training=True), img, seed=seed)
+        match = [(t, l) for t in range(5) for l in range(5)
+                 if np.allclose(out, normalise(square[t:t + 12, l:l + 12]), atol=1e-5)]
+        assert match, seed
+        offsets.add(match[0])
+    assert len(offsets) > 8
+
+
 def test_hflip_probability():
     img = Image.fromarray(random_image(4, 6))
     flipped = np.asarray(T.RandomHorizontalFlip(1.0).apply(img, np.random.default_rng(0)))
