@@ -43,7 +43,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -62,6 +62,9 @@ from .config import Config, save_config
 from .data import Loader, create_loader, create_rows_loader, dataset_classes, num_images
 from .evaluate import Meter
 from .optim import create_optimizer
+
+if TYPE_CHECKING:
+    from .loop import TrainResult
 
 LAST = "last.ckpt"
 _FEATURES, _STATISTICS, _STEPS = 1, 2, 3          # the streams of a loop's random draws
@@ -164,8 +167,9 @@ def class_aware_batches(rng: np.random.Generator, members: dict[int, np.ndarray]
     return out
 
 
-def adapt(cfg: Config, output: Path, resume: Path | None, mode: int, world: int) -> Any:
-    """The adaptation run (called by :func:`.loop.train` inside its seeded, mode-setting context)."""
+def adapt(cfg: Config, output: Path, resume: Path | None, mode: int, world: int) -> "TrainResult":
+    """The adaptation run (called by :func:`.loop.train` inside its seeded, mode-setting context; ``.loop``
+    imports this module, so its names are imported here)."""
     from .loop import TrainResult, build_model, model_seed
     if world > 1:
         raise ConfigError("SFDA-DE adaptation (sfda.adapt) runs in one process: its clustering sees the whole "
