@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -49,13 +48,6 @@ def run_demo(output: Path, common: list[str], student: list[str], teacher_ckpt: 
     return rows
 
 
-def _write_json(rows: list[dict], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(rows, f, indent=1)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--output", default="runs/distill_demo")
@@ -72,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     except ZooError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    _write_json(rows, output / "summary.json")
+    from convert.io import atomic_output
+    with atomic_output(output / "summary.json") as tmp:
+        tmp.write_text(json.dumps(rows, indent=1))
     print(f"\n{'run':<14}{'best val top-1':>16}{'(epoch)':>9}{'last':>8}{'wall time':>11}")
     for r in rows:
         print(f"{r['run']:<14}{r['best_top1']:>15.2f}%{r['best_epoch']:>9}{r['last_top1']:>7.2f}%{r['seconds']:>10.0f}s")

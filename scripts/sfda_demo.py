@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -56,13 +55,6 @@ def run_demo(output: Path, common: list[str], adapt: list[str], source_ckpt: str
     return rows
 
 
-def _write_json(rows: list[dict], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(rows, f, indent=1)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--output", default="runs/sfda_demo")
@@ -79,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     except ZooError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    _write_json(rows, output / "summary.json")
+    from convert.io import atomic_output
+    with atomic_output(output / "summary.json") as tmp:
+        tmp.write_text(json.dumps(rows, indent=1))
     print(f"\n{'step':<18}{'data':<24}{'val top-1':>10}{'wall time':>11}")
     for r in rows:
         print(f"{r['step']:<18}{r['data']:<24}{r['top1']:>9.2f}%{r['seconds']:>10.0f}s")
