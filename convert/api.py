@@ -15,10 +15,10 @@ import torch
 import ms_models
 import torch_ref
 from ms_models.context import execution_mode
-from specs import get_model_cfg
+from specs import get_model_cfg, list_cfgs
 from specs.errors import CheckpointError
 
-from .io import write_checkpoint
+from .io import read_checkpoint, write_checkpoint
 from .mapping import NameMap, build_name_map, ms_to_torch, naming_of, torch_to_ms
 from .state import assign_ms_state, load_into_ms, read_state  # noqa: F401  (load_into_ms: public here too)
 
@@ -27,6 +27,23 @@ def model_kwargs_for(name: str, state: Mapping[str, np.ndarray]) -> dict:
     """Constructor kwargs a state dict implies (num_classes, deploy form), by the family's cfg rule."""
     cfg = get_model_cfg(name)
     return cfg.infer_kwargs({k: tuple(v.shape) for k, v in state.items()}) if cfg.infer_kwargs else {}
+
+
+def mim_torch_state(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A masked-image-modeling checkpoint's model state in the official torch names: a torch-named file as it is;
+    a MindSpore-named one (an engine pretraining or fine-tuning checkpoint) renamed through the name map of the
+    registered MIM model whose layout it has (constructor kwargs from its shapes), strictly."""
+    state = read_checkpoint(path)
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    for name in list_cfgs(task="mim_pretrain") + list_cfgs(task="mim_finetune"):
+        try:
+            kwargs = get_model_cfg(name).infer_kwargs(shapes)
+        except KeyError:                    # another model's layout
+            continue
+        nm = name_map(name, **kwargs)
+        if len(set(state) & set(nm.ms_shapes)) > len(set(state) & set(nm.torch_shapes)):
+            return ms_to_torch(state, nm)
+    return state
 
 
 def name_map(name: str, **kwargs: Any) -> NameMap:

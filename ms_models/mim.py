@@ -361,6 +361,9 @@ class MaskedAutoencoderViT(nn.Cell):
         m = ops.cast(mask, pred.dtype).reshape(b, n, 1)
         return (((pred - target) ** 2) * m).sum() / (m.sum() * c)
 
+    def set_epoch(self, epoch: int, total_epochs: int) -> None:
+        """Nothing: no epoch-dependent state (the engine's per-epoch hook)."""
+
     def construct(self, imgs, mask_ratio=0.75, noise=None):
         latent, mask = self.forward_encoder(imgs, mask_ratio, noise)
         pred = self.forward_decoder(latent)
@@ -504,6 +507,9 @@ class LocalMIMViT(nn.Cell):
             levels.append((((pred[k] - self.hog(imgs, k)) ** 2).mean(-1) * m).sum() / m.sum())
         return ops.stack(levels)
 
+    def set_epoch(self, epoch: int, total_epochs: int) -> None:
+        """Nothing: no epoch-dependent state (the engine's per-epoch hook)."""
+
     def construct(self, imgs, mask_ratio=0.75, noise=None, return_levels=False):
         latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
         pred = []
@@ -601,10 +607,12 @@ def load_official(model, path: str | os.PathLike):
 
 
 def load_pretrained(model: FinetuneViT, path: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """Fine-tune initialisation as upstream (see ``torch_ref.mim.load_pretrained``); returns ``(missing,
-    unexpected)`` in torch key names."""
+    """Fine-tune initialisation as upstream (see ``torch_ref.mim.load_pretrained``), from an official file or an
+    engine checkpoint (MindSpore names: :func:`convert.api.mim_torch_state`); returns ``(missing, unexpected)`` in
+    torch key names."""
+    from convert.api import mim_torch_state
     nm = _name_map(model)
-    state = _spec.finetune_state(_read_model_state(path), nm.torch_shapes, model.patch_embed.num_patches)
+    state = _spec.finetune_state(mim_torch_state(path), nm.torch_shapes, model.patch_embed.num_patches)
     missing, unexpected = _spec.split_keys(state, nm.torch_shapes, str(path))
     params = {nm.torch_to_ms[k]: Parameter(Tensor(np.array(v)), name=nm.torch_to_ms[k])
               for k, v in state.items() if k in nm.torch_to_ms}

@@ -190,7 +190,9 @@ def bench_model_isolated(name: str, form: str, batch: int, size: int, repeats: i
 
 
 TRAIN_MODELS = ["vanillanet_5", "ghostnetv2_100", "adabin_resnet18", "pvig_ti_224_gelu", "adder_resnet20"]
-TRAIN_SIZES = {"adder_resnet20": 32}     # the issue's sizes; every other model at --size (224)
+# the issues' sizes (FastMIM pretrains at 128 px); every other model at --size (224)
+TRAIN_SIZES = {"adder_resnet20": 32, "fastmim_vit_base_patch16": 128}
+MASK_RATIO = 0.75                         # the MIM pretraining rows' (both methods' recipes)
 
 
 def bench_train(name: str, batch: int, size: int, repeats: int, warmup: int, teacher: str | None = None) -> dict:
@@ -199,17 +201,21 @@ def bench_train(name: str, batch: int, size: int, repeats: int, warmup: int, tea
     (:func:`ms_models.train.step.build_train_network`, :func:`ms_models.train.optim.create_optimizer`). With
     ``teacher``: VanillaKD's step (train-kd.py), the frozen teacher's forward (eval, no gradients) on the same
     batch and ``CE + KLDiv(T=1)``; in MindSpore inside the same compiled step (:mod:`ms_models.train.distill`).
+    A masked-image-modeling pretraining model (FastMIM, LocalMIM) trains its own loss at mask ratio 0.75 instead of
+    cross-entropy (in MindSpore through the engine's :class:`ms_models.train.mim.MimObjective`).
     torch's step is timed alone first, then every step interleaved (:func:`interleaved_times`)."""
     import ms_models
     from ms_models.distill import KLDiv
     from ms_models.train.config import OptimizerConfig, TrainConfig
     from ms_models.train.distill import DistillLoss, Teacher
+    from ms_models.train.mim import MimObjective, ObjectiveLoss, is_pretraining
     from ms_models.train.optim import create_optimizer
     from ms_models.train.step import build_train_network
     from torch_ref.distill import KLDiv as TorchKLDiv
     r = np.random.RandomState(0)
     x = r.randn(batch, 3, size, size).astype(np.float32)
-    y = r.randint(0, get_model_cfg(name).num_classes, batch).astype(np.int64)
+    pretraining = is_pretraining(name)
+    y = r.randint(0, max(get_model_cfg(name).num_classes, 1), batch).astype(np.int64)
     row = {"model": name, "batch": batch, "size": size, "teacher": teacher, "load": [load_average()]}
     torch.manual_seed(0)
     tm = torch_ref.create_model(name).train()
@@ -226,6 +232,11 @@ def bench_train(name: str, batch: int, size: int, repeats: int, warmup: int, tea
         if tt is not None:
             with torch.no_grad():
                 z_t = cached if replay else tt(xt)
+        if pretraining:
+            out = tm(xt, MASK_RATIO)
+            (out[0] if isinstance(out, tuple) else out).backward()
+            opt.step()
+            return
         z_s = tm(xt)
         loss = torch.nn.functional.cross_entropy(z_s, yt)
         (loss if tt is None else loss + kd(z_s, z_t)).backward()
@@ -244,6 +255,8 @@ def bench_train(name: str, batch: int, size: int, repeats: int, warmup: int, tea
         if teacher:
             step = build_train_network(mm, DistillLoss(ce, KLDiv()), optimizer, TrainConfig(),
                                        teacher=Teacher(ms_models.create_model(teacher)), return_teacher_logits=True)
+        elif pretraining:
+            step = build_train_network(MimObjective(mm, MASK_RATIO), ObjectiveLoss(), optimizer, TrainConfig())
         else:
             step = build_train_network(mm, ce, optimizer, TrainConfig())
         xm, ym = ms.Tensor(x), ms.Tensor(y.astype(np.int32))
@@ -264,7 +277,8 @@ def bench_train(name: str, batch: int, size: int, repeats: int, warmup: int, tea
 
 def run_train(args) -> list[dict]:
     kd = f" + frozen teacher {args.teacher} forward + KL (VanillaKD)" if args.teacher else ""
-    print(f"training step (forward + cross-entropy{kd} + backward + SGD momentum update), batch {args.train_batch}; "
+    print(f"training step (forward + cross-entropy{kd}, or a MIM model's own loss at mask ratio {MASK_RATIO}, + "
+          f"backward + SGD momentum update), batch {args.train_batch}; "
           f"median of {args.repeats} interleaved rounds, (x%) = (max - min) / median; ms/torch = median (range) of "
           f"the per-round ratios; each row in a fresh process; load average {load_average():.2f} at the start")
     head = (f"{'model':<24}{'size':>6}{'torch':>15}{'ms graph':>15}{'ms/torch':>18}{'torch alone':>13}"

@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import re
 from typing import Mapping
 
 import numpy as np
@@ -90,6 +91,44 @@ def split_keys(state: Mapping[str, np.ndarray], model_shapes: Mapping[str, tuple
     return [k for k in model_shapes if k not in state], [k for k in state if k not in model_shapes]
 
 
+def _vit_kwargs(shapes: Mapping[str, tuple], default_heads: int) -> dict:
+    """The shape-setting ViT encoder kwargs of a state (names shared by the torch and MindSpore namings)."""
+    dim, _, patch, _ = shapes["patch_embed.proj.weight"]
+    grid = int(round((shapes["pos_embed"][-2] - 1) ** 0.5))
+    depth = sum(1 for k in shapes if re.fullmatch(r"blocks\.\d+\.attn\.qkv\.weight", k))
+    # num_heads sets no shape: the default when it divides the width (it only has to be valid)
+    return dict(img_size=grid * patch, patch_size=patch, embed_dim=dim, depth=depth,
+                num_heads=default_heads if dim % default_heads == 0 else 1)
+
+
+def infer_fastmim_kwargs(shapes: Mapping[str, tuple]) -> dict:
+    """FastMIM constructor kwargs from a state's shapes (converter): encoder, decoder width and depth, target."""
+    kw = _vit_kwargs(shapes, FASTMIM_VIT_BASE["num_heads"])
+    out, dec = shapes["decoder_pred.weight"]
+    kw.update(decoder_embed_dim=dec, mim_loss="l2" if out == kw["patch_size"] ** 2 * 3 else "HOG",
+              decoder_depth=sum(1 for k in shapes if re.fullmatch(r"decoder_blocks\.\d+\.attn\.qkv\.weight", k)),
+              block_size=max(FASTMIM_VIT_BASE["block_size"], kw["patch_size"]))
+    return kw
+
+
+def infer_localmim_kwargs(shapes: Mapping[str, tuple]) -> dict:
+    """LocalMIM constructor kwargs from a state's shapes (converter)."""
+    kw = _vit_kwargs(shapes, LOCALMIM_VIT_BASE["num_heads"])
+    dec = shapes["decoder.0.embed.weight"][0]
+    kw.update(decoder_embed_dim=dec, decoder_num_heads=LOCALMIM_VIT_BASE["decoder_num_heads"]
+              if dec % LOCALMIM_VIT_BASE["decoder_num_heads"] == 0 else 1,
+              decoder_depth=sum(1 for k in shapes if re.fullmatch(r"decoder\.0\.blocks\.\d+\.attn\.qkv\.weight", k)),
+              hog_nbins=shapes["decoder.2.pred.0.weight"][0] // 3, hog_bias="hog_enc.0.conv.bias" in shapes)
+    return kw
+
+
+def infer_finetune_kwargs(shapes: Mapping[str, tuple]) -> dict:
+    """Fine-tune ViT kwargs from a state's shapes (converter): encoder, head size, global pool."""
+    kw = _vit_kwargs(shapes, VIT_BASE_FINETUNE["num_heads"])
+    kw.update(num_classes=shapes["head.weight"][0], global_pool=any(k.startswith("fc_norm.") for k in shapes))
+    return kw
+
+
 
 # ---------------------------------------------------------------- registry entries (not classification sweeps)
 _FASTMIM_CODE = "ggjy/FastMIM.pytorch@d4eea0d mim_vit_pretrain.py (MaskedAutoencoderViT, mim_vit_base)"
@@ -100,16 +139,18 @@ CFGS = [
     ModelCfg(name="fastmim_vit_base_patch16", family="fastmim", paper=PAPERS["fastmim"], official_code=_FASTMIM_CODE,
              arch=dict(FASTMIM_VIT_BASE), task="mim_pretrain", num_classes=0, input_size=(3, 128, 128),
              test_input_size=(3, 64, 64), min_input_size=(3, 32, 32), first_conv="patch_embed.proj",
+             infer_kwargs=infer_fastmim_kwargs,
              notes="FastMIM ViT-B pretraining (README flags: 128 px, block 16, decoder 256 x 1, HOG); returns "
                    "(loss, pred, mask)"),
     ModelCfg(name="localmim_vit_base_patch16", family="localmim", paper=PAPERS["localmim"],
              official_code=_LOCALMIM_CODE, arch=dict(LOCALMIM_VIT_BASE), task="mim_pretrain", num_classes=0,
              input_size=(3, 224, 224), test_input_size=(3, 64, 64), min_input_size=(3, 64, 64),
-             first_conv="patch_embed.proj", notes="LocalMIM ViT-B pretraining (hog_nbins 9); returns the loss"),
+             first_conv="patch_embed.proj", infer_kwargs=infer_localmim_kwargs,
+             notes="LocalMIM ViT-B pretraining (hog_nbins 9); returns the loss"),
     ModelCfg(name="vit_base_patch16", family="mim_vit", paper=PAPERS["fastmim"], official_code=_FINETUNE_CODE,
              arch={k: v for k, v in VIT_BASE_FINETUNE.items()}, task="mim_finetune", input_size=(3, 224, 224),
              test_input_size=(3, 224, 224), min_input_size=(3, 224, 224), first_conv="patch_embed.proj",
-             classifier=("head",), interpolation="bicubic",
+             classifier=("head",), interpolation="bicubic", infer_kwargs=infer_finetune_kwargs,
              notes="MAE-style fine-tune ViT-B/16 (global pool, drop path 0.1) for FastMIM / LocalMIM "
                    "checkpoints: mim.load_pretrained"),
 ]

@@ -9,11 +9,14 @@ one cycle, no noise), stepped per update (timm ``step_update``) or, with ``per_e
 - ``step`` (timm ``StepLRScheduler``): ``base_lr * decay_rate ** (t // decay_t)``, here floored at ``min_lr``
   (timm has no floor; the default ``min_lr=0`` gives timm's values);
 - ``linear`` (timm ``PolyLRScheduler`` with ``power=1``): ``min_lr + (base_lr - min_lr) * (1 - t / T)``;
+- ``mae_cosine`` (MAE ``util/lr_sched.py::adjust_learning_rate``, which FastMIM and LocalMIM pretrain and
+  fine-tune with): the cosine starts where the warmup ends, ``min_lr + (base_lr - min_lr) * (1 + cos(pi *
+  (t - warmup_t) / (T - warmup_t))) / 2`` for ``t >= warmup_t``; the warmup as above (upstream's is from 0);
 - ``inv`` (CAN / CvNoob/SFDA-DE ``solver/utils.py::adjust_learning_rate_inv``, Caffe's "inv" policy):
   ``base_lr / (1 + inv_alpha * t) ** inv_beta``, floored at ``min_lr``;
 - cooldown, ``t >= T``: ``min_lr``.
 
-As in timm the decay is a function of ``t`` from 0 (the warmup replaces its start; it is not shifted after the
+As in timm the decay (but ``mae_cosine``'s) is a function of ``t`` from 0 (the warmup replaces its start; it is not shifted after the
 warmup). ``T`` is the length of the schedule without the cooldown: timm adds ``cooldown_epochs`` after
 ``epochs``, here they are counted inside ``epochs`` (``T = epochs - cooldown_epochs``, in updates when per step).
 """
@@ -51,16 +54,20 @@ class OptimizerLike(Protocol):
     lr_base_size: int | None
 
 
-def _decayed(sched: ScheduleLike, base_lr: float, t: np.ndarray, total: float, decay_t: float) -> np.ndarray:
+def _decayed(sched: ScheduleLike, base_lr: float, t: np.ndarray, total: float, decay_t: float,
+             warmup_t: float) -> np.ndarray:
     if sched.name == "cosine":
         return sched.min_lr + 0.5 * (base_lr - sched.min_lr) * (1.0 + np.cos(math.pi * t / total))
+    if sched.name == "mae_cosine":
+        return sched.min_lr + 0.5 * (base_lr - sched.min_lr) * (1.0 + np.cos(math.pi * (t - warmup_t)
+                                                                             / (total - warmup_t)))
     if sched.name == "step":
         return np.maximum(base_lr * sched.decay_rate ** np.floor(t / decay_t), sched.min_lr)
     if sched.name == "linear":
         return sched.min_lr + (base_lr - sched.min_lr) * (1.0 - t / total)
     if sched.name == "inv":
         return np.maximum(base_lr / (1.0 + sched.inv_alpha * t) ** sched.inv_beta, sched.min_lr)
-    raise ConfigError(f"unknown schedule {sched.name!r}: expected cosine, step, linear or inv")
+    raise ConfigError(f"unknown schedule {sched.name!r}: expected cosine, mae_cosine, step, linear or inv")
 
 
 def lr_per_step(sched: ScheduleLike, base_lr: float, epochs: int, steps_per_epoch: int) -> np.ndarray:
@@ -75,7 +82,7 @@ def lr_per_step(sched: ScheduleLike, base_lr: float, epochs: int, steps_per_epoc
     t = np.arange(epochs * unit, dtype=np.float64)
     total = (epochs - sched.cooldown_epochs) * unit
     warmup_t = sched.warmup_epochs * unit
-    lr = _decayed(sched, base_lr, t, total, sched.decay_epochs * unit)
+    lr = _decayed(sched, base_lr, t, total, sched.decay_epochs * unit, warmup_t)
     if warmup_t > 0:
         warm = t < warmup_t
         lr[warm] = sched.warmup_lr + t[warm] * (base_lr - sched.warmup_lr) / warmup_t

@@ -552,9 +552,16 @@ def load_pretrained(model: FinetuneViT, path: str | os.PathLike) -> tuple[list[s
     """Fine-tune initialisation as ``main_finetune.py`` / ``run_finetune.py``: ``checkpoint['model']``, ``head.*``
     dropped when its shape differs, an ``encoder.`` prefix stripped, ``pos_embed`` resized bicubically, then a
     non-strict load. Returns ``(missing, unexpected)`` (torch key names). Upstream then redraws the head
-    (``trunc_normal_(std=2e-5)``, random): not done here."""
+    (``trunc_normal_(std=2e-5)``, random): not done here. A ``.ckpt`` / ``.safetensors`` file in MindSpore names
+    (an engine checkpoint) is renamed first (:func:`convert.api.mim_torch_state`, which imports MindSpore)."""
+    from convert.io import file_format
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    state = _spec.finetune_state(_read_model_state(path), shapes, model.patch_embed.num_patches)
+    if file_format(path) == "torch":
+        state = _read_model_state(path)
+    else:
+        from convert.api import mim_torch_state
+        state = mim_torch_state(path)
+    state = _spec.finetune_state(state, shapes, model.patch_embed.num_patches)
     missing, unexpected = _spec.split_keys(state, shapes, str(path))
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items() if k in shapes},
                           strict=False)

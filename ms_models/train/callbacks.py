@@ -120,7 +120,8 @@ class Progress:
 
 
 def plot_curves(records: list[dict[str, Any]], path: str | os.PathLike) -> None:
-    """Loss (train, val), learning rate and top-1/top-5 by epoch, as three panels in one PNG."""
+    """Loss (train, val), learning rate and top-1/top-5 by epoch, as three panels in one PNG (two when no epoch
+    has a top-1: a pretraining run)."""
     import matplotlib
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
@@ -132,8 +133,9 @@ def plot_curves(records: list[dict[str, Any]], path: str | os.PathLike) -> None:
         points = [(e, r[key]) for e, r in zip(epochs, records) if r.get(key) is not None]
         if points:
             ax.plot(*zip(*points), style, label=label)
-    fig = Figure(figsize=(12, 3.6), layout="constrained")
-    loss, lr, acc = fig.subplots(1, 3)
+    scored = any(r.get("val_top1") is not None for r in records)     # a pretraining run has no top-1
+    fig = Figure(figsize=(12 if scored else 8, 3.6), layout="constrained")
+    loss, lr, *acc = fig.subplots(1, 3 if scored else 2)
     line(loss, "train_loss", "o-", "train")
     line(loss, "val_loss", "s-", "val")
     loss.set(title="loss", xlabel="epoch")
@@ -141,12 +143,13 @@ def plot_curves(records: list[dict[str, Any]], path: str | os.PathLike) -> None:
     line(lr, "lr", "o-")
     lr.set(title="learning rate (epoch end)", xlabel="epoch")
     lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-    line(acc, "val_top1", "o-", "top-1")
-    line(acc, "val_top5", "s-", "top-5")
-    line(acc, "ema_top1", "^--", "EMA top-1")
-    acc.set(title="val accuracy (%)", xlabel="epoch")
-    acc.legend()
-    for ax in (loss, lr, acc):
+    for ax in acc:
+        line(ax, "val_top1", "o-", "top-1")
+        line(ax, "val_top5", "s-", "top-5")
+        line(ax, "ema_top1", "^--", "EMA top-1")
+        ax.set(title="val accuracy (%)", xlabel="epoch")
+        ax.legend()
+    for ax in (loss, lr, *acc):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     with atomic_output(path, ".png") as tmp:

@@ -143,6 +143,9 @@ def validate(model: str, checkpoint: str, data_dir: str, framework: str = "minds
     from .evaluate import evaluate, ms_predictor
     if framework not in FRAMEWORKS:
         raise ConfigError(f"framework must be one of {', '.join(FRAMEWORKS)}, got {framework!r}")
+    if get_model_cfg(model).task == "mim_pretrain":
+        raise ConfigError(f"{model} is a masked-image-modeling pretraining model, without a classifier to score: "
+                          f"fine-tune its checkpoint (vit_base_patch16 with model.pretrained) and validate that")
     cfg = eval_config(model, checkpoint, data_dir, num_classes, config, batch_size, image_size, crop_pct)
     loader = create_loader(cfg, "val", get_model_cfg(model))
     if framework == "torch":

@@ -2,9 +2,9 @@
 checked, and saved (atomically) so that a run's resolved config re-loads to an equal :class:`Config`.
 
 Sections: ``model``, ``data``, ``optimizer``, ``schedule``, ``train``, ``distill`` (off unless ``distill.method``
-is set), ``sfda`` (off unless ``sfda.adapt``), and the top-level ``seed``. Every bad
-input raises a one-line :class:`specs.ConfigError` naming the dotted key (with close matches for an unknown
-key); an unregistered ``model.name`` raises :class:`specs.UnknownModelError` (also a ``ValueError``).
+is set), ``sfda`` (off unless ``sfda.adapt``), ``mim`` (read for a ``mim_pretrain`` model), and the top-level
+``seed``. Every bad input raises a one-line :class:`specs.ConfigError` naming the dotted key (with close matches
+for an unknown key); an unregistered ``model.name`` raises :class:`specs.UnknownModelError` (also a ``ValueError``).
 
 Types: an ``int`` field takes only ints; a ``float`` field takes ints and numeric strings (PyYAML reads ``1e-3``,
 without a dot, as a string); a ``bool`` field takes only ``true``/``false``; ``X | None`` takes ``null``;
@@ -29,7 +29,7 @@ from specs import check_input_size, get_model_cfg
 from specs.errors import ConfigError, InputSizeError, UnknownModelError
 
 OPTIMIZERS = ("sgd", "adamw", "lamb", "rmsprop")
-SCHEDULES = ("cosine", "step", "linear", "inv")
+SCHEDULES = ("cosine", "mae_cosine", "step", "linear", "inv")
 AMP_LEVELS = ("O0", "O1", "O2", "O3")
 MODES = ("graph", "pynative")
 DEVICE_TARGETS = ("CPU", "Ascend", "GPU")
@@ -117,7 +117,8 @@ class OptimizerConfig:
 
 @dataclass
 class ScheduleConfig:
-    """The learning-rate schedule: warmup from ``warmup_lr``, then cosine / step / linear / inv down to ``min_lr``."""
+    """The learning-rate schedule: warmup from ``warmup_lr``, then cosine / mae_cosine / step / linear / inv down to
+    ``min_lr`` (:mod:`specs.schedules`)."""
 
     name: str = "cosine"
     warmup_epochs: float = 0.0
@@ -221,6 +222,14 @@ class SfdaConfig:
 
 
 @dataclass
+class MimConfig:
+    """Masked-image-modeling pretraining (FastMIM ``mim_vit_pretrain.py``, LocalMIM ``ViT/run_pretrain.py``
+    ``--mask_ratio``; :mod:`ms_models.train.mim`): read when ``model.name`` is a ``mim_pretrain`` model."""
+
+    mask_ratio: float = 0.75
+
+
+@dataclass
 class Config:
     """A whole run. ``config_to_dict``/``config_from_dict`` convert it; ``load_config``/``save_config`` persist it."""
 
@@ -231,6 +240,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     sfda: SfdaConfig = field(default_factory=SfdaConfig)
+    mim: MimConfig = field(default_factory=MimConfig)
     seed: int = 0
 
 
@@ -424,18 +434,40 @@ def validate(cfg: Config) -> Config:
                "data.auto_augment", f"a timm policy string ({'/'.join(AUTO_AUGMENT_POLICIES)}[-m9-mstd0.5...])",
                d.auto_augment)
     student_resize = cfg.distill.student_resize if cfg.distill.method is not None else None
-    try:
-        check_input_size(model_cfg, student_resize or d.image_size)
-    except InputSizeError as exc:
-        key = "distill.student_resize" if student_resize else "data.image_size"
-        raise ConfigError(f"config key {key!r}: {exc}") from None
+    side_key = "distill.student_resize" if student_resize else "data.image_size"
+    if "img_size" in m.kwargs:           # a model built for one input side (ViT-style position tables)
+        _check(m.kwargs["img_size"] == (student_resize or d.image_size), "model.kwargs.img_size",
+               f"equal to {side_key} ({student_resize or d.image_size})", m.kwargs["img_size"])
+    else:
+        try:
+            check_input_size(model_cfg, student_resize or d.image_size)
+        except InputSizeError as exc:
+            raise ConfigError(f"config key {side_key!r}: {exc}") from None
     if cfg.distill.method is not None:
         _validate_distill(cfg.distill, d.image_size, m.num_classes)
     if cfg.distill.students:
         student_configs(cfg)
     if cfg.sfda.adapt:
         _validate_sfda(cfg)
+    _check(0 < cfg.mim.mask_ratio < 1, "mim.mask_ratio", "in (0, 1)", cfg.mim.mask_ratio)
+    if model_cfg.task == "mim_pretrain":
+        _validate_pretraining(cfg)
     return cfg
+
+
+# what a masked-image-modeling pretraining step (a model that returns its own loss, no labels) cannot take
+_MIM_UNSUPPORTED = (("distill.method", lambda c: c.distill.method is not None), ("sfda.adapt", lambda c: c.sfda.adapt),
+                    ("data.mixup", lambda c: mixup_active(c.data)), ("data.smoothing", lambda c: c.data.smoothing > 0),
+                    ("train.loss", lambda c: c.train.loss != "ce"),
+                    ("train.ema_decay", lambda c: c.train.ema_decay is not None))
+
+
+def _validate_pretraining(cfg: Config) -> None:
+    """The settings that need labels or logits, refused for a ``mim_pretrain`` model."""
+    for key, bad in _MIM_UNSUPPORTED:
+        if bad(cfg):
+            raise ConfigError(f"config key {key!r}: {cfg.model.name} is a masked-image-modeling pretraining model "
+                              f"(it returns its own loss, no labels or logits); leave it at its default")
 
 
 # what SFDA-DE's adaptation step does not have (CvNoob/SFDA-DE solver/anchor_solver.py: a plain SGD step)

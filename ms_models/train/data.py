@@ -34,7 +34,7 @@ from PIL import Image
 
 import builtin_data
 import mindspore.dataset as ds
-from specs import ModelCfg
+from specs import ModelCfg, get_model_cfg
 from specs.errors import DataError
 
 from .config import BUILTIN_PREFIX, Config, mixup_active
@@ -282,11 +282,12 @@ class _MixBatch:
 
 
 def _checked_source(cfg: Config, split: str) -> tuple[Any, np.ndarray, list[str], list[str]]:
-    """:func:`_source` of a known split whose classes number ``model.num_classes``."""
+    """:func:`_source` of a known split whose classes number ``model.num_classes`` (any number for a pretraining
+    model, which reads no labels)."""
     if split not in ("train", "val"):
         raise DataError(f"split must be 'train' or 'val', got {split!r}")
     read, labels, classes, names = _source(cfg, split)
-    if cfg.model.num_classes != len(classes):
+    if cfg.model.num_classes != len(classes) and get_model_cfg(cfg.model.name).task != "mim_pretrain":
         raise DataError(f"model.num_classes is {cfg.model.num_classes} but {cfg.data.dir!r} has {len(classes)} "
                         f"classes ({', '.join(classes[:5])}{' ...' if len(classes) > 5 else ''})")
     return read, labels, classes, names

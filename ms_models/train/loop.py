@@ -19,6 +19,10 @@ batches that did). ``distill.students`` trains more students beside the run's ow
 same teacher forward (``train-kd.py`` with several ``--model``): student ``i`` writes its files to
 ``output/student<i>`` and resumes from the checkpoint of the same name there.
 
+With a ``mim_pretrain`` model (FastMIM, LocalMIM) the step trains the model's own masked-modeling loss and the
+validation reports that loss under fixed masks (:mod:`.mim`); no top-1, so no ``best.ckpt``. A ``mim_finetune``
+model's ``model.pretrained`` is a pretrained encoder, loaded as upstream's ``--finetune`` (:func:`build_model`).
+
 With ``sfda.adapt`` the run is an SFDA-DE adaptation of ``model.pretrained`` to the target ``data.dir``
 (:mod:`.sfda`: loops of clustering, estimation and CDD steps instead of epochs of labelled batches).
 
@@ -60,6 +64,7 @@ from .distill import TeacherCache, build_teacher, create_distill_loss
 from .distributed import Distributed, distributed
 from .evaluate import evaluate, ms_predictor
 from .losses import create_loss
+from .mim import MimObjective, ObjectiveLoss, evaluate_pretraining, is_pretraining
 from .optim import create_optimizer
 from .step import TrainStep, build_train_network
 
@@ -112,14 +117,37 @@ def resume_path(output: Path, resume: str | os.PathLike | None) -> Path | None:
     return path
 
 
-def build_model(cfg: Config) -> ms.nn.Cell:
-    """The registered model with the config's head size, regularisation and constructor kwargs (and the
-    ``model.pretrained`` weights, loaded strictly)."""
+def build_model(cfg: Config, notes: list[str] | None = None) -> ms.nn.Cell:
+    """The registered model with the config's head size, regularisation and constructor kwargs, and the
+    ``model.pretrained`` weights: loaded strictly, or for a ``mim_finetune`` model as upstream's ``--finetune``
+    (:func:`load_finetune_encoder`; its report line appended to ``notes``)."""
     model = create_model(cfg.model.name, num_classes=cfg.model.num_classes, drop_rate=cfg.model.drop_rate,
                          drop_path_rate=cfg.model.drop_path_rate, **cfg.model.kwargs)
-    if cfg.model.pretrained:
+    if cfg.model.pretrained and get_model_cfg(cfg.model.name).task == "mim_finetune":
+        line = load_finetune_encoder(model, cfg.model.pretrained)
+        if notes is not None:
+            notes.append(line)
+    elif cfg.model.pretrained:
         load_checkpoint(model, cfg.model.pretrained)
     return model
+
+
+def load_finetune_encoder(model: ms.nn.Cell, path: str | os.PathLike) -> str:
+    """FastMIM ``main_finetune.py`` / LocalMIM ``run_finetune.py`` with ``--finetune``: the pretrained encoder
+    through :func:`ms_models.mim.load_pretrained`, upstream's check that only the head (and ``fc_norm`` with global
+    pooling) is missing (a one-line error otherwise), and the head redrawn with ``trunc_normal_(std=2e-5)`` (timm's
+    bounds are +-2 absolute, so in effect a plain normal). Returns a line for the log."""
+    from mindspore.common.initializer import Normal, initializer
+    from ..mim import load_pretrained
+    missing, unexpected = load_pretrained(model, path)
+    allowed = {"head.weight", "head.bias"} | ({"fc_norm.weight", "fc_norm.bias"} if model.global_pool else set())
+    extra = [k for k in missing if k not in allowed]
+    if extra:
+        raise CheckpointError(f"{path}: not a pretrained encoder of this model: {len(extra)} key(s) missing beyond "
+                              f"the head, e.g. {extra[0]}")
+    model.head.weight.set_data(initializer(Normal(sigma=2e-5), model.head.weight.shape, ms.float32))
+    return (f"encoder from {path}; newly initialised: {', '.join(missing) or 'nothing'}; not used: "
+            f"{len(unexpected)} key(s){' (' + ', '.join(unexpected[:3]) + ', ...)' if unexpected else ''}")
 
 
 def model_seed(seed: int, rank: int, global_step: int) -> int:
@@ -208,11 +236,11 @@ def _run(cfg: Config, output: Path, resume: Path | None, mode: int, dist: Distri
     cache = TeacherCache(cfg.distill.cache_epochs, cfg.distill.cache_topk) \
         if distilled and cfg.distill.cache_teacher else None
     teacher = build_teacher(cfg) if distilled else None
-    students = []
+    students, notes = [], []
     for i, (c, path, read, state) in enumerate(zip(configs, resumes, reads, states)):
         # every student is built as its own run would build it (same seed), so it trains as it would alone
         ms.set_seed(model_seed(cfg.seed, rank, state.global_step))
-        model = build_model(c)
+        model = build_model(c, notes if i == 0 and read is None else None)
         if read is None:
             dist.broadcast(list(model.get_parameters()))       # every rank starts from rank 0's weights
         lr = lr_per_step(c.schedule, scaled_lr(c.optimizer, c.data.batch_size * world * accumulate),
@@ -237,6 +265,8 @@ def _run(cfg: Config, output: Path, resume: Path | None, mode: int, dist: Distri
                  + (f", data parallel over {world} processes" if world > 1 else "")
                  + (f", {cfg.distill.method} distillation from {cfg.distill.teacher.name}" if distilled else "")
                  + (f"; resumed from {resume} at epoch {state.epoch + 1} step {state.batch}/{steps}" if resume else ""))
+        for line in notes:
+            log.info(line)
         for i, s in enumerate(students[1:], 1):
             line = (f"student {i}: {s.cfg.model.name}, {s.cfg.distill.method} distillation, beside "
                     f"{cfg.model.name} on its batches and teacher logits (files in {s.output})")
@@ -250,7 +280,8 @@ def _run(cfg: Config, output: Path, resume: Path | None, mode: int, dist: Distri
             for s, record in zip(students, records):
                 _end_epoch(s, record, epoch, dist)
         for s in students:
-            s.log.info(f"best val top-1 {s.state.best_top1:.2f} at epoch {s.state.best_epoch + 1}")
+            if s.state.best_epoch >= 0:
+                s.log.info(f"best val top-1 {s.state.best_top1:.2f} at epoch {s.state.best_epoch + 1}")
         results = [TrainResult(s.output, s.state.best_top1, s.state.best_epoch, list(s.log.records))
                    for s in students]
         results[0].students = results[1:]
@@ -282,6 +313,8 @@ def _train_step(cfg: Config, model: ms.nn.Cell, lr, teacher: ms.nn.Cell | None, 
     """The compiled train step of ``cfg``; with ``distill.method``, around the frozen ``teacher``
     (:mod:`.distill`), returning the teacher's logits too when ``teacher_logits``."""
     optimizer = create_optimizer(model, cfg.optimizer, lr)
+    if is_pretraining(cfg.model.name):
+        return build_train_network(MimObjective(model, cfg.mim.mask_ratio), ObjectiveLoss(), optimizer, cfg.train)
     if teacher is None:
         return build_train_network(model, create_loss(cfg), optimizer, cfg.train)
     return build_train_network(model, create_distill_loss(cfg.distill, create_loss(cfg)), optimizer, cfg.train,
@@ -380,10 +413,10 @@ def _epoch(students: list[_Student], epoch: int, data: Loader, steps: int, val_d
         dist.average(_running(s.step))   # timm distribute_bn "reduce": every rank validates and saves the same weights
         record = {"epoch": epoch, "lr": rate, "train_loss": s.state.loss_sum / max(s.state.loss_images, 1),
                   "images_per_s": images_per_s, "skipped_steps": s.step.nonfinite_count() - s.state.nonfinite_before}
-        val = _validate(s.model, val_data, dist) if evaluated else {}
+        val = _validate(s.model, val_data, dist, s.cfg) if evaluated else {}
         record.update(val_loss=val.get("loss"), val_top1=val.get("top1"), val_top5=val.get("top5"))
         if s.cfg.train.ema_decay is not None:
-            ema = _validate(s.step.ema_model(), val_data, dist) if evaluated else {}
+            ema = _validate(s.step.ema_model(), val_data, dist, s.cfg) if evaluated else {}
             record.update(ema_top1=ema.get("top1"), ema_top5=ema.get("top5"), ema_loss=ema.get("loss"))
         if replayed is not None:
             record["teacher_replayed"] = replayed
@@ -397,8 +430,12 @@ def _epoch(students: list[_Student], epoch: int, data: Loader, steps: int, val_d
     return records
 
 
-def _validate(model, val_data: Loader, dist: Distributed) -> dict:
-    return evaluate(ms_predictor(model), val_data, all_sum=dist.all_sum if dist.world > 1 else None)
+def _validate(model, val_data: Loader, dist: Distributed, cfg: Config) -> dict:
+    """Top-1, top-5 and loss; for a pretraining model its masked-modeling loss under fixed masks (:mod:`.mim`)."""
+    all_sum = dist.all_sum if dist.world > 1 else None
+    if is_pretraining(cfg.model.name):
+        return evaluate_pretraining(model, val_data, cfg.mim.mask_ratio, (cfg.seed, dist.rank), all_sum)
+    return evaluate(ms_predictor(model), val_data, all_sum=all_sum)
 
 
 def _export_torch(cfg: Config, output: Path) -> None:

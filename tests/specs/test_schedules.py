@@ -74,6 +74,17 @@ def test_inv_is_cans_inverse_decay_per_update():
     np.testing.assert_allclose(lr, [1.0, 0.5, 1 / 3, 0.3], rtol=1e-12)
 
 
+def test_mae_cosine_starts_its_half_cycle_after_the_warmup():
+    """``mae_cosine`` = MAE ``util/lr_sched.py::adjust_learning_rate`` at the fractional epoch ``t / steps``: ``lr *
+    epoch / warmup`` then ``min + (lr - min) (1 + cos(pi (epoch - warmup) / (epochs - warmup))) / 2``. Base 1, min
+    0.1, warmup 1 of 3 epochs, 2 updates per epoch; values worked by hand (cos(pi/4) = 0.70711)."""
+    lr = lr_per_step(ScheduleConfig(name="mae_cosine", warmup_epochs=1, min_lr=0.1), 1.0, 3, 2)
+    np.testing.assert_allclose(lr, [0.0, 0.5, 1.0, 0.1 + 0.45 * (1 + 0.5 ** 0.5), 0.55, 0.1 + 0.45 * (1 - 0.5 ** 0.5)],
+                               rtol=1e-12, atol=1e-15)
+    timm = lr_per_step(ScheduleConfig(name="cosine", warmup_epochs=1, min_lr=0.1), 1.0, 3, 2)
+    assert timm[2] < 1.0                    # timm's cosine runs from t = 0 under the warmup: not the same rule
+
+
 def test_schedule_errors_are_one_line_config_errors():
     with pytest.raises(ConfigError, match="cooldown"):
         lr_per_step(ScheduleConfig(cooldown_epochs=3), 1.0, 3, 2)

@@ -1,0 +1,166 @@
+"""Masked-image-modeling pretraining and fine-tuning in the training engine (ms_models.train.mim; issue 17 section
+3): a FastMIM and a LocalMIM pretraining run of a small ViT on the built-in digits lowers its masked-modeling loss;
+its val loss is the torch twin's loss on the same images and masks, from the run's checkpoint converted to the
+official torch layout; the checkpoint fine-tunes through ``load_pretrained`` in both frameworks (upstream's
+``--finetune``); and the settings a pretraining step cannot take are one-line config errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import torch_ref
+from convert.api import convert_file
+from convert.io import read_checkpoint
+from ms_models.train.config import apply_overrides, load_config
+from ms_models.train.data import create_loader
+from ms_models.train.loop import build_model, train
+from ms_models.train.mim import noise_shape
+from specs import get_model_cfg
+from specs.errors import CheckpointError, ConfigError
+from torch_ref import mim as t_mim
+
+from helpers import ROOT
+
+DEMO = ROOT / "configs" / "demo"
+ENCODER = {"img_size": 64, "patch_size": 16, "embed_dim": 32, "depth": 8, "num_heads": 2}
+PRETRAIN = {
+    "fastmim": ("fastmim_pretrain_digits.yaml", {**ENCODER, "block_size": 16, "decoder_embed_dim": 32,
+                                                 "decoder_depth": 1}),
+    "localmim": ("localmim_pretrain_digits.yaml", {**ENCODER, "decoder_embed_dim": 32, "decoder_depth": 1,
+                                                   "decoder_num_heads": 2, "hog_nbins": 9}),
+}
+RUN = ["train.epochs=2", "data.batch_size=128", "data.workers=1"]
+
+
+def _cfg(recipe: str, overrides: list[str]):
+    return apply_overrides(load_config(DEMO / recipe), overrides)
+
+
+@pytest.fixture(scope="module", params=sorted(PRETRAIN))
+def pretrained(request, tmp_path_factory):
+    """A two-epoch pretraining run of each method (its config and output folder)."""
+    recipe, kwargs = PRETRAIN[request.param]
+    cfg = _cfg(recipe, RUN + [f"model.kwargs={json.dumps(kwargs)}"])
+    out = tmp_path_factory.mktemp(request.param)
+    train(cfg, out)
+    return cfg, out
+
+
+@pytest.mark.slow
+def test_pretraining_run_lowers_the_loss_and_writes_no_best(pretrained):
+    """Both epochs validated on the masked-modeling loss (no top-1), the loss lower in epoch 2 than in epoch 1 (train
+    and val), and the run's files without ``best.ckpt`` (nothing to rank by)."""
+    cfg, out = pretrained
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert all(r["val_top1"] is None and np.isfinite(r["val_loss"]) for r in records)
+    assert records[1]["train_loss"] < records[0]["train_loss"]
+    assert records[1]["val_loss"] < records[0]["val_loss"]
+    assert {p.name for p in out.iterdir()} >= {"config.yaml", "metrics.jsonl", "train.log", "last.ckpt", "curves.png"}
+    assert not (out / "best.ckpt").exists()
+    assert Image.open(out / "curves.png").size[0] == 8 * 90     # two panels (no accuracy panel), 8 in at 90 dpi
+
+
+@pytest.mark.slow
+def test_val_loss_is_the_torch_twins_loss_from_the_converted_checkpoint(pretrained, tmp_path):
+    """``last.ckpt`` converted with ``convert ms2torch`` loads strictly into the torch twin under the official keys
+    (the layout the official fine-tune scripts read), and that model's loss on the val split, masked with the noise
+    the engine's validation draws (``default_rng((seed, rank, batch))``), is the recorded ``val_loss`` within 1e-4
+    of its value (float32; the HOG bins are compared through the same noise and images, no tolerance widened)."""
+    cfg, out = pretrained
+    name = cfg.model.name
+    dst = convert_file(name, out / "last.ckpt", tmp_path / "pretrain.pth", direction="ms2torch")
+    tm = torch_ref.create_model(name, **cfg.model.kwargs)
+    t_mim.load_official(tm, dst)
+    official = torch.load(dst, weights_only=True)
+    assert list(official) == list(tm.state_dict())
+    tm.eval()
+    (images, _), = list(create_loader(cfg, "val", get_model_cfg(name)))
+    noise = np.random.default_rng((cfg.seed, 0, 0)).random((len(images), tm.patch_embed.num_patches
+                                                            if name.startswith("localmim") else 16), dtype=np.float32)
+    with torch.no_grad():
+        out_t = tm(torch.from_numpy(images), cfg.mim.mask_ratio, torch.from_numpy(noise))
+    loss = float((out_t[0] if isinstance(out_t, tuple) else out_t).item())
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert abs(last["val_loss"] - loss) <= 1e-4 * abs(loss)
+
+
+@pytest.mark.slow
+def test_pretraining_checkpoint_fine_tunes_through_load_pretrained(pretrained, tmp_path):
+    """A fine-tune run's ``model.pretrained`` = the pretraining ``last.ckpt``: the engine's model gets every encoder
+    tensor of the checkpoint exactly, upstream's missing set (head and fc_norm with global pooling) and a head drawn
+    with std 2e-5; torch_ref's ``load_pretrained`` reads the same MindSpore file to the same encoder. A checkpoint of
+    another width is a one-line error."""
+    cfg, out = pretrained
+    ft = _cfg("mim_finetune_digits.yaml", [f"model.kwargs={json.dumps(ENCODER)}", f"model.pretrained={out / 'last.ckpt'}"])
+    notes: list[str] = []
+    model = build_model(ft, notes)
+    source = read_checkpoint(out / "last.ckpt")
+    params = {p.name: p.asnumpy() for p in model.get_parameters()}
+    shared = [k for k in params if k in source]
+    assert len(shared) == len(params) - 4 and "blocks.7.mlp.fc2.weight" in shared
+    for k in shared:
+        np.testing.assert_array_equal(params[k], source[k], err_msg=k)
+    assert "newly initialised: head.weight, head.bias, fc_norm.weight, fc_norm.bias" in notes[0]
+    assert 0 < params["head.weight"].std() < 1e-4
+    tm = torch_ref.create_model("vit_base_patch16", num_classes=10, **ENCODER)
+    missing, unexpected = t_mim.load_pretrained(tm, out / "last.ckpt")
+    assert sorted(missing) == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
+    assert any(k.startswith("decoder") for k in unexpected)
+    np.testing.assert_array_equal(tm.blocks[3].attn.qkv.weight.detach().numpy(), source["blocks.3.attn.qkv.weight"])
+    wide = _cfg("mim_finetune_digits.yaml", [f"model.kwargs={json.dumps({**ENCODER, 'embed_dim': 48})}",
+                                             f"model.pretrained={out / 'last.ckpt'}"])
+    with pytest.raises(CheckpointError, match="has shape"):
+        build_model(wide)
+
+
+def test_noise_shapes_follow_each_masking_rule():
+    """FastMIM masks 16-px blocks (64 px: 4 x 4 = 16 values per image), LocalMIM patches (64 / 8 = 8: 64 values)."""
+    from ms_models import create_model
+    assert noise_shape(create_model("fastmim_vit_base_patch16", **PRETRAIN["fastmim"][1]), 5) == (5, 16)
+    small = {**PRETRAIN["localmim"][1], "patch_size": 8}
+    assert noise_shape(create_model("localmim_vit_base_patch16", **small), 3) == (3, 64)
+
+
+@pytest.mark.parametrize("override, key", [("data.mixup=0.8", "data.mixup"), ("data.smoothing=0.1", "data.smoothing"),
+                                           ("train.ema_decay=0.999", "train.ema_decay"),
+                                           ("train.loss=bce", "train.loss"), ("mim.mask_ratio=1.0", "mim.mask_ratio"),
+                                           ("data.image_size=32", "model.kwargs.img_size")])
+def test_pretraining_config_refusals(override, key):
+    """Settings that need labels or logits, a mask ratio outside (0, 1), and an image side other than the one the
+    model's position table is built for are one-line errors naming the key."""
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as info:
+        _cfg("fastmim_pretrain_digits.yaml", [override])
+    assert "\n" not in str(info.value)
+
+
+def test_validating_a_pretraining_model_is_a_one_line_error(tmp_path, capsys):
+    """``validate.py`` scores classifiers: a pretraining model is refused (exit 2) before any file is read."""
+    from ms_models.train.cli import validate_main
+    code = validate_main(["--model", "fastmim_vit_base_patch16", "--checkpoint", str(tmp_path / "absent.ckpt"),
+                          "--data-dir", "builtin:digits"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "pretraining model" in err
+
+
+def test_mim_demo_stops_with_one_line_on_a_bad_override(tmp_path, capsys):
+    """``scripts/mim_demo.py`` runs ``scripts/train.py`` per step: a bad override stops it at the first run (exit 1,
+    one line naming the recipe), with no ``summary.json``."""
+    import runpy
+    demo = runpy.run_path(str(ROOT / "scripts" / "mim_demo.py"))
+    code = demo["main"](["--output", str(tmp_path), "--set", "train.epochs=0"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and err.startswith("error: ") and "fastmim_pretrain_digits.yaml" in err
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_fine_tune_side_follows_the_models_img_size():
+    """The fine-tune ViT's registry minimum is its 224-px default; built for 64 px (``model.kwargs.img_size``) it
+    takes 64-px data, and any other side is refused."""
+    assert _cfg("mim_finetune_digits.yaml", []).data.image_size == 64
+    with pytest.raises(ConfigError, match=r"model\.kwargs\.img_size"):
+        _cfg("mim_finetune_digits.yaml", ["data.image_size=96"])
