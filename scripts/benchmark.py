@@ -208,7 +208,8 @@ def bench_train(name: str, batch: int, size: int, repeats: int, warmup: int, tea
     from ms_models.distill import KLDiv
     from ms_models.train.config import OptimizerConfig, TrainConfig
     from ms_models.train.distill import DistillLoss, Teacher
-    from ms_models.train.mim import MimObjective, ObjectiveLoss, is_pretraining
+    from ms_models.train.mim import MimObjective, ObjectiveLoss
+    from specs.mim import is_pretraining
     from ms_models.train.optim import create_optimizer
     from ms_models.train.step import build_train_network
     from torch_ref.distill import KLDiv as TorchKLDiv

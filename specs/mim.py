@@ -17,7 +17,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ._registry import ModelCfg, register_cfgs
+from ._registry import ModelCfg, get_model_cfg, register_cfgs
 from .errors import CheckpointError
 from .vig import resize_bicubic, sincos_2d
 
@@ -33,6 +33,12 @@ VIT_BASE_FINETUNE = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, n
 LOCALMIM_SCALES = (4.0, 2.0, 1.0, 0.5)     # decoder k predicts at grid * scale[k]
 LOCALMIM_POOLS = (4, 8, 16, 32)            # HOG cell of target k (matches the grids for patch 16)
 FASTMIM_HOG = dict(nbins=9, pool=8)
+
+
+def is_pretraining(model_name: str) -> bool:
+    """Whether ``model_name`` is a masked-image-modeling pretraining model (registry task ``mim_pretrain``: images
+    -> its own loss, no classifier), which the training engine trains, validates and checks differently."""
+    return get_model_cfg(model_name).task == "mim_pretrain"
 
 
 def localmim_taps(depth: int) -> list[int]:

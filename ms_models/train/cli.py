@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from specs import get_model_cfg
+from specs.mim import is_pretraining
 from specs.errors import ConfigError, UnknownModelError, ZooError
 
 from .config import Config, apply_overrides, config_from_dict, config_to_dict, load_config
@@ -143,7 +144,7 @@ def validate(model: str, checkpoint: str, data_dir: str, framework: str = "minds
     from .evaluate import evaluate, ms_predictor
     if framework not in FRAMEWORKS:
         raise ConfigError(f"framework must be one of {', '.join(FRAMEWORKS)}, got {framework!r}")
-    if get_model_cfg(model).task == "mim_pretrain":
+    if is_pretraining(model):
         raise ConfigError(f"{model} is a masked-image-modeling pretraining model, without a classifier to score: "
                           f"fine-tune its checkpoint (vit_base_patch16 with model.pretrained) and validate that")
     cfg = eval_config(model, checkpoint, data_dir, num_classes, config, batch_size, image_size, crop_pct)

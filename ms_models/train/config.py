@@ -27,6 +27,7 @@ import yaml
 
 from specs import check_input_size, get_model_cfg
 from specs.errors import ConfigError, InputSizeError, UnknownModelError
+from specs.mim import is_pretraining
 
 OPTIMIZERS = ("sgd", "adamw", "lamb", "rmsprop")
 SCHEDULES = ("cosine", "mae_cosine", "step", "linear", "inv")
@@ -450,7 +451,7 @@ def validate(cfg: Config) -> Config:
     if cfg.sfda.adapt:
         _validate_sfda(cfg)
     _check(0 < cfg.mim.mask_ratio < 1, "mim.mask_ratio", "in (0, 1)", cfg.mim.mask_ratio)
-    if model_cfg.task == "mim_pretrain":
+    if is_pretraining(m.name):
         _validate_pretraining(cfg)
     return cfg
 

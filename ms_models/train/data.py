@@ -34,8 +34,9 @@ from PIL import Image
 
 import builtin_data
 import mindspore.dataset as ds
-from specs import ModelCfg, get_model_cfg
+from specs import ModelCfg
 from specs.errors import DataError
+from specs.mim import is_pretraining
 
 from .config import BUILTIN_PREFIX, Config, mixup_active
 from .transforms import apply_transforms, create_mixup, create_transforms
@@ -287,7 +288,7 @@ def _checked_source(cfg: Config, split: str) -> tuple[Any, np.ndarray, list[str]
     if split not in ("train", "val"):
         raise DataError(f"split must be 'train' or 'val', got {split!r}")
     read, labels, classes, names = _source(cfg, split)
-    if cfg.model.num_classes != len(classes) and get_model_cfg(cfg.model.name).task != "mim_pretrain":
+    if cfg.model.num_classes != len(classes) and not is_pretraining(cfg.model.name):
         raise DataError(f"model.num_classes is {cfg.model.num_classes} but {cfg.data.dir!r} has {len(classes)} "
                         f"classes ({', '.join(classes[:5])}{' ...' if len(classes) > 5 else ''})")
     return read, labels, classes, names

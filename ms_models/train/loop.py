@@ -52,6 +52,7 @@ import mindspore as ms
 
 from specs import get_model_cfg
 from specs.errors import CheckpointError, ConfigError, NonFiniteError
+from specs.mim import is_pretraining
 from specs.schedules import lr_per_step, scaled_lr
 
 from .. import create_model, load_checkpoint
@@ -64,7 +65,7 @@ from .distill import TeacherCache, build_teacher, create_distill_loss
 from .distributed import Distributed, distributed
 from .evaluate import evaluate, ms_predictor
 from .losses import create_loss
-from .mim import MimObjective, ObjectiveLoss, evaluate_pretraining, is_pretraining
+from .mim import MimObjective, ObjectiveLoss, evaluate_pretraining
 from .optim import create_optimizer
 from .step import TrainStep, build_train_network
 

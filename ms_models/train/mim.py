@@ -22,15 +22,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn
 
-from specs import get_model_cfg
-
 from ..context import execution_mode
 from ..mim import LocalMIMViT, MaskedAutoencoderViT
-
-
-def is_pretraining(model_name: str) -> bool:
-    """Whether ``model_name`` is a masked-image-modeling pretraining model (registry task ``mim_pretrain``)."""
-    return get_model_cfg(model_name).task == "mim_pretrain"
 
 
 class MimObjective(nn.Cell):
