@@ -56,7 +56,8 @@ def name_map(name: str, **kwargs: Any) -> NameMap:
     return build_name_map(tm, mm, name)
 
 
-def _model_name_map(model) -> NameMap:
+def model_name_map(model) -> NameMap:
+    """The name map of a model built by ``create_model``, in the layout it has now (:func:`_form_kwargs`)."""
     cfg = model.pretrained_cfg
     return name_map(cfg.name, num_classes=cfg.num_classes, **_form_kwargs(model))
 
@@ -87,7 +88,7 @@ def _load_torch_state(model: torch.nn.Module, state: Mapping[str, np.ndarray], n
 
 def load_into_torch(model: torch.nn.Module, path: str | os.PathLike, key: str | None = None) -> torch.nn.Module:
     """Strictly load a checkpoint of either naming into a torch_ref model."""
-    return _load_torch_state(model, read_state(model.pretrained_cfg.name, path, key, model), _model_name_map(model))
+    return _load_torch_state(model, read_state(model.pretrained_cfg.name, path, key, model), model_name_map(model))
 
 
 def _load_ms_state(model, state: Mapping[str, np.ndarray], nm: NameMap, source: str = "state"):

@@ -73,8 +73,8 @@ def load_ms_state(model, state: Mapping[str, np.ndarray], source: str = "state")
             raise CheckpointError(f"{source}: {len(foreign)} name(s) {name} has no MindSpore parameter for "
                                   f"(e.g. {foreign[0]}); mapping torch names needs torch, which is not "
                                   f"installed") from None
-        from .api import _load_ms_state, _model_name_map
-        return _load_ms_state(model, state, _model_name_map(model), source)
+        from .api import _load_ms_state, model_name_map
+        return _load_ms_state(model, state, model_name_map(model), source)
     optional = ms_only_names(model)
     check_keys(state, {k: tuple(p.shape) for k, p in params.items()}, optional, name)
     kept = {k: params[k].asnumpy() for k in optional if k not in state}

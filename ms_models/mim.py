@@ -231,17 +231,20 @@ def recal_mask(mask: Tensor, scale: float) -> Tensor:
 # GRAPH_MODE. An official torch file loads through the converter's computed name map (:func:`load_official`).
 
 import os  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, Sequence  # noqa: E402
 
 from specs import mim as _spec  # noqa: E402
+from specs import swin as swin_spec  # noqa: E402
+from specs.swin import stage_resolution  # noqa: E402
 from specs.errors import CheckpointError, ConfigError  # noqa: E402
 
 from .layers import GELU, PatchEmbed  # noqa: E402
+from .models.swin import BasicLayer, NormedPatchEmbed, layer_norm as swin_layer_norm  # noqa: E402
 from .models.vit import Block, VisionTransformer as _TimmViT, layer_norm  # noqa: E402
 
-__all__ += ["MaskedAutoencoderViT", "LocalMIMViT", "MAEDecoder", "LayerNorm2d", "FinetuneViT",
-            "fastmim_vit_base_patch16", "localmim_vit_base_patch16", "vit_base_patch16", "load_pretrained",
-            "load_official", "hog_c"]
+__all__ += ["FastMIMBase", "MaskedAutoencoderViT", "MIMSwinEncoder", "PretrainSwin", "LocalMIMViT", "MAEDecoder",
+            "LayerNorm2d", "FinetuneViT", "fastmim_vit_base_patch16", "fastmim_swin_base_patch4",
+            "localmim_vit_base_patch16", "vit_base_patch16", "load_pretrained", "load_official", "hog_c"]
 
 
 def hog_c(imgs: Tensor, levels: Tensor, pool: int = 8, norm_pix_loss: bool = True) -> Tensor:
@@ -278,56 +281,35 @@ def _normal(shape: tuple, name: str, std: float = 0.02) -> Parameter:
     return Parameter(initializer(Normal(sigma=std), shape, ms.float32), name=name)
 
 
-class MaskedAutoencoderViT(nn.Cell):
-    """FastMIM's ViT pretraining model (see ``torch_ref.mim.MaskedAutoencoderViT``): same constructor and
-    ``construct(imgs, mask_ratio=0.75, noise=None) -> (loss, pred, mask)``."""
+def _xavier_dense_cells(cell: nn.Cell) -> None:
+    """MAE's ``_init_weights`` on every ``nn.Dense`` under ``cell``: xavier-uniform weight, zero bias."""
+    for _, c in cell.cells_and_names():
+        if isinstance(c, nn.Dense):
+            c.weight.set_data(initializer("xavier_uniform", c.weight.shape, ms.float32))
+            if c.bias is not None:
+                c.bias.set_data(initializer("zeros", c.bias.shape, ms.float32))
 
-    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 1024,
-                 depth: int = 24, num_heads: int = 16, block_size: int = 16, decoder_embed_dim: int = 512,
-                 decoder_depth: int = 8, mlp_ratio: float = 4.0, norm_pix_loss: bool = False, mim_loss: str = "l2"):
-        super().__init__()
+
+class FastMIMBase(nn.Cell):
+    """What FastMIM's pretraining models share (see ``torch_ref.mim.FastMIMBase``): ``construct(imgs,
+    mask_ratio=0.75, noise=None) -> (loss, pred, mask)`` over the subclass's ``forward_encoder``, the light
+    decoder and the HOG or pixel loss."""
+
+    num_prefix_tokens = 0
+
+    def _check(self, mim_loss: str, decoder_depth: int, block_size: int, patch_size: int) -> None:
         if mim_loss not in ("HOG", "l2"):
             raise ConfigError(f"mim_loss must be 'HOG' or 'l2', not {mim_loss!r}")
         if decoder_depth < 1 or block_size < patch_size:
-            raise ConfigError("FastMIM here needs decoder_depth >= 1 and block_size >= patch_size")
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
-        self.cls_token = _normal((1, 1, embed_dim), "cls_token")
-        self.pos_embed = _fixed_pos_embed(embed_dim, self.patch_embed.grid_size[0])
-        self.blocks = nn.CellList([Block(embed_dim, num_heads, mlp_ratio, True) for _ in range(depth)])
-        self.norm = layer_norm(embed_dim)
-        self.decoder_embed = _xavier_dense(embed_dim, decoder_embed_dim)
-        self.mask_token = _normal((1, 3, 1, 1), "mask_token")
-        self.decoder_blocks = nn.CellList([Block(decoder_embed_dim, decoder_embed_dim // 32, mlp_ratio, True)
-                                           for _ in range(decoder_depth)])
-        self.decoder_norm = layer_norm(decoder_embed_dim)
-        out = (patch_size // 8) ** 2 * 9 * 3 if mim_loss == "HOG" else patch_size ** 2 * in_chans
-        self.decoder_pred = _xavier_dense(decoder_embed_dim, out)
-        for blk in list(self.blocks) + list(self.decoder_blocks):
-            for _, cell in blk.cells_and_names():
-                if isinstance(cell, nn.Dense):
-                    cell.weight.set_data(initializer("xavier_uniform", cell.weight.shape, ms.float32))
-                    cell.bias.set_data(initializer("zeros", cell.bias.shape, ms.float32))
-        _init_patch_embed(self.patch_embed)
-        self.img_size, self.patch_size, self.block_size = img_size, patch_size, block_size
-        self.norm_pix_loss, self.mim_loss = norm_pix_loss, mim_loss
+            raise ConfigError("FastMIM here needs decoder_depth >= 1 and block_size >= the token's patch "
+                              f"({patch_size}), got decoder_depth={decoder_depth}, block_size={block_size}")
         self.hog_levels = _levels(_spec.FASTMIM_HOG["nbins"])
-
-    def forward_encoder(self, imgs, mask_ratio, noise=None):
-        mask, loss_mask = block_masking(imgs, mask_ratio, self.img_size, self.block_size, self.patch_size, noise)
-        m = ops.cast(mask, imgs.dtype)
-        x = imgs * (1 - m) + m * self.mask_token
-        x = self.patch_embed(x) + self.pos_embed[:, 1:]
-        cls = ops.broadcast_to(self.cls_token + self.pos_embed[:, :1], (x.shape[0], -1, -1))
-        x = ops.concat((cls, x), axis=1)
-        for blk in self.blocks:
-            x = blk(x)
-        return self.norm(x), loss_mask
 
     def forward_decoder(self, x):
         x = self.decoder_embed(x)
         for blk in self.decoder_blocks:
             x = blk(x)
-        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+        return self.decoder_pred(self.decoder_norm(x))[:, self.num_prefix_tokens:]
 
     def patchify(self, imgs):
         """(B, 3, H, W) -> (B, p²·3, h, w), channels in (p, q, c) order."""
@@ -372,6 +354,111 @@ class MaskedAutoencoderViT(nn.Cell):
         else:
             loss = self.forward_l2_loss(imgs, pred, mask)
         return loss, pred, mask
+
+
+def _output_dim(mim_loss: str, patch_size: int, in_chans: int) -> int:
+    """``decoder_pred``'s width: a token's HOG cells (pool 8, 9 bins, 3 channels) or its pixels."""
+    return (patch_size // 8) ** 2 * 9 * 3 if mim_loss == "HOG" else patch_size ** 2 * in_chans
+
+
+def _masked_pixels(imgs, mask, mask_token):
+    """``imgs * (1 - mask) + mask * mask_token``: the masked pixels replaced by the RGB token."""
+    m = ops.cast(mask, imgs.dtype)
+    return imgs * (1 - m) + m * mask_token
+
+
+class MaskedAutoencoderViT(FastMIMBase):
+    """FastMIM's ViT pretraining model (see ``torch_ref.mim.MaskedAutoencoderViT``): same constructor and
+    ``construct(imgs, mask_ratio=0.75, noise=None) -> (loss, pred, mask)``."""
+
+    num_prefix_tokens = 1
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 1024,
+                 depth: int = 24, num_heads: int = 16, block_size: int = 16, decoder_embed_dim: int = 512,
+                 decoder_depth: int = 8, mlp_ratio: float = 4.0, norm_pix_loss: bool = False, mim_loss: str = "l2"):
+        super().__init__()
+        self._check(mim_loss, decoder_depth, block_size, patch_size)
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.cls_token = _normal((1, 1, embed_dim), "cls_token")
+        self.pos_embed = _fixed_pos_embed(embed_dim, self.patch_embed.grid_size[0])
+        self.blocks = nn.CellList([Block(embed_dim, num_heads, mlp_ratio, True) for _ in range(depth)])
+        self.norm = layer_norm(embed_dim)
+        self.decoder_embed = nn.Dense(embed_dim, decoder_embed_dim)
+        self.mask_token = _normal((1, 3, 1, 1), "mask_token")
+        self.decoder_blocks = nn.CellList([Block(decoder_embed_dim, decoder_embed_dim // 32, mlp_ratio, True)
+                                           for _ in range(decoder_depth)])
+        self.decoder_norm = layer_norm(decoder_embed_dim)
+        self.decoder_pred = nn.Dense(decoder_embed_dim, _output_dim(mim_loss, patch_size, in_chans))
+        _xavier_dense_cells(self)
+        _init_patch_embed(self.patch_embed)
+        self.img_size, self.patch_size, self.block_size = img_size, patch_size, block_size
+        self.norm_pix_loss, self.mim_loss = norm_pix_loss, mim_loss
+
+    def forward_encoder(self, imgs, mask_ratio, noise=None):
+        mask, loss_mask = block_masking(imgs, mask_ratio, self.img_size, self.block_size, self.patch_size, noise)
+        x = self.patch_embed(_masked_pixels(imgs, mask, self.mask_token)) + self.pos_embed[:, 1:]
+        cls = ops.broadcast_to(self.cls_token + self.pos_embed[:, :1], (x.shape[0], -1, -1))
+        x = ops.concat((cls, x), axis=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x), loss_mask
+
+
+class MIMSwinEncoder(nn.Cell):
+    """FastMIM's Swin encoder (see ``torch_ref.mim.MIMSwinEncoder``): the Swin patch embedding and stages of
+    :mod:`ms_models.models.swin`, the final ``norm``; ``construct(x, mask_ratio, mask_token, noise) -> (tokens,
+    loss_mask)``."""
+
+    def __init__(self, img_size: int, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96,
+                 depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
+                 window_size: int = 7, mlp_ratio: float = 4.0, block_size: int = 32):
+        super().__init__()
+        self.patch_embed = NormedPatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.layers = nn.CellList([
+            BasicLayer(int(embed_dim * 2 ** i), stage_resolution(self.patch_embed.img_size, patch_size, i),
+                       depths[i], num_heads[i], window_size, mlp_ratio, True, (), downsample=i < len(depths) - 1)
+            for i in range(len(depths))])
+        self.num_features = int(embed_dim * 2 ** (len(depths) - 1))
+        self.norm = swin_layer_norm(self.num_features)
+        self.img_size, self.block_size = img_size, block_size
+        self.stride = patch_size * 2 ** (len(depths) - 1)
+
+    def construct(self, x, mask_ratio, mask_token, noise=None):
+        mask, loss_mask = block_masking(x, mask_ratio, self.img_size, self.block_size, self.stride, noise)
+        x = self.patch_embed(_masked_pixels(x, mask, mask_token))
+        for layer in self.layers:
+            x = layer(x)
+        return self.norm(x), loss_mask
+
+
+class PretrainSwin(FastMIMBase):
+    """FastMIM's Swin pretraining model (see ``torch_ref.mim.PretrainSwin``): same constructor and
+    ``construct(imgs, mask_ratio=0.75, noise=None) -> (loss, pred, mask)``."""
+
+    def __init__(self, img_size: int = 224, patch_size: int = 32, in_chans: int = 3, embed_dim: int = 96,
+                 depths: Sequence[int] = (2, 2, 18, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
+                 window_size: int = 7, block_size: int = 32, decoder_embed_dim: int = 512, decoder_depth: int = 8,
+                 mlp_ratio: float = 4.0, norm_pix_loss: bool = False, mim_loss: str = "l2"):
+        super().__init__()
+        self._check(mim_loss, decoder_depth, block_size, patch_size)
+        self.encoder = MIMSwinEncoder(img_size, swin_spec.PATCH, in_chans, embed_dim, depths, num_heads,
+                                      window_size, 4.0, block_size)
+        if self.encoder.stride != patch_size:
+            raise ConfigError(f"patch_size {patch_size} must be the Swin encoder's total stride "
+                              f"{self.encoder.stride}")
+        self.decoder_embed = nn.Dense(self.encoder.num_features, decoder_embed_dim)
+        self.decoder_blocks = nn.CellList([
+            Block(decoder_embed_dim, decoder_embed_dim // 32, mlp_ratio, True, eps=swin_spec.LN_EPS)
+            for _ in range(decoder_depth)])
+        self.decoder_norm = swin_layer_norm(decoder_embed_dim)
+        self.decoder_pred = nn.Dense(decoder_embed_dim, _output_dim(mim_loss, patch_size, in_chans))
+        self.mask_token = _normal((1, 3, 1, 1), "mask_token")
+        _xavier_dense_cells(self)
+        self.img_size, self.patch_size, self.block_size = img_size, patch_size, block_size
+        self.norm_pix_loss, self.mim_loss = norm_pix_loss, mim_loss
+
+    def forward_encoder(self, imgs, mask_ratio, noise=None):
+        return self.encoder(imgs, mask_ratio, self.mask_token, noise)
 
 
 class LayerNorm2d(nn.Cell):
@@ -561,6 +648,11 @@ def fastmim_vit_base_patch16(**overrides: Any) -> MaskedAutoencoderViT:
                    overrides)
 
 
+def fastmim_swin_base_patch4(**overrides: Any) -> PretrainSwin:
+    """FastMIM Swin-B pretraining model (see ``torch_ref.mim.fastmim_swin_base_patch4``)."""
+    return _tagged(PretrainSwin(**{**_spec.FASTMIM_SWIN_BASE, **overrides}), "fastmim_swin_base_patch4", overrides)
+
+
 def localmim_vit_base_patch16(**overrides: Any) -> LocalMIMViT:
     """LocalMIM ViT-B/16 pretraining model (see ``torch_ref.mim.localmim_vit_base_patch16``)."""
     return _tagged(LocalMIMViT(**{**_spec.LOCALMIM_VIT_BASE, **overrides}), "localmim_vit_base_patch16", overrides)
@@ -574,16 +666,20 @@ def vit_base_patch16(num_classes: int = 1000, **overrides: Any) -> FinetuneViT:
 
 def _name_map(model):
     """The converter's computed torch <-> MindSpore name map of ``model`` (its torch twin built on the meta device;
-    needs torch, imported here only)."""
+    needs torch, imported here only): a model of this module by its factory, any other registered model (a Swin
+    to fine-tune) by the registry's rule."""
     import torch
     import torch_ref.mim as tm
     from convert.mapping import build_name_map
     factory = getattr(model, "mim_factory", None)
-    if factory is None:                    # built by create_model: the factory of the same name
+    if factory is None:                    # built by create_model
         cfg = getattr(model, "pretrained_cfg", None)
         if cfg is None:
             raise CheckpointError("build the model with create_model(...) or ms_models.mim.<factory>(...) to load "
                                   "a torch checkpoint")
+        if cfg.name not in tm.__all__:
+            from convert.api import model_name_map
+            return model_name_map(model)
         factory = cfg.name
     kwargs = dict(getattr(model, "build_kwargs", {}))
     if factory == "vit_base_patch16":
@@ -606,10 +702,10 @@ def load_official(model, path: str | os.PathLike):
     return assign_ms_state(model, torch_to_ms(_read_model_state(path), _name_map(model)), str(path))
 
 
-def load_pretrained(model: FinetuneViT, path: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """Fine-tune initialisation as upstream (see ``torch_ref.mim.load_pretrained``), from an official file or an
-    engine checkpoint (MindSpore names: :func:`convert.api.mim_torch_state`); returns ``(missing, unexpected)`` in
-    torch key names."""
+def load_pretrained(model: nn.Cell, path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Fine-tune initialisation as upstream (see ``torch_ref.mim.load_pretrained``) of a :class:`FinetuneViT` or a
+    registered Swin, from an official file or an engine checkpoint (MindSpore names:
+    :func:`convert.api.mim_torch_state`); returns ``(missing, unexpected)`` in torch key names."""
     from convert.api import mim_torch_state
     nm = _name_map(model)
     state = _spec.finetune_state(mim_torch_state(path), nm.torch_shapes, model.patch_embed.num_patches)
@@ -623,5 +719,6 @@ def load_pretrained(model: FinetuneViT, path: str | os.PathLike) -> tuple[list[s
 from ._registry import registry  # noqa: E402
 
 registry.register_family("fastmim", MaskedAutoencoderViT)
+registry.register_family("fastmim_swin", PretrainSwin)
 registry.register_family("localmim", LocalMIMViT)
 registry.register_family("mim_vit", FinetuneViT)

@@ -190,8 +190,8 @@ def bench_model_isolated(name: str, form: str, batch: int, size: int, repeats: i
 
 
 TRAIN_MODELS = ["vanillanet_5", "ghostnetv2_100", "adabin_resnet18", "pvig_ti_224_gelu", "adder_resnet20"]
-# the issues' sizes (FastMIM pretrains at 128 px); every other model at --size (224)
-TRAIN_SIZES = {"adder_resnet20": 32, "fastmim_vit_base_patch16": 128}
+# the issues' sizes (FastMIM pretrains ViT-B and Swin-B at 128 px); every other model at --size (224)
+TRAIN_SIZES = {"adder_resnet20": 32, "fastmim_vit_base_patch16": 128, "fastmim_swin_base_patch4": 128}
 MASK_RATIO = 0.75                         # the MIM pretraining rows' (both methods' recipes)
 
 

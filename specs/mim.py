@@ -2,7 +2,8 @@
 2303.05251). Both frameworks build from these tables and apply the same checkpoint rule.
 
 - The default architectures: FastMIM's ``mim_vit_base`` with the README ViT-B pretraining flags
-  (ggjy/FastMIM.pytorch@d4eea0d ``mim_vit_pretrain.py``; ``num_heads=6`` as the official code has it), LocalMIM's
+  (ggjy/FastMIM.pytorch@d4eea0d ``mim_vit_pretrain.py``; ``num_heads=6`` as the official code has it), FastMIM's
+  ``mim_swin_base`` with the README Swin-B flags (``mim_swin_pretrain.py``), LocalMIM's
   ``MIM_vit_base_patch16`` (Haoqing-Wang/LocalMIM@314a6e5 ``ViT/models_mim.py``) and MAE's ``vit_base_patch16``
   (``models_vit.py`` of both repositories, timm-0.3.2 ViT-B/16 with global pooling).
 - The fixed 2-D sin-cos position table with its zero class-token row (``util/pos_embed.py``).
@@ -19,6 +20,7 @@ import numpy as np
 
 from ._registry import ModelCfg, get_model_cfg, register_cfgs
 from .errors import CheckpointError
+from .swin import infer_kwargs as swin_infer_kwargs, resize_bias_table
 from .vig import resize_bicubic, sincos_2d
 
 PAPERS = {"fastmim": "2212.06593", "localmim": "2303.05251"}
@@ -26,6 +28,11 @@ LN_EPS = 1e-6
 # constructor defaults; the overridable names are the upstream constructor's
 FASTMIM_VIT_BASE = dict(img_size=128, patch_size=16, embed_dim=768, depth=12, num_heads=6, mlp_ratio=4.0,
                         block_size=16, decoder_embed_dim=256, decoder_depth=1, norm_pix_loss=True, mim_loss="HOG")
+# README Swin-B: --window_size 4 --decoder_embed_dim 256 --decoder_depth 4 --block_size 32 --input_size 128
+# --mim_loss HOG --norm_pix_loss; mim_swin_base: patch_size=32 (the token's image side), embed 128, heads 4-32
+FASTMIM_SWIN_BASE = dict(img_size=128, patch_size=32, embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32),
+                         window_size=4, block_size=32, decoder_embed_dim=256, decoder_depth=4, mlp_ratio=4.0,
+                         norm_pix_loss=True, mim_loss="HOG")
 LOCALMIM_VIT_BASE = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
                          decoder_embed_dim=256, decoder_depth=1, decoder_num_heads=8, hog_nbins=9, hog_bias=False)
 VIT_BASE_FINETUNE = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
@@ -70,10 +77,18 @@ def interpolate_pos_embed(pos: np.ndarray, num_patches: int, num_extra_tokens: i
     return np.concatenate([extra, grid.astype(pos.dtype)], axis=1)
 
 
+_SWIN_BUFFERS = ("relative_position_index", "relative_coords_table", "attn_mask")
+
+
 def finetune_state(checkpoint_model: Mapping[str, np.ndarray], model_shapes: Mapping[str, tuple],
                    num_patches: int) -> dict[str, np.ndarray]:
     """The state ``load_pretrained`` loads non-strictly: upstream's steps on ``checkpoint['model']`` (torch names)
-    for a model with the given ``{key: shape}`` and patch count."""
+    for a model with the given ``{key: shape}`` and patch count. FastMIM's ``main_finetune.py`` runs both resizes
+    for every model: ``interpolate_pos_embed`` (ViT), then ``remap_pretrained_keys_swin`` (default mode 'simmim':
+    each ``relative_position_bias_table`` of another size resampled by :func:`specs.swin.resize_bias_table`, one
+    with another head count left to fail as a shape mismatch; every ``relative_position_index``,
+    ``relative_coords_table`` and ``attn_mask`` dropped, so the model keeps its own: they are reported missing,
+    as upstream's ``load_state_dict`` message lists them); both are no-ops on a checkpoint without such keys."""
     state = dict(checkpoint_model)
     for k in ("head.weight", "head.bias"):
         if k in state and k in model_shapes and tuple(state[k].shape) != tuple(model_shapes[k]):
@@ -82,7 +97,12 @@ def finetune_state(checkpoint_model: Mapping[str, np.ndarray], model_shapes: Map
     if "pos_embed" in state and "pos_embed" in model_shapes:
         extra = model_shapes["pos_embed"][-2] - num_patches
         state["pos_embed"] = interpolate_pos_embed(state["pos_embed"], num_patches, extra)
-    return state
+    for k, v in list(state.items()):
+        if k.endswith("relative_position_bias_table") and k in model_shapes:
+            rows, heads = model_shapes[k]
+            if v.shape[1] == heads and v.shape[0] != rows:
+                state[k] = resize_bias_table(v, rows, "simmim")
+    return {k: v for k, v in state.items() if k.rsplit(".", 1)[-1] not in _SWIN_BUFFERS}
 
 
 def split_keys(state: Mapping[str, np.ndarray], model_shapes: Mapping[str, tuple],
@@ -117,6 +137,21 @@ def infer_fastmim_kwargs(shapes: Mapping[str, tuple]) -> dict:
     return kw
 
 
+def infer_fastmim_swin_kwargs(shapes: Mapping[str, tuple]) -> dict:
+    """FastMIM Swin constructor kwargs from a state's shapes (converter): the encoder's by the Swin rule
+    (:func:`specs.swin.infer_kwargs`; ``img_size`` from the first shift mask, else the default 128), the decoder
+    width and depth, the target (pixels: ``32² · 3`` outputs)."""
+    enc = swin_infer_kwargs({k[len("encoder."):]: v for k, v in shapes.items() if k.startswith("encoder.")})
+    out, dec = shapes["decoder_pred.weight"]
+    kw = {k: enc[k] for k in ("embed_dim", "depths", "num_heads", "window_size") if k in enc}
+    if "depths" not in kw:
+        raise KeyError("encoder.layers")            # not this layout (the converter tries the next model)
+    kw.update(img_size=enc.get("img_size", FASTMIM_SWIN_BASE["img_size"]), decoder_embed_dim=dec,
+              decoder_depth=sum(1 for k in shapes if re.fullmatch(r"decoder_blocks\.\d+\.attn\.qkv\.weight", k)),
+              mim_loss="l2" if out == FASTMIM_SWIN_BASE["patch_size"] ** 2 * 3 else "HOG")
+    return kw
+
+
 def infer_localmim_kwargs(shapes: Mapping[str, tuple]) -> dict:
     """LocalMIM constructor kwargs from a state's shapes (converter)."""
     kw = _vit_kwargs(shapes, LOCALMIM_VIT_BASE["num_heads"])
@@ -138,6 +173,7 @@ def infer_finetune_kwargs(shapes: Mapping[str, tuple]) -> dict:
 
 # ---------------------------------------------------------------- registry entries (not classification sweeps)
 _FASTMIM_CODE = "ggjy/FastMIM.pytorch@d4eea0d mim_vit_pretrain.py (MaskedAutoencoderViT, mim_vit_base)"
+_FASTMIM_SWIN_CODE = "ggjy/FastMIM.pytorch@d4eea0d mim_swin_pretrain.py (PretrainSwin, mim_swin_base)"
 _LOCALMIM_CODE = "Haoqing-Wang/LocalMIM@314a6e5 ViT/models_mim.py (MaskedAutoencoderViT, MIM_vit_base_patch16)"
 _FINETUNE_CODE = ("ggjy/FastMIM.pytorch@d4eea0d models_vit.py, main_finetune.py; Haoqing-Wang/LocalMIM@314a6e5 "
                   "ViT/models_vit.py, ViT/run_finetune.py (vit_base_patch16, global_pool)")
@@ -148,6 +184,12 @@ CFGS = [
              infer_kwargs=infer_fastmim_kwargs,
              notes="FastMIM ViT-B pretraining (README flags: 128 px, block 16, decoder 256 x 1, HOG); returns "
                    "(loss, pred, mask)"),
+    ModelCfg(name="fastmim_swin_base_patch4", family="fastmim_swin", paper=PAPERS["fastmim"],
+             official_code=_FASTMIM_SWIN_CODE, arch=dict(FASTMIM_SWIN_BASE), task="mim_pretrain", num_classes=0,
+             input_size=(3, 128, 128), test_input_size=(3, 64, 64), min_input_size=(3, 64, 64),
+             first_conv="encoder.patch_embed.proj", infer_kwargs=infer_fastmim_swin_kwargs,
+             notes="FastMIM Swin-B pretraining (README flags: 128 px, window 4, block 32, decoder 256 x 4, HOG); "
+                   "input must be img_size (the official PatchEmbed asserts it); returns (loss, pred, mask)"),
     ModelCfg(name="localmim_vit_base_patch16", family="localmim", paper=PAPERS["localmim"],
              official_code=_LOCALMIM_CODE, arch=dict(LOCALMIM_VIT_BASE), task="mim_pretrain", num_classes=0,
              input_size=(3, 224, 224), test_input_size=(3, 64, 64), min_input_size=(3, 64, 64),

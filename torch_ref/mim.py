@@ -219,12 +219,18 @@ import numpy as np  # noqa: E402
 from specs import mim as _spec  # noqa: E402
 from specs.errors import ConfigError  # noqa: E402
 
+from typing import Sequence  # noqa: E402
+
+from specs import swin as swin_spec  # noqa: E402
+from specs.swin import stage_resolution  # noqa: E402
+
 from .layers import PatchEmbed  # noqa: E402
+from .models.swin import BasicLayer, NormedPatchEmbed  # noqa: E402
 from .models.vit import Block, VisionTransformer as _TimmViT  # noqa: E402
 
-__all__ += ["MaskedAutoencoderViT", "LocalMIMViT", "MAEDecoder", "LayerNorm2d", "FinetuneViT",
-            "fastmim_vit_base_patch16", "localmim_vit_base_patch16", "vit_base_patch16", "load_pretrained",
-            "load_official", "hog_c"]
+__all__ += ["FastMIMBase", "MaskedAutoencoderViT", "MIMSwinEncoder", "PretrainSwin", "LocalMIMViT", "MAEDecoder",
+            "LayerNorm2d", "FinetuneViT", "fastmim_vit_base_patch16", "fastmim_swin_base_patch4",
+            "localmim_vit_base_patch16", "vit_base_patch16", "load_pretrained", "load_official", "hog_c"]
 
 _LN = partial(nn.LayerNorm, eps=_spec.LN_EPS)
 
@@ -260,62 +266,31 @@ def _init_patch_embed(patch_embed: PatchEmbed) -> None:
     nn.init.xavier_uniform_(w.view(w.shape[0], -1))
 
 
-class MaskedAutoencoderViT(nn.Module):
-    """FastMIM's ViT pretraining model (paper §3; official ``mim_vit_pretrain.py::MaskedAutoencoderViT``).
+class FastMIMBase(nn.Module):
+    """What FastMIM's pretraining models share (paper §3; official ``mim_vit_pretrain.py`` and
+    ``mim_swin_pretrain.py``): ``forward(imgs, mask_ratio=0.75, noise=None) -> (loss, pred, mask)`` runs the
+    subclass's ``forward_encoder`` (block masking, masked pixels replaced by ``mask_token`` (1, 3, 1, 1), the
+    encoder; returns the latent tokens and the loss mask (B, 1, h, w), 1 = masked) and the light decoder
+    (``decoder_embed``, the ``decoder_blocks``, ``decoder_norm``, ``decoder_pred``; the first
+    ``num_prefix_tokens`` outputs dropped). The loss is the masked-token MSE to the HOG target
+    (``HOGLayerC(9, 8, norm_pix_loss)``, each token's cells unfolded in (channel·bin, dy, dx) order) or, with
+    ``mim_loss='l2'``, to the patchified pixels ((p, q, c) order; per-patch normalised with the unbiased variance
+    when ``norm_pix_loss``); ``patch_size`` is the image side one output token covers."""
 
-    ``forward(imgs, mask_ratio=0.75, noise=None) -> (loss, pred, mask)``: block masking (:func:`block_masking`,
-    ``noise`` (B, (img_size//block_size)²)), masked pixels replaced by ``mask_token`` (1, 3, 1, 1), all tokens
-    patch-embedded with the fixed sin-cos ``pos_embed`` and a class token, the blocks, ``norm``, then the light
-    decoder (``decoder_embed``, ``decoder_depth`` blocks of ``decoder_embed_dim // 32`` heads, ``decoder_norm``,
-    ``decoder_pred``; no decoder position embedding), class token dropped. The loss is the masked-token MSE to
-    the HOG target (``HOGLayerC(9, 8, norm_pix_loss)``, each token's cells unfolded in (channel·bin, dy, dx)
-    order) or, with ``mim_loss='l2'``, to the patchified pixels ((p, q, c) order; per-patch normalised with the
-    unbiased variance when ``norm_pix_loss``). ``mask`` is the loss mask (B, 1, h, w). Upstream's branch for a
-    block smaller than a patch (``decoder_depth=0``, ``block_size < patch_size``) is not supported."""
+    num_prefix_tokens = 0
 
-    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 1024,
-                 depth: int = 24, num_heads: int = 16, block_size: int = 16, decoder_embed_dim: int = 512,
-                 decoder_depth: int = 8, mlp_ratio: float = 4.0, norm_pix_loss: bool = False, mim_loss: str = "l2"):
-        super().__init__()
+    def _check(self, mim_loss: str, decoder_depth: int, block_size: int, patch_size: int) -> None:
         if mim_loss not in ("HOG", "l2"):
             raise ConfigError(f"mim_loss must be 'HOG' or 'l2', not {mim_loss!r}")
         if decoder_depth < 1 or block_size < patch_size:
-            raise ConfigError("FastMIM here needs decoder_depth >= 1 and block_size >= patch_size")
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
-        grid = self.patch_embed.grid_size[0]
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = _fixed_pos_embed(embed_dim, grid)
-        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, True) for _ in range(depth)])
-        self.norm = _LN(embed_dim)
-        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 3, 1, 1))
-        self.decoder_blocks = nn.ModuleList([Block(decoder_embed_dim, decoder_embed_dim // 32, mlp_ratio, True)
-                                             for _ in range(decoder_depth)])
-        self.decoder_norm = _LN(decoder_embed_dim)
-        out = (patch_size // 8) ** 2 * 9 * 3 if mim_loss == "HOG" else patch_size ** 2 * in_chans
-        self.decoder_pred = nn.Linear(decoder_embed_dim, out)
-        self.img_size, self.patch_size, self.block_size = img_size, patch_size, block_size
-        self.norm_pix_loss, self.mim_loss = norm_pix_loss, mim_loss
-        _init_patch_embed(self.patch_embed)
-        nn.init.normal_(self.cls_token, std=.02)
-        nn.init.normal_(self.mask_token, std=.02)
-        _xavier_linears(self)
-
-    def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
-        mask, loss_mask = block_masking(imgs, mask_ratio, self.img_size, self.block_size, self.patch_size, noise)
-        x = imgs * (1 - mask) + mask * self.mask_token
-        x = self.patch_embed(x) + self.pos_embed[:, 1:]
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1)
-        for blk in self.blocks:
-            x = blk(x)
-        return self.norm(x), loss_mask
+            raise ConfigError("FastMIM here needs decoder_depth >= 1 and block_size >= the token's patch "
+                              f"({patch_size}), got decoder_depth={decoder_depth}, block_size={block_size}")
 
     def forward_decoder(self, x: torch.Tensor) -> torch.Tensor:
         x = self.decoder_embed(x)
         for blk in self.decoder_blocks:
             x = blk(x)
-        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+        return self.decoder_pred(self.decoder_norm(x))[:, self.num_prefix_tokens:]
 
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, p²·3, h, w), channels in (p, q, c) order (upstream's, channel-first)."""
@@ -353,6 +328,124 @@ class MaskedAutoencoderViT(nn.Module):
         loss = self.forward_hog_loss(imgs, pred, mask) if self.mim_loss == "HOG" else \
             self.forward_l2_loss(imgs, pred, mask)
         return loss, pred, mask
+
+
+def _output_dim(mim_loss: str, patch_size: int, in_chans: int) -> int:
+    """``decoder_pred``'s width: a token's HOG cells (pool 8, 9 bins, 3 channels) or its pixels."""
+    return (patch_size // 8) ** 2 * 9 * 3 if mim_loss == "HOG" else patch_size ** 2 * in_chans
+
+
+class MaskedAutoencoderViT(FastMIMBase):
+    """FastMIM's ViT pretraining model (paper §3; official ``mim_vit_pretrain.py::MaskedAutoencoderViT``;
+    :class:`FastMIMBase`): :func:`block_masking` with ``noise`` (B, (img_size//block_size)²), all tokens
+    patch-embedded with the fixed sin-cos ``pos_embed`` and a class token, the blocks, ``norm``; decoder blocks of
+    ``decoder_embed_dim // 32`` heads, no decoder position embedding, class token dropped. Upstream's branch for a
+    block smaller than a patch (``decoder_depth=0``, ``block_size < patch_size``) is not supported."""
+
+    num_prefix_tokens = 1
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 1024,
+                 depth: int = 24, num_heads: int = 16, block_size: int = 16, decoder_embed_dim: int = 512,
+                 decoder_depth: int = 8, mlp_ratio: float = 4.0, norm_pix_loss: bool = False, mim_loss: str = "l2"):
+        super().__init__()
+        self._check(mim_loss, decoder_depth, block_size, patch_size)
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        grid = self.patch_embed.grid_size[0]
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = _fixed_pos_embed(embed_dim, grid)
+        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, True) for _ in range(depth)])
+        self.norm = _LN(embed_dim)
+        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        self.decoder_blocks = nn.ModuleList([Block(decoder_embed_dim, decoder_embed_dim // 32, mlp_ratio, True)
+                                             for _ in range(decoder_depth)])
+        self.decoder_norm = _LN(decoder_embed_dim)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, _output_dim(mim_loss, patch_size, in_chans))
+        self.img_size, self.patch_size, self.block_size = img_size, patch_size, block_size
+        self.norm_pix_loss, self.mim_loss = norm_pix_loss, mim_loss
+        _init_patch_embed(self.patch_embed)
+        nn.init.normal_(self.cls_token, std=.02)
+        nn.init.normal_(self.mask_token, std=.02)
+        _xavier_linears(self)
+
+    def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
+        mask, loss_mask = block_masking(imgs, mask_ratio, self.img_size, self.block_size, self.patch_size, noise)
+        x = imgs * (1 - mask) + mask * self.mask_token
+        x = self.patch_embed(x) + self.pos_embed[:, 1:]
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x), loss_mask
+
+
+class MIMSwinEncoder(nn.Module):
+    """FastMIM's Swin encoder (official ``mim_swin_pretrain.py::SwinTransformer``, SimMIM's): the Swin patch
+    embedding and stages of :mod:`torch_ref.models.swin` (keys ``patch_embed``, ``layers``), the final ``norm``
+    (LayerNorm eps 1e-5), no head. ``forward(x, mask_ratio, mask_token, noise)`` masks first: upstream's
+    ``mim_block_masking`` is :func:`block_masking` at the total stride (32: the loss mask is per output token,
+    repeated when ``block_size`` is larger), the masked pixels replaced by ``mask_token``. Returns
+    ``(tokens (B, L, C), loss_mask)``. Not here, as upstream's defaults: ``ape``, dropouts, drop path
+    (``mim_swin_base`` sets 0)."""
+
+    def __init__(self, img_size: int, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96,
+                 depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
+                 window_size: int = 7, mlp_ratio: float = 4.0, block_size: int = 32):
+        super().__init__()
+        self.patch_embed = NormedPatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.layers = nn.ModuleList([
+            BasicLayer(int(embed_dim * 2 ** i), stage_resolution(self.patch_embed.img_size, patch_size, i),
+                       depths[i], num_heads[i], window_size, mlp_ratio, True, (), downsample=i < len(depths) - 1)
+            for i in range(len(depths))])
+        self.num_features = int(embed_dim * 2 ** (len(depths) - 1))
+        self.norm = nn.LayerNorm(self.num_features, eps=swin_spec.LN_EPS)
+        self.img_size, self.block_size = img_size, block_size
+        self.stride = patch_size * 2 ** (len(depths) - 1)
+
+    def forward(self, x: torch.Tensor, mask_ratio: float, mask_token: torch.Tensor,
+                noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        mask, loss_mask = block_masking(x, mask_ratio, self.img_size, self.block_size, self.stride, noise)
+        x = self.patch_embed(x * (1 - mask) + mask * mask_token)
+        for layer in self.layers:
+            x = layer(x)
+        return self.norm(x), loss_mask
+
+
+class PretrainSwin(FastMIMBase):
+    """FastMIM's Swin pretraining model (paper §3, Table 2; official ``mim_swin_pretrain.py::PretrainSwin``;
+    :class:`FastMIMBase`): ``encoder`` (:class:`MIMSwinEncoder`, ``noise`` (B, (img_size//block_size)²)), then
+    the decoder on the last stage's tokens, decoder blocks of ``decoder_embed_dim // 32`` heads whose LayerNorms,
+    like ``decoder_norm``, are torch's default (eps 1e-5: upstream passes ``nn.LayerNorm``). ``patch_size`` is the
+    image side of one output token, the encoder's total stride (32); upstream's ``mim_swin_base`` passes
+    ``norm_layer=None``, ``mlp_ratio`` and ``qkv_bias`` to the decoder only, so the encoder keeps LayerNorm, ratio 4
+    and qkv bias. Every Linear is xavier-uniform (upstream's ``apply`` runs after the encoder's own init). The
+    ``block_size < 32`` branch of upstream's HOG loss (a loss mask finer than the tokens) is not supported."""
+
+    def __init__(self, img_size: int = 224, patch_size: int = 32, in_chans: int = 3, embed_dim: int = 96,
+                 depths: Sequence[int] = (2, 2, 18, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
+                 window_size: int = 7, block_size: int = 32, decoder_embed_dim: int = 512, decoder_depth: int = 8,
+                 mlp_ratio: float = 4.0, norm_pix_loss: bool = False, mim_loss: str = "l2"):
+        super().__init__()
+        self._check(mim_loss, decoder_depth, block_size, patch_size)
+        self.encoder = MIMSwinEncoder(img_size, swin_spec.PATCH, in_chans, embed_dim, depths, num_heads,
+                                      window_size, 4.0, block_size)
+        if self.encoder.stride != patch_size:
+            raise ConfigError(f"patch_size {patch_size} must be the Swin encoder's total stride "
+                              f"{self.encoder.stride}")
+        self.decoder_embed = nn.Linear(self.encoder.num_features, decoder_embed_dim)
+        self.decoder_blocks = nn.ModuleList([
+            Block(decoder_embed_dim, decoder_embed_dim // 32, mlp_ratio, True, eps=swin_spec.LN_EPS)
+            for _ in range(decoder_depth)])
+        self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=swin_spec.LN_EPS)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, _output_dim(mim_loss, patch_size, in_chans))
+        self.mask_token = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        self.img_size, self.patch_size, self.block_size = img_size, patch_size, block_size
+        self.norm_pix_loss, self.mim_loss = norm_pix_loss, mim_loss
+        _xavier_linears(self)
+        nn.init.normal_(self.mask_token, std=.02)
+
+    def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
+        return self.encoder(imgs, mask_ratio, self.mask_token, noise)
 
 
 class LayerNorm2d(nn.Module):
@@ -521,6 +614,12 @@ def fastmim_vit_base_patch16(**overrides: Any) -> MaskedAutoencoderViT:
     return MaskedAutoencoderViT(**{**_spec.FASTMIM_VIT_BASE, **overrides})
 
 
+def fastmim_swin_base_patch4(**overrides: Any) -> PretrainSwin:
+    """FastMIM ``mim_swin_base`` with the README flags (128 px, window 4, block 32, decoder 256 × 4, HOG,
+    ``norm_pix_loss``); ``overrides`` use the upstream constructor names."""
+    return PretrainSwin(**{**_spec.FASTMIM_SWIN_BASE, **overrides})
+
+
 def localmim_vit_base_patch16(**overrides: Any) -> LocalMIMViT:
     """LocalMIM ``MIM_vit_base_patch16(hog_nbins=9, hog_bias=False)``; ``overrides`` use upstream's names."""
     return LocalMIMViT(**{**_spec.LOCALMIM_VIT_BASE, **overrides})
@@ -548,10 +647,12 @@ def load_official(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     return model
 
 
-def load_pretrained(model: FinetuneViT, path: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """Fine-tune initialisation as ``main_finetune.py`` / ``run_finetune.py``: ``checkpoint['model']``, ``head.*``
-    dropped when its shape differs, an ``encoder.`` prefix stripped, ``pos_embed`` resized bicubically, then a
-    non-strict load. Returns ``(missing, unexpected)`` (torch key names). Upstream then redraws the head
+def load_pretrained(model: nn.Module, path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Fine-tune initialisation as ``main_finetune.py`` / ``run_finetune.py`` of a :class:`FinetuneViT` or a
+    registered Swin (FastMIM's ``swin_base_patch4_window7_224``): ``checkpoint['model']``, ``head.*`` dropped when
+    its shape differs, an ``encoder.`` prefix stripped, ``pos_embed`` resized bicubically, Swin bias tables of
+    another window resampled and the geometry buffers dropped (:func:`specs.mim.finetune_state`), then a non-strict
+    load. Returns ``(missing, unexpected)`` (torch key names). Upstream then redraws the head
     (``trunc_normal_(std=2e-5)``, random): not done here. A ``.ckpt`` / ``.safetensors`` file in MindSpore names
     (an engine checkpoint) is renamed first (:func:`convert.api.mim_torch_state`, which imports MindSpore)."""
     from convert.io import file_format
@@ -571,5 +672,6 @@ def load_pretrained(model: FinetuneViT, path: str | os.PathLike) -> tuple[list[s
 from ._registry import registry  # noqa: E402
 
 registry.register_family("fastmim", MaskedAutoencoderViT)
+registry.register_family("fastmim_swin", PretrainSwin)
 registry.register_family("localmim", LocalMIMViT)
 registry.register_family("mim_vit", FinetuneViT)

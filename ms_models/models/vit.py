@@ -17,21 +17,22 @@ from ..layers import Attention, DropPath, Identity, Mlp, PatchEmbed, dense, refr
 from ..layers.pos_embed import add_class_token_and_pos, class_token, learned_pos_embed
 
 
-def layer_norm(dim: int) -> nn.LayerNorm:
-    """timm's ``LayerNorm(dim)``: eps 1e-6 over the last axis."""
-    return nn.LayerNorm((dim,), epsilon=LN_EPS)
+def layer_norm(dim: int, eps: float = LN_EPS) -> nn.LayerNorm:
+    """timm's ``LayerNorm(dim)``: eps 1e-6 (unless given) over the last axis."""
+    return nn.LayerNorm((dim,), epsilon=eps)
 
 
 class Block(nn.Cell):
-    """``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``, each branch through stochastic depth (timm ``Block``)."""
+    """``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``, each branch through stochastic depth (timm ``Block``;
+    ``eps`` as the torch twin's)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = MLP_RATIO, qkv_bias: bool = True,
-                 drop_path: float = 0.0):
+                 drop_path: float = 0.0, eps: float = LN_EPS):
         super().__init__()
-        self.norm1 = layer_norm(dim)
+        self.norm1 = layer_norm(dim, eps)
         self.attn = Attention(dim, num_heads, qkv_bias)
         self.drop_path1 = DropPath(drop_path)
-        self.norm2 = layer_norm(dim)
+        self.norm2 = layer_norm(dim, eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path2 = DropPath(drop_path)
 

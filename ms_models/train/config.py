@@ -58,6 +58,9 @@ class ModelConfig:
     name: str = "vanillanet_5"
     num_classes: int = 1000
     pretrained: str | None = None            # checkpoint file (any format the converter reads) to start from
+    # load `pretrained` as the MIM fine-tune scripts' --finetune: a pretraining checkpoint's encoder, non-strictly,
+    # head redrawn (always so for the mim_finetune models; set it for a Swin fine-tuned from FastMIM)
+    mim_finetune: bool = False
     drop_rate: float | None = None           # dropout before the classifier; None: the model's default
     drop_path_rate: float | None = None      # stochastic depth (families that have it); None: the model's default
     kwargs: dict[str, Any] = field(default_factory=dict)   # extra constructor kwargs (e.g. VanillaNet decay_epochs)

@@ -120,11 +120,11 @@ def resume_path(output: Path, resume: str | os.PathLike | None) -> Path | None:
 
 def build_model(cfg: Config, notes: list[str] | None = None) -> ms.nn.Cell:
     """The registered model with the config's head size, regularisation and constructor kwargs, and the
-    ``model.pretrained`` weights: loaded strictly, or for a ``mim_finetune`` model as upstream's ``--finetune``
-    (:func:`load_finetune_encoder`; its report line appended to ``notes``)."""
+    ``model.pretrained`` weights: loaded strictly, or for a ``mim_finetune`` model (or with ``model.mim_finetune``)
+    as upstream's ``--finetune`` (:func:`load_finetune_encoder`; its report line appended to ``notes``)."""
     model = create_model(cfg.model.name, num_classes=cfg.model.num_classes, drop_rate=cfg.model.drop_rate,
                          drop_path_rate=cfg.model.drop_path_rate, **cfg.model.kwargs)
-    if cfg.model.pretrained and get_model_cfg(cfg.model.name).task == "mim_finetune":
+    if cfg.model.pretrained and (cfg.model.mim_finetune or get_model_cfg(cfg.model.name).task == "mim_finetune"):
         line = load_finetune_encoder(model, cfg.model.pretrained)
         if notes is not None:
             notes.append(line)
@@ -136,13 +136,15 @@ def build_model(cfg: Config, notes: list[str] | None = None) -> ms.nn.Cell:
 def load_finetune_encoder(model: ms.nn.Cell, path: str | os.PathLike) -> str:
     """FastMIM ``main_finetune.py`` / LocalMIM ``run_finetune.py`` with ``--finetune``: the pretrained encoder
     through :func:`ms_models.mim.load_pretrained`, upstream's check that only the head (and ``fc_norm`` with global
-    pooling) is missing (a one-line error otherwise), and the head redrawn with ``trunc_normal_(std=2e-5)`` (timm's
-    bounds are +-2 absolute, so in effect a plain normal). Returns a line for the log."""
+    pooling, always for a Swin) and the re-initialised Swin geometry buffers are missing (a one-line error
+    otherwise), and the head redrawn with ``trunc_normal_(std=2e-5)`` (timm's bounds are +-2 absolute, so in effect
+    a plain normal). Returns a line for the log."""
     from mindspore.common.initializer import Normal, initializer
     from ..mim import load_pretrained
     missing, unexpected = load_pretrained(model, path)
-    allowed = {"head.weight", "head.bias"} | ({"fc_norm.weight", "fc_norm.bias"} if model.global_pool else set())
-    extra = [k for k in missing if k not in allowed]
+    allowed = {"head.weight", "head.bias"} | ({"fc_norm.weight", "fc_norm.bias"}
+                                              if getattr(model, "global_pool", True) else set())
+    extra = [k for k in missing if k not in allowed and not k.endswith(("relative_position_index", "attn_mask"))]
     if extra:
         raise CheckpointError(f"{path}: not a pretrained encoder of this model: {len(extra)} key(s) missing beyond "
                               f"the head, e.g. {extra[0]}")

@@ -23,7 +23,7 @@ import mindspore as ms
 from mindspore import nn
 
 from ..context import execution_mode
-from ..mim import LocalMIMViT, MaskedAutoencoderViT
+from ..mim import FastMIMBase, LocalMIMViT
 
 
 class MimObjective(nn.Cell):
@@ -52,7 +52,7 @@ class ObjectiveLoss(nn.Cell):
 def noise_shape(model: nn.Cell, batch: int) -> tuple[int, int]:
     """The shape of the ``noise`` a pretraining model masks with: FastMIM one value per ``block_size`` block
     (``block_masking``), LocalMIM one per patch (``random_masking``)."""
-    if isinstance(model, MaskedAutoencoderViT):
+    if isinstance(model, FastMIMBase):
         return batch, (model.img_size // model.block_size) ** 2
     if isinstance(model, LocalMIMViT):
         return batch, model.patch_embed.num_patches

@@ -1,5 +1,5 @@
-"""FastMIM / LocalMIM ViT pretraining models and the MAE-style fine-tune loading (contract 2.3, 2.4;
-``{torch_ref,ms_models}/mim.py``), against the official models run on a small config.
+"""FastMIM / LocalMIM ViT and FastMIM Swin pretraining models and the MAE-style fine-tune loading (contract 2.3,
+2.4; issue 17 section 2; ``{torch_ref,ms_models}/mim.py``), against the official models run on a small config.
 
 Oracle data: ``tests/data/mim_official_models.npz`` was made by running the official pretraining models (torch 2.13
 CPU, float32): ``MaskedAutoencoderViT`` of ggjy/FastMIM.pytorch@d4eea0d ``mim_vit_pretrain.py`` (with its
@@ -21,6 +21,16 @@ every other entry was overwritten with seeded normals (LayerNorm weights ``1 + 0
 ``<m>/noise`` the injected noise (distinct values); ``<m>/loss``, ``pred``, ``mask`` the official forward outputs in
 eval mode with ``mask_ratio=0.75``; ``localmim/levels`` the four level losses computed by the official
 ``forward_encoder``, ``decoder``, ``HOG`` and ``recal_mask`` as its ``forward_loss`` sums them.
+
+``tests/data/mim_official_swin.npz``: the same for FastMIM's ``PretrainSwin`` (``mim_swin_pretrain.py`` at the same
+commit, the same three edits, timm 0.3.2's ``Block``/``DropPath``/``to_2tuple``/``trunc_normal_`` from the
+stand-in, an unused ``einops`` import stubbed) with ``img_size=64, patch_size=32, embed_dim=8, depths=(2, 2, 2, 2),
+num_heads=(1, 1, 2, 2), window_size=4, block_size=32, decoder_embed_dim=32, decoder_depth=2, mlp_ratio=4,
+qkv_bias=True, norm_layer=None, norm_pix_loss=True`` as ``fastmim_swin`` (HOG) / ``fastmim_swin_l2``, on the same
+``imgs``: stages at 16, 8, 4 and 2 tokens a side (shifted windows with masks in the first two, the window clamped
+to the grid in the last two), 2 x 2 output tokens of 32 px, 4 blocks of which 3 are masked. Its ``relative_position_index``
+and ``attn_mask`` entries are the fresh official buffers; the other entries are seeded normals rounded to
+multiples of 1/512 (a smaller file); ``mask`` is the official ``encoder.mim_block_masking`` loss mask.
 """
 from __future__ import annotations
 
@@ -42,8 +52,10 @@ from helpers import DATA, rel_err
 from ms_models.context import execution_mode
 from specs.errors import CheckpointError, KeyMismatchError
 
-D = np.load(DATA / "mim_official_models.npz")
+D = {**np.load(DATA / "mim_official_models.npz"), **np.load(DATA / "mim_official_swin.npz")}
 IMGS = D["imgs"]
+SWIN_ENC = dict(img_size=64, embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), decoder_embed_dim=32,
+                decoder_depth=2)
 KW = {
     "fastmim": ("fastmim_vit_base_patch16", dict(img_size=64, embed_dim=32, depth=2, num_heads=2,
                                                  decoder_embed_dim=32, mim_loss="HOG")),
@@ -51,7 +63,10 @@ KW = {
                                                     decoder_embed_dim=32, mim_loss="l2")),
     "localmim": ("localmim_vit_base_patch16", dict(img_size=64, embed_dim=32, depth=7, num_heads=2,
                                                    decoder_embed_dim=32, decoder_num_heads=2, hog_bias=True)),
+    "fastmim_swin": ("fastmim_swin_base_patch4", dict(SWIN_ENC, mim_loss="HOG")),
+    "fastmim_swin_l2": ("fastmim_swin_base_patch4", dict(SWIN_ENC, mim_loss="l2")),
 }
+SWIN_BUFFERS = ("relative_position_index", "attn_mask")
 FT_KW = dict(num_classes=10, img_size=112, embed_dim=32, depth=2, num_heads=2)   # 7x7 grid from the 4x4 one
 FT_MISSING = {"head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias"}
 TOL = {"torch": 1e-5, "mindspore": 1e-4}          # losses (contract)
@@ -60,7 +75,7 @@ PRED_TOL = {"torch": 1e-4, "mindspore": 1e-3}     # model outputs (contract)
 
 def official_state(name: str) -> dict[str, np.ndarray]:
     prefix = f"{name}/sd/"
-    return {k[len(prefix):]: D[k] for k in D.files if k.startswith(prefix)}
+    return {k[len(prefix):]: v for k, v in D.items() if k.startswith(prefix)}
 
 
 def build(framework: str, name: str):
@@ -93,7 +108,8 @@ def check_outputs(framework: str, name: str, out) -> None:
         assert rel_err(D[f"{name}/loss"], loss) < tol
         assert rel_err(D[f"{name}/pred"], pred) < PRED_TOL[framework]
         np.testing.assert_array_equal(mask, D[f"{name}/mask"])
-        assert mask.sum() == 2 * (16 - int(16 * 0.25))
+        blocks = D[f"{name}/noise"].shape[1]       # one loss-mask entry per block: all but int(n/4) masked
+        assert mask.sum() == 2 * (blocks - int(blocks * 0.25))
     else:
         loss, levels = out
         assert levels.shape == (4,)
@@ -106,11 +122,20 @@ def test_keys_shapes_and_fresh_tables_are_official(name):
     official = official_state(name)
     tm = build("torch", name)
     assert {k: tuple(v.shape) for k, v in tm.state_dict().items()} == {k: v.shape for k, v in official.items()}
-    assert not tm.pos_embed.requires_grad
-    np.testing.assert_array_equal(tm.pos_embed.detach().numpy(), D[f"{name}/fresh_pos_embed"])
     mm = build("mindspore", name)
     nm = ms_mim._name_map(mm)       # every torch key pairs with a MindSpore parameter of the same shape
     assert set(nm.torch_to_ms) == set(official) and not nm.ms_only
+    if name.startswith("fastmim_swin"):          # the geometry buffers (the npz keeps the fresh official ones)
+        ms_state = {n: p for n, p in mm.parameters_and_names()}
+        buffers = [k for k in official if k.endswith(SWIN_BUFFERS)]
+        assert len(buffers) == 8 + 2      # an index per block; a mask in the shifted blocks of stages 0 and 1
+        for k in buffers:
+            np.testing.assert_array_equal(tm.state_dict()[k].numpy(), official[k])
+            np.testing.assert_array_equal(ms_state[nm.torch_to_ms[k]].asnumpy(), official[k])
+            assert not ms_state[nm.torch_to_ms[k]].requires_grad
+        return
+    assert not tm.pos_embed.requires_grad
+    np.testing.assert_array_equal(tm.pos_embed.detach().numpy(), D[f"{name}/fresh_pos_embed"])
     assert not mm.pos_embed.requires_grad
     np.testing.assert_array_equal(mm.pos_embed.asnumpy(), D[f"{name}/fresh_pos_embed"])
     if name == "localmim":
@@ -258,7 +283,7 @@ def test_registry_builds_and_loads_but_classification_sweeps_skip(tmp_path):
     import ms_models
     import torch_ref
     from specs import get_model_cfg, list_cfgs
-    pretrain = ["fastmim_vit_base_patch16", "localmim_vit_base_patch16"]
+    pretrain = ["fastmim_swin_base_patch4", "fastmim_vit_base_patch16", "localmim_vit_base_patch16"]
     assert torch_ref.list_models(task="mim_pretrain") == ms_models.list_models(task="mim_pretrain") == pretrain
     assert torch_ref.list_models(task="mim_finetune") == ["vit_base_patch16"]
     for name in pretrain + ["vit_base_patch16"]:

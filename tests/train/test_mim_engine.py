@@ -1,5 +1,6 @@
 """Masked-image-modeling pretraining and fine-tuning in the training engine (ms_models.train.mim; issue 17 section
-3): a FastMIM and a LocalMIM pretraining run of a small ViT on the built-in digits lowers its masked-modeling loss;
+3): a FastMIM and a LocalMIM pretraining run of a small ViT, and a FastMIM run of a small Swin, on the built-in
+digits lowers its masked-modeling loss;
 its val loss is the torch twin's loss on the same images and masks, from the run's checkpoint converted to the
 official torch layout; the checkpoint fine-tunes through ``load_pretrained`` in both frameworks (upstream's
 ``--finetune``); and the settings a pretraining step cannot take are one-line config errors."""
@@ -27,12 +28,18 @@ from helpers import ROOT
 
 DEMO = ROOT / "configs" / "demo"
 ENCODER = {"img_size": 64, "patch_size": 16, "embed_dim": 32, "depth": 8, "num_heads": 2}
+SWIN = {"embed_dim": 8, "depths": [2, 2, 2, 2], "num_heads": [1, 1, 2, 2]}
 PRETRAIN = {
     "fastmim": ("fastmim_pretrain_digits.yaml", {**ENCODER, "block_size": 16, "decoder_embed_dim": 32,
                                                  "decoder_depth": 1}),
     "localmim": ("localmim_pretrain_digits.yaml", {**ENCODER, "decoder_embed_dim": 32, "decoder_depth": 1,
                                                    "decoder_num_heads": 2, "hog_nbins": 9}),
+    "fastmim_swin": ("fastmim_pretrain_digits.yaml", {**SWIN, "img_size": 64, "window_size": 4, "block_size": 32,
+                                                      "decoder_embed_dim": 32, "decoder_depth": 1}),
 }
+MODEL = {"fastmim_swin": "fastmim_swin_base_patch4"}     # the other recipes' own model
+NOISE = {"fastmim_vit_base_patch16": 16, "localmim_vit_base_patch16": 16,      # one value per 16-px block / patch
+         "fastmim_swin_base_patch4": 4}                                          # per 32-px block
 RUN = ["train.epochs=2", "data.batch_size=128", "data.workers=1"]
 
 
@@ -44,7 +51,8 @@ def _cfg(recipe: str, overrides: list[str]):
 def pretrained(request, tmp_path_factory):
     """A two-epoch pretraining run of each method (its config and output folder)."""
     recipe, kwargs = PRETRAIN[request.param]
-    cfg = _cfg(recipe, RUN + [f"model.kwargs={json.dumps(kwargs)}"])
+    name = [f"model.name={MODEL[request.param]}"] if request.param in MODEL else []
+    cfg = _cfg(recipe, RUN + name + [f"model.kwargs={json.dumps(kwargs)}"])
     out = tmp_path_factory.mktemp(request.param)
     train(cfg, out)
     return cfg, out
@@ -80,8 +88,7 @@ def test_val_loss_is_the_torch_twins_loss_from_the_converted_checkpoint(pretrain
     assert list(official) == list(tm.state_dict())
     tm.eval()
     (images, _), = list(create_loader(cfg, "val", get_model_cfg(name)))
-    noise = np.random.default_rng((cfg.seed, 0, 0)).random((len(images), tm.patch_embed.num_patches
-                                                            if name.startswith("localmim") else 16), dtype=np.float32)
+    noise = np.random.default_rng((cfg.seed, 0, 0)).random((len(images), NOISE[name]), dtype=np.float32)
     with torch.no_grad():
         out_t = tm(torch.from_numpy(images), cfg.mim.mask_ratio, torch.from_numpy(noise))
     loss = float((out_t[0] if isinstance(out_t, tuple) else out_t).item())
@@ -90,6 +97,7 @@ def test_val_loss_is_the_torch_twins_loss_from_the_converted_checkpoint(pretrain
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("pretrained", ["fastmim", "localmim"], indirect=True)
 def test_pretraining_checkpoint_fine_tunes_through_load_pretrained(pretrained, tmp_path):
     """A fine-tune run's ``model.pretrained`` = the pretraining ``last.ckpt``: the engine's model gets every encoder
     tensor of the checkpoint exactly, upstream's missing set (head and fc_norm with global pooling) and a head drawn
@@ -118,12 +126,59 @@ def test_pretraining_checkpoint_fine_tunes_through_load_pretrained(pretrained, t
         build_model(wide)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("pretrained", ["fastmim_swin"], indirect=True)
+def test_swin_pretraining_checkpoint_fine_tunes_a_window7_swin(pretrained):
+    """FastMIM's Swin fine-tuning (README: ``main_finetune.py --model swin_base_patch4_window7_224 --finetune``) with
+    ``model.mim_finetune``: the engine's window-7 Swin at 224 px takes every encoder weight of the window-4
+    pretraining ``last.ckpt`` exactly (``encoder.`` stripped), its bias tables resampled by SimMIM's rule
+    (``specs.swin.resize_bias_table``, checked bit for bit against the official function in tests/models/test_swin)
+    and its own geometry buffers; upstream's missing set (head, fc_norm, the re-initialised buffers) and a head drawn
+    with std 2e-5; torch_ref's ``load_pretrained`` reads the same MindSpore file to the same weights."""
+    from ms_models import create_model
+    from specs.swin import resize_bias_table
+    _, out = pretrained
+    ft = _cfg("mim_finetune_digits.yaml", ["model.name=swin_tiny_patch4_window7_224", f"model.kwargs={json.dumps(SWIN)}",
+                                           "model.mim_finetune=true", f"model.pretrained={out / 'last.ckpt'}",
+                                           "data.image_size=224"])
+    notes: list[str] = []
+    params = {p.name: p.asnumpy() for p in build_model(ft, notes).get_parameters()}
+    fresh = {p.name: p.asnumpy() for p in create_model("swin_tiny_patch4_window7_224", num_classes=10,
+                                                       **SWIN).get_parameters()}
+    source = read_checkpoint(out / "last.ckpt")
+    tables = [k for k in params if k.endswith("relative_position_bias_table")]
+    geometry = [k for k in params if k.endswith(("relative_position_index", "attn_mask"))]
+    new = {"head.weight", "head.bias", "fc_norm.gamma", "fc_norm.beta"}
+    copied = set(params) - set(tables) - set(geometry) - new
+    # an index per block, a mask in the shifted blocks of stages 0-2 (56, 28, 14 a side; stage 3 is one window)
+    assert len(tables) == 8 and len(geometry) == 8 + 3 and "layers.2.downsample.reduction.weight" in copied
+    for k in copied:
+        np.testing.assert_array_equal(params[k], source["encoder." + k], err_msg=k)
+    for k in tables:                          # 49 (stages 0-2, window 4) or 9 (stage 3, 2 x 2) rows -> 169 (window 7)
+        np.testing.assert_array_equal(params[k], resize_bias_table(source["encoder." + k], 169), err_msg=k)
+    for k in geometry:
+        np.testing.assert_array_equal(params[k], fresh[k], err_msg=k)
+    reported = set(notes[0].split("newly initialised: ")[1].split("; ")[0].split(", "))
+    assert reported == {"head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias"} | set(geometry)
+    assert 0 < params["head.weight"].std() < 1e-4
+    tm = torch_ref.create_model("swin_tiny_patch4_window7_224", num_classes=10, **SWIN)
+    missing, unexpected = t_mim.load_pretrained(tm, out / "last.ckpt")
+    assert set(missing) == {"head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias"} | set(geometry)
+    assert {"norm.weight", "norm.bias", "mask_token", "decoder_pred.weight"} <= set(unexpected)
+    np.testing.assert_array_equal(tm.layers[3].blocks[1].attn.relative_position_bias_table.detach().numpy(),
+                                  params["layers.3.blocks.1.attn.relative_position_bias_table"])
+    np.testing.assert_array_equal(tm.layers[1].blocks[0].mlp.fc1.weight.detach().numpy(),
+                                  source["encoder.layers.1.blocks.0.mlp.fc1.weight"])
+
+
 def test_noise_shapes_follow_each_masking_rule():
-    """FastMIM masks 16-px blocks (64 px: 4 x 4 = 16 values per image), LocalMIM patches (64 / 8 = 8: 64 values)."""
+    """FastMIM masks 16-px blocks (64 px: 4 x 4 = 16 values per image), LocalMIM patches (64 / 8 = 8: 64 values),
+    FastMIM's Swin 32-px blocks (2 x 2 = 4)."""
     from ms_models import create_model
     assert noise_shape(create_model("fastmim_vit_base_patch16", **PRETRAIN["fastmim"][1]), 5) == (5, 16)
     small = {**PRETRAIN["localmim"][1], "patch_size": 8}
     assert noise_shape(create_model("localmim_vit_base_patch16", **small), 3) == (3, 64)
+    assert noise_shape(create_model("fastmim_swin_base_patch4", **PRETRAIN["fastmim_swin"][1]), 2) == (2, 4)
 
 
 @pytest.mark.parametrize("override, key", [("data.mixup=0.8", "data.mixup"), ("data.smoothing=0.1", "data.smoothing"),

@@ -25,15 +25,17 @@ from ..layers.pos_embed import add_class_token_and_pos, class_token, learned_pos
 
 
 class Block(nn.Module):
-    """``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``, each branch through stochastic depth (timm ``Block``)."""
+    """``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``, each branch through stochastic depth (timm ``Block``;
+    ``eps`` of the two LayerNorms: timm's 1e-6, or torch's default 1e-5 where a caller passes plain ``nn.LayerNorm``
+    as ``norm_layer``)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = MLP_RATIO, qkv_bias: bool = True,
-                 drop_path: float = 0.0):
+                 drop_path: float = 0.0, eps: float = LN_EPS):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads, qkv_bias)
         self.drop_path1 = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path2 = DropPath(drop_path)
 
