@@ -239,6 +239,7 @@ from specs.swin import stage_resolution  # noqa: E402
 from specs.errors import CheckpointError, ConfigError  # noqa: E402
 
 from .layers import GELU, PatchEmbed  # noqa: E402
+from .layers.patch_embed import check_img_size  # noqa: E402
 from .models.swin import BasicLayer, NormedPatchEmbed, layer_norm as swin_layer_norm  # noqa: E402
 from .models.vit import Block, VisionTransformer as _TimmViT, layer_norm  # noqa: E402
 
@@ -393,11 +394,31 @@ class MaskedAutoencoderViT(FastMIMBase):
         _init_patch_embed(self.patch_embed)
         self.img_size, self.patch_size, self.block_size = img_size, patch_size, block_size
         self.norm_pix_loss, self.mim_loss = norm_pix_loss, mim_loss
+        self.set_input_size(img_size)
+
+    def set_input_size(self, side: int) -> None:
+        """FastMIM-P's progressive resolution (see the torch twin): ``side``-px inputs from now on, the sin-cos
+        table of their grid (a constant of the graphs compiled after the call) and ``side // block_size`` blocks."""
+        if side % self.block_size or side % self.patch_size:
+            raise ConfigError(f"input side {side} must be a multiple of block_size {self.block_size} and "
+                              f"patch_size {self.patch_size}")
+        self.input_side = side
+        self.pos_grid = None if side == self.img_size else Tensor(
+            _spec.sincos_pos_embed(self.pos_embed.shape[-1], side // self.patch_size))
 
     def forward_encoder(self, imgs, mask_ratio, noise=None):
-        mask, loss_mask = block_masking(imgs, mask_ratio, self.img_size, self.block_size, self.patch_size, noise)
-        x = self.patch_embed(_masked_pixels(imgs, mask, self.mask_token)) + self.pos_embed[:, 1:]
-        cls = ops.broadcast_to(self.cls_token + self.pos_embed[:, :1], (x.shape[0], -1, -1))
+        mask, loss_mask = block_masking(imgs, mask_ratio, self.input_side, self.block_size, self.patch_size, noise)
+        x = _masked_pixels(imgs, mask, self.mask_token)
+        if self.input_side == self.img_size:
+            pos = self.pos_embed
+            x = self.patch_embed(x)
+        else:
+            check_img_size(imgs.shape[2], imgs.shape[3], (self.input_side, self.input_side))
+            pos = self.pos_grid
+            x = self.patch_embed.proj(x)
+            x = x.reshape(x.shape[0], x.shape[1], -1).transpose(0, 2, 1)
+        x = x + pos[:, 1:]
+        cls = ops.broadcast_to(self.cls_token + pos[:, :1], (x.shape[0], -1, -1))
         x = ops.concat((cls, x), axis=1)
         for blk in self.blocks:
             x = blk(x)

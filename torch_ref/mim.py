@@ -217,7 +217,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 from specs import mim as _spec  # noqa: E402
-from specs.errors import ConfigError  # noqa: E402
+from specs.errors import ConfigError, InputSizeError  # noqa: E402
 
 from typing import Sequence  # noqa: E402
 
@@ -367,12 +367,34 @@ class MaskedAutoencoderViT(FastMIMBase):
         nn.init.normal_(self.cls_token, std=.02)
         nn.init.normal_(self.mask_token, std=.02)
         _xavier_linears(self)
+        self.set_input_size(img_size)
+
+    def set_input_size(self, side: int) -> None:
+        """FastMIM-P's progressive resolution (paper §4.3, "pre-training resolution"; upstream's ``--mim_pt_size``
+        sets a ``mim_pt_size`` attribute no model reads, so its ViT keeps the ``img_size`` grid and fails at other
+        sizes): take ``side``-px inputs from now on, with the sin-cos table of the ``side // patch_size`` grid (the
+        ``pos_embed`` parameter itself at ``img_size``; the table is fixed, so this is the model built for ``side``
+        with the same weights) and ``block_size``-px blocks over the input (``side // block_size`` a side: the
+        block keeps its pixel size, the masked fraction its ratio). The state dict does not change."""
+        if side % self.block_size or side % self.patch_size:
+            raise ConfigError(f"input side {side} must be a multiple of block_size {self.block_size} and "
+                              f"patch_size {self.patch_size}")
+        self.input_side = side
+        self.register_buffer("pos_grid", None if side == self.img_size else torch.from_numpy(
+            _spec.sincos_pos_embed(self.pos_embed.shape[-1], side // self.patch_size)), persistent=False)
 
     def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
-        mask, loss_mask = block_masking(imgs, mask_ratio, self.img_size, self.block_size, self.patch_size, noise)
+        if self.input_side == self.img_size:
+            pos, tokens = self.pos_embed, self.patch_embed
+        else:
+            if imgs.shape[-1] != self.input_side:
+                raise InputSizeError(f"input {imgs.shape[-2]}x{imgs.shape[-1]} does not match the model's input "
+                                     f"size {self.input_side} (set_input_size)")
+            pos, tokens = self.pos_grid, (lambda v: self.patch_embed.proj(v).flatten(2).transpose(1, 2))
+        mask, loss_mask = block_masking(imgs, mask_ratio, self.input_side, self.block_size, self.patch_size, noise)
         x = imgs * (1 - mask) + mask * self.mask_token
-        x = self.patch_embed(x) + self.pos_embed[:, 1:]
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        x = tokens(x) + pos[:, 1:]
+        cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
         for blk in self.blocks:
             x = blk(x)

@@ -31,6 +31,11 @@ qkv_bias=True, norm_layer=None, norm_pix_loss=True`` as ``fastmim_swin`` (HOG) /
 to the grid in the last two), 2 x 2 output tokens of 32 px, 4 blocks of which 3 are masked. Its ``relative_position_index``
 and ``attn_mask`` entries are the fresh official buffers; the other entries are seeded normals rounded to
 multiples of 1/512 (a smaller file); ``mask`` is the official ``encoder.mim_block_masking`` loss mask.
+
+``tests/data/mim_official_fastmim_128.npz``: the official FastMIM ViT of the ``fastmim`` config *built for 128 px*
+(``img_size=128``: its own fresh ``pos_embed``, kept as ``fresh_pos_embed``) with the other ``fastmim/sd`` entries,
+run on the 64-px ``imgs`` tiled 2 x 2 with injected noise (2, 64) (8 x 8 blocks of 16 px): ``loss``, ``pred``,
+``mask``.
 """
 from __future__ import annotations
 
@@ -50,10 +55,11 @@ from convert.mapping import torch_to_ms
 from convert.state import assign_ms_state
 from helpers import DATA, rel_err
 from ms_models.context import execution_mode
-from specs.errors import CheckpointError, KeyMismatchError
+from specs.errors import CheckpointError, ConfigError, KeyMismatchError
 
 D = {**np.load(DATA / "mim_official_models.npz"), **np.load(DATA / "mim_official_swin.npz")}
 IMGS = D["imgs"]
+P128 = np.load(DATA / "mim_official_fastmim_128.npz")
 SWIN_ENC = dict(img_size=64, embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), decoder_embed_dim=32,
                 decoder_depth=2)
 KW = {
@@ -162,6 +168,39 @@ def test_mindspore_matches_official(any_mode):
         model.set_train(False)    # a recursive walk over the cells (the HOG sub-cells included)
         check_outputs("mindspore", name, run("mindspore", model, name,
                                              **({"return_levels": True} if name == "localmim" else {})))
+
+
+def test_fastmim_p_input_size_is_the_official_model_built_for_it(any_mode):
+    """FastMIM-P's resolution switch (``set_input_size``, issue 17 section 3): the 64-px oracle model taking 128-px
+    inputs gives, in both frameworks, the outputs of the official model built for 128 px with the same weights (its
+    sin-cos table is fixed, so that model differs only in the table and the block grid); the state dict does not
+    change; set back to 64 px, the 64-px official outputs again; a side off the block grid is a one-line error."""
+    imgs, noise = np.tile(IMGS, (1, 1, 2, 2)), P128["fastmim_128/noise"]
+    for framework in ("torch", "mindspore"):
+        model = build(framework, "fastmim")
+        if framework == "torch":
+            model.load_state_dict({k: torch.from_numpy(v) for k, v in official_state("fastmim").items()})
+            model.eval()
+        else:
+            assign_ms_state(model, torch_to_ms(official_state("fastmim"), ms_mim._name_map(model)))
+            model.set_train(False)
+        model.set_input_size(128)
+        table = model.pos_grid.numpy() if framework == "torch" else model.pos_grid.asnumpy()
+        np.testing.assert_array_equal(table, P128["fastmim_128/fresh_pos_embed"])
+        if framework == "torch":
+            assert set(model.state_dict()) == set(official_state("fastmim"))
+            with torch.no_grad():
+                loss, pred, mask = (o.numpy() for o in model(torch.from_numpy(imgs), 0.75, torch.from_numpy(noise)))
+        else:
+            loss, pred, mask = (o.asnumpy() for o in model(Tensor(imgs), 0.75, Tensor(noise)))
+        assert rel_err(P128["fastmim_128/loss"], loss) < TOL[framework]
+        assert rel_err(P128["fastmim_128/pred"], pred) < PRED_TOL[framework]
+        np.testing.assert_array_equal(mask, P128["fastmim_128/mask"])
+        model.set_input_size(64)
+        check_outputs(framework, "fastmim", run(framework, model, "fastmim"))
+        with pytest.raises(ConfigError, match="multiple of block_size 16") as err:
+            model.set_input_size(100)
+        assert "\n" not in str(err.value)
 
 
 def test_official_checkpoint_file_loads_strictly(tmp_path):
