@@ -77,7 +77,8 @@ def interpolate_pos_embed(pos: np.ndarray, num_patches: int, num_extra_tokens: i
     return np.concatenate([extra, grid.astype(pos.dtype)], axis=1)
 
 
-_SWIN_BUFFERS = ("relative_position_index", "relative_coords_table", "attn_mask")
+# the geometry buffers FastMIM's remap_pretrained_keys_swin deletes (the fine-tuned model keeps its own)
+REINIT_BUFFERS = ("relative_position_index", "relative_coords_table", "attn_mask")
 
 
 def finetune_state(checkpoint_model: Mapping[str, np.ndarray], model_shapes: Mapping[str, tuple],
@@ -102,7 +103,7 @@ def finetune_state(checkpoint_model: Mapping[str, np.ndarray], model_shapes: Map
             rows, heads = model_shapes[k]
             if v.shape[1] == heads and v.shape[0] != rows:
                 state[k] = resize_bias_table(v, rows, "simmim")
-    return {k: v for k, v in state.items() if k.rsplit(".", 1)[-1] not in _SWIN_BUFFERS}
+    return {k: v for k, v in state.items() if k.rsplit(".", 1)[-1] not in REINIT_BUFFERS}
 
 
 def split_keys(state: Mapping[str, np.ndarray], model_shapes: Mapping[str, tuple],

@@ -52,7 +52,7 @@ import mindspore as ms
 
 from specs import get_model_cfg
 from specs.errors import CheckpointError, ConfigError, NonFiniteError
-from specs.mim import is_pretraining
+from specs.mim import REINIT_BUFFERS, is_pretraining
 from specs.schedules import lr_per_step, scaled_lr
 
 from .. import create_model, load_checkpoint
@@ -144,7 +144,7 @@ def load_finetune_encoder(model: ms.nn.Cell, path: str | os.PathLike) -> str:
     missing, unexpected = load_pretrained(model, path)
     allowed = {"head.weight", "head.bias"} | ({"fc_norm.weight", "fc_norm.bias"}
                                               if getattr(model, "global_pool", True) else set())
-    extra = [k for k in missing if k not in allowed and not k.endswith(("relative_position_index", "attn_mask"))]
+    extra = [k for k in missing if k not in allowed and k.rsplit(".", 1)[-1] not in REINIT_BUFFERS]
     if extra:
         raise CheckpointError(f"{path}: not a pretrained encoder of this model: {len(extra)} key(s) missing beyond "
                               f"the head, e.g. {extra[0]}")
