@@ -231,6 +231,14 @@ class MimConfig:
     ``--mask_ratio``; :mod:`ms_models.train.mim`): read when ``model.name`` is a ``mim_pretrain`` model."""
 
     mask_ratio: float = 0.75
+    # FastMIM-P's progressive resolution (FastMIM main_pretrain.py --mim_pt_size/_step/_bs/_accum), one entry per
+    # phase: from epoch pt_step[i] on, train crops of pt_size[i] px in batches of pt_bs[i], pt_accum[i] per update
+    # (replacing data.image_size, data.batch_size and train.accumulate in training; validation stays at
+    # data.image_size); the lr is optimizer.lr scaled by the phase's global batch (optimizer.lr_base_size)
+    pt_size: tuple[int, ...] | None = None
+    pt_step: tuple[int, ...] | None = None
+    pt_bs: tuple[int, ...] | None = None
+    pt_accum: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -456,7 +464,38 @@ def validate(cfg: Config) -> Config:
     _check(0 < cfg.mim.mask_ratio < 1, "mim.mask_ratio", "in (0, 1)", cfg.mim.mask_ratio)
     if is_pretraining(m.name):
         _validate_pretraining(cfg)
+    _validate_phases(cfg)
     return cfg
+
+
+_PHASE_KEYS = ("pt_size", "pt_step", "pt_bs", "pt_accum")
+
+
+def _validate_phases(cfg: Config) -> None:
+    """FastMIM-P's phase keys (``mim.pt_*``): all or none, one entry each per phase, the first phase from epoch 0
+    (upstream has no phase before it), later ones in increasing epochs of the run."""
+    k = cfg.mim
+    given = [key for key in _PHASE_KEYS if getattr(k, key) is not None]
+    if not given:
+        return
+    if len(given) < len(_PHASE_KEYS):
+        missing = next(key for key in _PHASE_KEYS if key not in given)
+        raise ConfigError(f"config key 'mim.{missing}' is needed with 'mim.{given[0]}': FastMIM-P's phases need "
+                          f"mim.pt_size, mim.pt_step, mim.pt_bs and mim.pt_accum")
+    _check(get_model_cfg(cfg.model.name).family == "fastmim", "model.name", "a FastMIM ViT pretraining model for "
+           "FastMIM-P's phases (mim.pt_*)", cfg.model.name)
+    n = len(k.pt_size)
+    for key in _PHASE_KEYS:
+        values = getattr(k, key)
+        _check(len(values) == n, f"mim.{key}", f"a list of {n} values, one per phase like mim.pt_size", list(values))
+        _check(all(v >= (0 if key == "pt_step" else 1) for v in values), f"mim.{key}",
+               "non-negative" if key == "pt_step" else "positive", list(values))
+    _check(k.pt_step[0] == 0 and all(a < b for a, b in zip(k.pt_step, k.pt_step[1:]))
+           and k.pt_step[-1] < cfg.train.epochs, "mim.pt_step",
+           f"increasing first epochs of the phases, from 0 and below train.epochs ({cfg.train.epochs})",
+           list(k.pt_step))
+    _check(cfg.train.accumulate == 1, "train.accumulate", "1 with FastMIM-P's phases (mim.pt_accum sets it per "
+           "phase)", cfg.train.accumulate)
 
 
 # what a masked-image-modeling pretraining step (a model that returns its own loss, no labels) cannot take

@@ -42,7 +42,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -65,7 +65,7 @@ from .distill import TeacherCache, build_teacher, create_distill_loss
 from .distributed import Distributed, distributed
 from .evaluate import evaluate, ms_predictor
 from .losses import create_loss
-from .mim import MimObjective, ObjectiveLoss, evaluate_pretraining
+from .mim import MimObjective, ObjectiveLoss, Phases, evaluate_pretraining
 from .optim import create_optimizer
 from .step import TrainStep, build_train_network
 
@@ -190,9 +190,12 @@ class _Student:
     state: TrainState
     log: RunLog
     known: int = 0                      # the step's non-finite count when last checked
+    phases: Phases | None = None        # FastMIM-P's (mim.pt_*)
 
     def rate(self) -> float:
-        return float(self.lr[min(self.state.global_step // self.cfg.train.accumulate, len(self.lr) - 1)])
+        index = self.phases.update_index(self.state.epoch, self.state.batch) if self.phases else \
+            self.state.global_step // self.cfg.train.accumulate
+        return float(self.lr[min(index, len(self.lr) - 1)])
 
 
 def student_output(output: Path, index: int) -> Path:
@@ -217,11 +220,15 @@ def _run(cfg: Config, output: Path, resume: Path | None, mode: int, dist: Distri
                           "ranks different batch counts; fix or remove the unreadable images instead")
     model_cfg = get_model_cfg(cfg.model.name)
     epochs, accumulate = cfg.train.epochs, cfg.train.accumulate
-    train_data = create_loader(cfg, "train", model_cfg, epoch=0, num_shards=world, shard_id=rank)
+    phases = Phases(cfg) if cfg.mim.pt_size is not None else None
+    train_data = create_loader(phases.config(0) if phases else cfg, "train", model_cfg, epoch=0, num_shards=world,
+                               shard_id=rank)
     val_data = create_loader(cfg, "val", model_cfg, num_shards=world, shard_id=rank)
     if train_data.steps < accumulate:
         raise ConfigError(f"config key 'train.accumulate' is {accumulate} but an epoch has only "
                           f"{train_data.steps} batches of {cfg.data.batch_size}")
+    if phases:
+        phases.plan(train_data.num_samples, world)
     steps = train_data.steps
     configs = [cfg] + student_configs(cfg)
     resumes = [resume] + [_student_resume(resume, i) for i in range(1, len(configs))]
@@ -246,14 +253,16 @@ def _run(cfg: Config, output: Path, resume: Path | None, mode: int, dist: Distri
         model = build_model(c, notes if i == 0 and read is None else None)
         if read is None:
             dist.broadcast(list(model.get_parameters()))       # every rank starts from rank 0's weights
-        lr = lr_per_step(c.schedule, scaled_lr(c.optimizer, c.data.batch_size * world * accumulate),
-                         epochs, steps // accumulate)
-        step = _train_step(c, model, lr, teacher, cache is not None or len(configs) > 1)
+        lr = phases.lr if phases else lr_per_step(
+            c.schedule, scaled_lr(c.optimizer, c.data.batch_size * world * accumulate), epochs, steps // accumulate)
+        # FastMIM-P: one step for every phase, built for the largest accumulation (set per phase: _enter_phase)
+        built = replace(c, train=replace(c.train, accumulate=phases.max_accumulate)) if phases else c
+        step = _train_step(built, model, lr, teacher, cache is not None or len(configs) > 1)
         if read is not None:
             state, _ = restore_train_checkpoint(path, step, model, c, read)
         where = output if i == 0 else student_output(output, i)
         students.append(_Student(c, where, model, step, lr, state,
-                                 RunLog(where, enabled=dist.writer, start_epoch=state.epoch)))
+                                 RunLog(where, enabled=dist.writer, start_epoch=state.epoch), phases=phases))
     state = students[0].state
     try:
         if dist.writer:
@@ -262,12 +271,15 @@ def _run(cfg: Config, output: Path, resume: Path | None, mode: int, dist: Distri
                     stale.unlink()
                 save_config(s.cfg, s.output / "config.yaml")
         log = students[0].log
+        epoch_steps = phases.batches[min(state.epoch, epochs - 1)] if phases else steps
         log.info(f"{cfg.model.name}: {train_data.num_samples} train / {val_data.num_samples} val images"
-                 f"{' per rank' if world > 1 else ''}, {len(train_data.classes)} classes, {steps} steps per epoch, "
+                 f"{' per rank' if world > 1 else ''}, {len(train_data.classes)} classes, "
+                 f"{f'{len(phases.phases)} FastMIM-P phases' if phases else f'{steps} steps per epoch'}, "
                  f"{'GRAPH_MODE' if mode == ms.GRAPH_MODE else 'PYNATIVE_MODE'}, amp {cfg.train.amp_level}"
                  + (f", data parallel over {world} processes" if world > 1 else "")
                  + (f", {cfg.distill.method} distillation from {cfg.distill.teacher.name}" if distilled else "")
-                 + (f"; resumed from {resume} at epoch {state.epoch + 1} step {state.batch}/{steps}" if resume else ""))
+                 + (f"; resumed from {resume} at epoch {state.epoch + 1} step {state.batch}/{epoch_steps}"
+                    if resume else ""))
         for line in notes:
             log.info(line)
         for i, s in enumerate(students[1:], 1):
@@ -277,9 +289,12 @@ def _run(cfg: Config, output: Path, resume: Path | None, mode: int, dist: Distri
             s.log.info(line)
         for epoch in range(state.epoch, epochs):
             data = train_data if epoch == 0 and not state.position else \
-                create_loader(cfg, "train", model_cfg, epoch=cache.data_epoch(epoch) if cache else epoch,
-                              num_shards=world, shard_id=rank, start=state.position)
-            records = _epoch(students, epoch, data, steps, val_data, dist, cache)
+                create_loader(phases.config(epoch) if phases else cfg, "train", model_cfg,
+                              epoch=cache.data_epoch(epoch) if cache else epoch, num_shards=world, shard_id=rank,
+                              start=state.position)
+            if phases:
+                _enter_phase(students[0], epoch, announce=epoch in (state.epoch, phases.at(epoch).start))
+            records = _epoch(students, epoch, data, phases.batches[epoch] if phases else steps, val_data, dist, cache)
             for s, record in zip(students, records):
                 _end_epoch(s, record, epoch, dist)
         for s in students:
@@ -310,6 +325,21 @@ def _end_epoch(s: _Student, record: dict, epoch: int, dist: Distributed) -> None
             _export_torch(s.cfg, s.output)
     if dist.writer and (state.epoch % s.cfg.train.save_interval == 0 or state.epoch == s.cfg.train.epochs):
         save_train_checkpoint(s.output / LAST, s.step, s.model, state, s.cfg)
+
+
+def _enter_phase(s: _Student, epoch: int, announce: bool) -> None:
+    """Set the model and step for ``epoch``'s FastMIM-P phase (:class:`.mim.Phases`): its input size and
+    accumulation, and no partial accumulation at the start of an epoch (a resumed one keeps its own); logged when
+    ``announce``."""
+    phase = s.phases.at(epoch)
+    s.model.set_input_size(phase.size)
+    s.step.set_accumulate(phase.accumulate)
+    if s.state.batch == 0:
+        s.step.reset_accumulation()
+    if announce:
+        s.log.info(f"epoch {epoch + 1}: FastMIM-P phase {s.phases.phases.index(phase) + 1}/{len(s.phases.phases)}, "
+                   f"{phase.size} px, batch {phase.batch_size} x {phase.accumulate} accumulated, "
+                   f"{s.phases.batches[epoch]} steps per epoch, lr {s.phases.base_lr[epoch]:.4g} (before the schedule)")
 
 
 def _train_step(cfg: Config, model: ms.nn.Cell, lr, teacher: ms.nn.Cell | None, teacher_logits: bool) -> TrainStep:
@@ -437,7 +467,14 @@ def _validate(model, val_data: Loader, dist: Distributed, cfg: Config) -> dict:
     """Top-1, top-5 and loss; for a pretraining model its masked-modeling loss under fixed masks (:mod:`.mim`)."""
     all_sum = dist.all_sum if dist.world > 1 else None
     if is_pretraining(cfg.model.name):
-        return evaluate_pretraining(model, val_data, cfg.mim.mask_ratio, (cfg.seed, dist.rank), all_sum)
+        side = getattr(model, "input_side", None)          # FastMIM-P's phase: validated at the model's img_size
+        if side is not None:
+            model.set_input_size(model.img_size)
+        try:
+            return evaluate_pretraining(model, val_data, cfg.mim.mask_ratio, (cfg.seed, dist.rank), all_sum)
+        finally:
+            if side is not None:
+                model.set_input_size(side)
     return evaluate(ms_predictor(model), val_data, all_sum=all_sum)
 
 

@@ -9,7 +9,9 @@ Per call (one micro-batch), following timm ``train.py`` (``loss / accum_steps``,
 1. ``loss = loss_fn(network(images), targets)``; gradients of ``loss * scale / accumulate`` in one forward and
    backward, then unscaled (``scale`` = the loss scaler's value; 1 without loss scaling).
 2. With ``accumulate = k > 1`` the gradients are summed into ``grad_accum.*`` buffers; every k-th call uses the sum
-   (= the mean gradient over the k micro-batches) and zeroes the buffers.
+   (= the mean gradient over the k micro-batches) and zeroes the buffers. ``k`` is a Parameter
+   (``grad_accum.every``, from 1 to the built ``accumulate``): :meth:`TrainStep.set_accumulate` changes it without
+   a new graph (FastMIM-P's phases), :meth:`TrainStep.reset_accumulation` drops a partial sum.
 3. At an update: data parallel -> ``DistributedGradReducer`` (mean over ranks); with loss scaling the update is
    skipped when a gradient is inf/NaN and the dynamic scale adjusted (``DynamicLossScaler``: /2 at once,
    x2 after 2000 finite updates); clipping to ``grad_clip`` global norm; ``optimizer(grads)``; then the EMA
@@ -35,7 +37,7 @@ Its Parameters (``teacher.*``) are not trained, not averaged and not part of :me
 
 Every piece of state is a Parameter of the step (checkpoints and resume): the model's parameters under their
 own names, the EMA weights under ``ema.<name>``, and the optimizer's, ``grad_accum.*``, ``loss_scale.*`` and
-``nonfinite_steps``.
+``nonfinite_steps``; all but ``grad_accum.every``, a setting of the run (its config) rather than state.
 """
 from __future__ import annotations
 
@@ -170,6 +172,7 @@ class TrainStep(nn.Cell):
         if accumulate > 1:
             self.accum = self.weights.clone(prefix="grad_accum", init="zeros")   # not "accum": nn.SGD's momentum
             self.micro_step = Parameter(Tensor(0, ms.int32), name="grad_accum.micro_step", requires_grad=False)
+            self.accum_every = Parameter(Tensor(accumulate, ms.int32), name="grad_accum.every", requires_grad=False)
 
         self.reduce = data_parallel()
         self.reducer = nn.DistributedGradReducer(self.weights, mean=True) if self.reduce else nn.Identity()
@@ -218,7 +221,7 @@ class TrainStep(nn.Cell):
     def _scaled(self, loss):
         scaled = loss if self.scaler is None else self.scaler.scale(loss)
         if self.accumulate > 1:
-            scaled = scaled / self.accumulate
+            scaled = scaled / self.accum_every.astype(scaled.dtype)
         return scaled, loss
 
     def _update(self, grads, forward_ok):
@@ -276,7 +279,7 @@ class TrainStep(nn.Cell):
         loss = ops.depend(loss, self.hyper_map(_accumulate, self.accum, grads))
         finite = ops.logical_and(self.accum_finite > 0, forward_ok)
         step = self.micro_step + 1
-        if step == self.accumulate:
+        if step == self.accum_every:
             step = ops.depend(step, self._update(self.accum, finite))
             step = ops.depend(step, self.hyper_map(_reset, self.accum))
             step = step * 0
@@ -292,9 +295,28 @@ class TrainStep(nn.Cell):
         return self
 
     def state_parameters(self) -> list[Parameter]:
-        """Every Parameter a training checkpoint holds: all of the step's but the teacher's."""
-        frozen = {id(p) for p in self.teacher.get_parameters()} if self.teacher is not None else set()
-        return [p for p in self.get_parameters() if id(p) not in frozen]
+        """Every Parameter a training checkpoint holds: all of the step's but the teacher's and the accumulation
+        period (set from the run's config: :meth:`set_accumulate`)."""
+        skipped = {id(p) for p in self.teacher.get_parameters()} if self.teacher is not None else set()
+        if self.accumulate > 1:
+            skipped.add(id(self.accum_every))
+        return [p for p in self.get_parameters() if id(p) not in skipped]
+
+    def set_accumulate(self, k: int) -> None:
+        """Update every ``k`` micro-batches from now on (``1 <= k <=`` the ``accumulate`` the step was built with)."""
+        if not 1 <= k <= self.accumulate:
+            raise ConfigError(f"gradient accumulation {k} outside 1..{self.accumulate}, what this train step was "
+                              f"built for")
+        if self.accumulate > 1:
+            self.accum_every.set_data(Tensor(k, ms.int32))
+
+    def reset_accumulation(self) -> None:
+        """Drop the gradients summed since the last update (MAE's engine zeroes them at each epoch's start)."""
+        if self.accumulate > 1:
+            self.micro_step.set_data(Tensor(0, ms.int32))
+            self.accum_finite.set_data(Tensor(1, ms.int32))
+            for buffer in self.accum:
+                buffer.set_data(ops.zeros_like(buffer))
 
     def nonfinite_count(self) -> int:
         """Updates not applied so far because of a non-finite loss or gradients (module docstring)."""

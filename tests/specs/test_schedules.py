@@ -10,7 +10,7 @@ import pytest
 
 from ms_models.train.config import OptimizerConfig, ScheduleConfig
 from specs.errors import ConfigError
-from specs.schedules import lr_per_step, scaled_lr
+from specs.schedules import lr_per_step, lr_per_varying_step, scaled_lr
 
 
 def _cos(t: float, total: float, lo: float = 0.0, hi: float = 1.0) -> float:
@@ -83,6 +83,22 @@ def test_mae_cosine_starts_its_half_cycle_after_the_warmup():
                                rtol=1e-12, atol=1e-15)
     timm = lr_per_step(ScheduleConfig(name="cosine", warmup_epochs=1, min_lr=0.1), 1.0, 3, 2)
     assert timm[2] < 1.0                    # timm's cosine runs from t = 0 under the warmup: not the same rule
+
+
+def test_varying_epochs_follow_maes_fractional_epochs():
+    """FastMIM-P's epochs of their own (``lr_per_varying_step``): epoch 0 of 4 batches, one update each, base 1;
+    epoch 1 of 5 batches, 2 per update (2 updates, the fifth batch dropped), base 2, min 0.2; warmup 1 of 2 epochs.
+    Update j of epoch e at epoch e + j k / n: 0, 0.25, 0.5, 0.75 (warmup: t x 1), then 1 and 1.4 on the cosine
+    0.2 + 0.9 (1 + cos(pi (t - 1))): 2 and 0.2 + 0.9 (1 + cos(0.4 pi)) = 1.37812. Per epoch, the epoch's start."""
+    sched = ScheduleConfig(name="mae_cosine", warmup_epochs=1)
+    lr = lr_per_varying_step(sched, [1.0, 2.0], [0.0, 0.2], [4, 5], [1, 2])
+    np.testing.assert_allclose(lr, [0.0, 0.25, 0.5, 0.75, 2.0, 0.2 + 0.9 * (1 + math.cos(0.4 * math.pi))],
+                               rtol=1e-12, atol=1e-15)
+    per_epoch = lr_per_varying_step(ScheduleConfig(name="mae_cosine", warmup_epochs=1, per_epoch=True),
+                                    [1.0, 2.0], [0.0, 0.2], [4, 5], [1, 2])
+    np.testing.assert_allclose(per_epoch, [0.0] * 4 + [2.0] * 2, rtol=1e-12, atol=1e-15)
+    with pytest.raises(ConfigError, match="fewer than its accumulation"):
+        lr_per_varying_step(sched, [1.0], [0.0], [2], [3])
 
 
 def test_schedule_errors_are_one_line_config_errors():

@@ -7,6 +7,8 @@ official torch layout; the checkpoint fine-tunes through ``load_pretrained`` in 
 from __future__ import annotations
 
 import json
+import math
+import shutil
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from PIL import Image
 
 import torch_ref
 from convert.api import convert_file
-from convert.io import read_checkpoint
+from convert.io import read_checkpoint, read_checkpoint_raw
 from ms_models.train.config import apply_overrides, load_config
 from ms_models.train.data import create_loader
 from ms_models.train.loop import build_model, train
@@ -179,6 +181,9 @@ def test_noise_shapes_follow_each_masking_rule():
     small = {**PRETRAIN["localmim"][1], "patch_size": 8}
     assert noise_shape(create_model("localmim_vit_base_patch16", **small), 3) == (3, 64)
     assert noise_shape(create_model("fastmim_swin_base_patch4", **PRETRAIN["fastmim_swin"][1]), 2) == (2, 4)
+    fastmim_p = create_model("fastmim_vit_base_patch16", **PRETRAIN["fastmim"][1])
+    fastmim_p.set_input_size(128)                               # FastMIM-P: 8 x 8 blocks of 16 px
+    assert noise_shape(fastmim_p, 5) == (5, 64)
 
 
 @pytest.mark.parametrize("override, key", [("data.mixup=0.8", "data.mixup"), ("data.smoothing=0.1", "data.smoothing"),
@@ -191,6 +196,92 @@ def test_pretraining_config_refusals(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as info:
         _cfg("fastmim_pretrain_digits.yaml", [override])
     assert "\n" not in str(info.value)
+
+
+PHASES = ["mim.pt_size=[32,64]", "mim.pt_step=[0,1]", "mim.pt_bs=[128,96]", "mim.pt_accum=[1,3]"]
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (PHASES[:1], "mim.pt_step"), (PHASES[:2] + ["mim.pt_bs=[128]", PHASES[3]], "mim.pt_bs"),
+    (["mim.pt_step=[1,2]"] + PHASES[:1] + PHASES[2:], "mim.pt_step"),
+    (["mim.pt_step=[0,6]"] + PHASES[:1] + PHASES[2:], "mim.pt_step"),        # the recipe has 6 epochs
+    (PHASES + ["mim.pt_accum=[1,0]"], "mim.pt_accum"), (PHASES + ["train.accumulate=2"], "train.accumulate"),
+    (PHASES + ["model.name=fastmim_swin_base_patch4", f"model.kwargs={json.dumps(PRETRAIN['fastmim_swin'][1])}"],
+     "model.name")])
+def test_fastmim_p_config_refusals(overrides, key):
+    """FastMIM-P's phase keys: all four together, one entry each per phase, the first phase from epoch 0 and the
+    others inside the run, positive batches and accumulations, no second accumulation setting, a FastMIM ViT."""
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as info:
+        _cfg("fastmim_pretrain_digits.yaml", overrides)
+    assert "\n" not in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def phased(tmp_path_factory):
+    """FastMIM-P on a small ViT (depth 2): epoch 0 at 32 px in batches of 128, epoch 1 at 64 px in batches of 96,
+    3 per update; and the same run cut after epoch 0 (the checkpoint before the phase change) and resumed."""
+    from ms_models.train import loop
+    kwargs = {**PRETRAIN["fastmim"][1], "depth": 2}
+    cfg = _cfg("fastmim_pretrain_digits.yaml", PHASES + [
+        "train.epochs=2", "data.workers=1", f"model.kwargs={json.dumps(kwargs)}", "optimizer.lr_base_size=256",
+        "schedule.min_lr=1e-5"])
+    whole, cut = tmp_path_factory.mktemp("phased"), tmp_path_factory.mktemp("phased_cut")
+    real_save = loop.save_train_checkpoint
+
+    def save_and_copy(path, step, model, state, cfg):
+        written = real_save(path, step, model, state, cfg)
+        if state.epoch == 1:
+            shutil.copytree(path.parent, cut, dirs_exist_ok=True)
+        return written
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "save_train_checkpoint", save_and_copy)
+        result = train(cfg, whole)
+    resumed = train(cfg, cut, resume="auto")
+    return cfg, whole, result, cut, resumed
+
+
+@pytest.mark.slow
+def test_fastmim_p_phases_set_size_batch_accumulation_and_lr(phased):
+    """Across the phase change: the log names each phase's size, batch and accumulation; the optimizer made
+    11 + 4 updates (1438 // 128 batches one by one, then 1438 // 96 = 14 batches three by three, the last two
+    dropped as MAE's engine does at an epoch's start); each update's lr is upstream's ``blr * eff_bs / 256``
+    (min lr alike) at the fractional epoch ``e + j * accum / batches``, worked here from MAE's formula; the val
+    loss (always at 64 px) falls across the change."""
+    cfg, whole, result, *_ = phased
+    samples = create_loader(cfg, "train", get_model_cfg(cfg.model.name)).num_samples
+    log = (whole / "train.log").read_text()
+    assert "phase 1/2, 32 px, batch 128 x 1 accumulated" in log and "phase 2/2, 64 px, batch 96 x 3 accumulated" in log
+    expected = []
+    for epoch, (bs, accum) in enumerate([(128, 1), (96, 3)]):
+        base, low, batches = 1e-3 * bs * accum / 256, 1e-5 * bs * accum / 256, samples // bs
+        for j in range(batches // accum):
+            t = epoch + j * accum / batches
+            expected.append(base * t if t < 1 else low + (base - low) * 0.5 * (1 + math.cos(math.pi * (t - 1))))
+    arrays = read_checkpoint_raw(whole / "last.ckpt")
+    assert len(expected) == 11 + 4 and int(arrays["train_state.global_step"][0]) == len(expected)
+    np.testing.assert_allclose(arrays["train_state.learning_rate"], expected, rtol=1e-6)
+    records = result.records
+    assert all(math.isfinite(r["train_loss"]) for r in records)
+    assert records[1]["val_loss"] < records[0]["val_loss"]
+
+
+@pytest.mark.slow
+def test_fastmim_p_resumes_across_the_phase_change(phased):
+    """Resumed from the checkpoint of phase 1's last epoch, the run enters phase 2 where the uncut run did: the
+    same updates (15) and lr per update, the same lr logged. Its losses are close but not equal: the masks are
+    drawn in the graph, and a resumed process seeds them from (seed, rank, global step) instead of repeating the
+    uncut process's stream (``loop.model_seed``): 0.5 %, about 10x the 0.05 % that gives here."""
+    _, whole, result, cut, resumed = phased
+    a, b = (read_checkpoint_raw(folder / "last.ckpt") for folder in (whole, cut))
+    assert [r["epoch"] for r in resumed.records] == [0, 1]
+    after = (cut / "train.log").read_text().split("resumed from")[-1]
+    assert "at epoch 2 step 0/14" in after and "epoch 2: FastMIM-P phase 2/2, 64 px, batch 96 x 3" in after
+    assert int(b["train_state.global_step"][0]) == int(a["train_state.global_step"][0]) == 15
+    np.testing.assert_array_equal(b["train_state.learning_rate"], a["train_state.learning_rate"])
+    ra, rb = result.records[1], resumed.records[1]
+    assert rb["lr"] == ra["lr"]
+    for key in ("train_loss", "val_loss"):
+        assert rb[key] == pytest.approx(ra[key], rel=5e-3), key
 
 
 def test_validating_a_pretraining_model_is_a_one_line_error(tmp_path, capsys):
