@@ -467,14 +467,7 @@ def _validate(model, val_data: Loader, dist: Distributed, cfg: Config) -> dict:
     """Top-1, top-5 and loss; for a pretraining model its masked-modeling loss under fixed masks (:mod:`.mim`)."""
     all_sum = dist.all_sum if dist.world > 1 else None
     if is_pretraining(cfg.model.name):
-        side = getattr(model, "input_side", None)          # FastMIM-P's phase: validated at the model's img_size
-        if side is not None:
-            model.set_input_size(model.img_size)
-        try:
-            return evaluate_pretraining(model, val_data, cfg.mim.mask_ratio, (cfg.seed, dist.rank), all_sum)
-        finally:
-            if side is not None:
-                model.set_input_size(side)
+        return evaluate_pretraining(model, val_data, cfg.mim.mask_ratio, (cfg.seed, dist.rank), all_sum)
     return evaluate(ms_predictor(model), val_data, all_sum=all_sum)
 
 

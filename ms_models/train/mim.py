@@ -75,15 +75,23 @@ def evaluate_pretraining(model: nn.Cell, batches: Iterable[tuple[np.ndarray, np.
                          key: tuple[int, ...], all_sum: Callable[[np.ndarray], np.ndarray] | None = None,
                          mode: int | None = None) -> dict[str, float | int]:
     """The mean pretraining loss (per image) over ``batches`` in eval mode, batch ``i`` masked with uniform noise
-    from ``numpy.random.default_rng((*key, i))``; ``all_sum`` adds the sums over data-parallel ranks."""
+    from ``numpy.random.default_rng((*key, i))``; ``all_sum`` adds the sums over data-parallel ranks. A FastMIM-P
+    model in a phase's input size is evaluated at its ``img_size`` and set back to the phase's size afterwards."""
     model.set_train(False)
+    side = getattr(model, "input_side", None)
+    if side is not None:
+        model.set_input_size(model.img_size)
     total = np.zeros(2, np.float64)
-    with execution_mode(mode):
-        for i, (images, _) in enumerate(batches):
-            noise = np.random.default_rng((*key, i)).random(noise_shape(model, len(images)), dtype=np.float32)
-            out = model(ms.Tensor(images), mask_ratio, ms.Tensor(noise))
-            loss = out[0] if isinstance(out, tuple) else out
-            total += (float(loss.asnumpy()) * len(images), len(images))
+    try:
+        with execution_mode(mode):
+            for i, (images, _) in enumerate(batches):
+                noise = np.random.default_rng((*key, i)).random(noise_shape(model, len(images)), dtype=np.float32)
+                out = model(ms.Tensor(images), mask_ratio, ms.Tensor(noise))
+                loss = out[0] if isinstance(out, tuple) else out
+                total += (float(loss.asnumpy()) * len(images), len(images))
+    finally:
+        if side is not None:
+            model.set_input_size(side)
     if all_sum is not None:
         total = np.asarray(all_sum(total), np.float64)
     return {"loss": float(total[0] / max(total[1], 1)), "images": int(round(total[1]))}
