@@ -238,12 +238,14 @@ from specs import swin as swin_spec  # noqa: E402
 from specs.swin import stage_resolution  # noqa: E402
 from specs.errors import CheckpointError, ConfigError  # noqa: E402
 
-from .layers import GELU, PatchEmbed  # noqa: E402
+from .layers import GELU, Mlp, PatchEmbed  # noqa: E402
 from .layers.patch_embed import check_img_size  # noqa: E402
-from .models.swin import BasicLayer, NormedPatchEmbed, layer_norm as swin_layer_norm  # noqa: E402
+from .models.swin import (BasicLayer, NormedPatchEmbed, PatchMerging, WindowAttention,  # noqa: E402
+                          layer_norm as swin_layer_norm)
 from .models.vit import Block, VisionTransformer as _TimmViT, layer_norm  # noqa: E402
 
 __all__ += ["FastMIMBase", "MaskedAutoencoderViT", "MIMSwinEncoder", "PretrainSwin", "LocalMIMViT", "MAEDecoder",
+            "LocalMIMSwin", "VisibleSwinEncoder", "SwinMIMDecoder", "localmim_swin_base_patch4",
             "LayerNorm2d", "FinetuneViT", "fastmim_vit_base_patch16", "fastmim_swin_base_patch4",
             "localmim_vit_base_patch16", "vit_base_patch16", "load_pretrained", "load_official", "hog_c"]
 
@@ -560,6 +562,13 @@ class MAEDecoder(nn.Cell):
         return x.reshape(b, x.shape[1], -1).swapaxes(1, 2)
 
 
+def rgb_hog(enc: HOGLayer, imgs: Tensor) -> Tensor:
+    """A LocalMIM HOG target: (B, h·w, 3·nbins), the R, G, B histograms of ``enc``."""
+    feat = ops.concat((enc(imgs[:, 0:1]), enc(imgs[:, 1:2]), enc(imgs[:, 2:3])), axis=1)
+    b, c, h, w = feat.shape
+    return feat.reshape(b, c, h * w).swapaxes(1, 2)
+
+
 class LocalMIMViT(nn.Cell):
     """LocalMIM's ViT pretraining model (see ``torch_ref.mim.LocalMIMViT``): same constructor and
     ``construct(imgs, mask_ratio=0.75, noise=None, return_levels=False)``."""
@@ -588,11 +597,7 @@ class LocalMIMViT(nn.Cell):
         _init_patch_embed(self.patch_embed)
 
     def hog(self, imgs, k: int):
-        """Target ``k``: (B, h·w, 3·nbins), the R, G, B histograms of ``hog_enc[k]``."""
-        enc = self.hog_enc[k]
-        feat = ops.concat((enc(imgs[:, 0:1]), enc(imgs[:, 1:2]), enc(imgs[:, 2:3])), axis=1)
-        b, c, h, w = feat.shape
-        return feat.reshape(b, c, h * w).swapaxes(1, 2)
+        return rgb_hog(self.hog_enc[k], imgs)
 
     def forward_encoder(self, x, mask_ratio, noise=None):
         x = self.patch_embed(x) + self.pos_embed[:, 1:]
@@ -624,6 +629,228 @@ class LocalMIMViT(nn.Cell):
         for i in range(len(latent)):
             pred.append(self.decoder[i](latent[i], ids_restore))
         levels = self.forward_loss(imgs, pred, mask)
+        loss = levels.sum()
+        if return_levels:
+            return loss, levels
+        return loss
+
+
+# ------------------------------------------------------------------------- LocalMIM Swin (Swin/models_mim.py)
+# Mirrors the torch section (see ``torch_ref.mim.LocalMIMSwin``): the visible tokens' geometry is computed in the
+# graph from the visible unit indices, so one compiled graph serves every mask (all shapes are static).
+
+def window_geometry(coords: Tensor, window: int, shift: int) -> tuple[Tensor, Tensor]:
+    """``(index (N, N) int32, same (N, N) float32 0/1)`` for the tokens at ``coords`` (N, 2) int32."""
+    group = (coords + (window - shift) % window) // window
+    same = ops.logical_and(group[:, None, 0] == group[None, :, 0], group[:, None, 1] == group[None, :, 1])
+    rel = coords[:, None] - coords[None] + (window - 1)
+    index = rel[..., 0] * (2 * window - 1) + rel[..., 1]
+    return ops.select(same, index, ops.zeros_like(index)), ops.cast(same, ms.float32)
+
+
+class VisibleWindowAttention(WindowAttention):
+    """GreenMIM's window attention over the visible tokens, dense masked form (see the torch twin)."""
+
+    def construct(self, x, index, same):
+        b, n, c = x.shape
+        q, k, v = (t.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+                   for t in ops.split(self.qkv(x), c, axis=-1))
+        attn = ops.matmul(q * self.scale, k.swapaxes(-2, -1))
+        bias = ops.gather(self.relative_position_bias_table, index.reshape(-1), 0).reshape(n, n, -1)
+        attn = attn + (bias * same.expand_dims(-1)).transpose(2, 0, 1).expand_dims(0)
+        attn = attn + (1.0 - same) * swin_spec.MASK_VALUE
+        attn = ops.softmax(attn, axis=-1)
+        return self.proj(ops.matmul(attn, v).transpose(0, 2, 1, 3).reshape(b, n, c))
+
+
+class VisibleSwinBlock(nn.Cell):
+    """Upstream ``SwinTransformerBlock`` on the visible tokens."""
+
+    def __init__(self, dim: int, window: int, num_heads: int, mlp_ratio: float, eps: float):
+        super().__init__()
+        self.norm1 = swin_layer_norm(dim, eps)
+        self.attn = VisibleWindowAttention(dim, (window, window), num_heads)
+        self.norm2 = swin_layer_norm(dim, eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def construct(self, x, index, same):
+        x = x + self.attn(self.norm1(x), index, same)
+        return x + self.mlp(self.norm2(x))
+
+
+class UnitPatchMerging(PatchMerging):
+    """Upstream ``PatchMerging`` on unit-ordered tokens, (dy, dx) concatenation order (see the torch twin)."""
+
+    def construct(self, x, unit: int):
+        b, n, c = x.shape
+        h = unit // 2
+        x = x.reshape(b, -1, h, 2, h, 2, c).transpose(0, 1, 2, 4, 3, 5, 6).reshape(b, n // 4, 4 * c)
+        return self.reduction(self.norm(x))
+
+
+class VisibleSwinStage(nn.Cell):
+    """Upstream ``BasicLayer`` (see the torch twin)."""
+
+    def __init__(self, dim: int, resolution: tuple[int, int], depth: int, num_heads: int, window_size: int,
+                 mlp_ratio: float, downsample: bool, eps: float, units: int):
+        super().__init__()
+        self.window, shift = swin_spec.block_window(resolution, window_size, window_size // 2)
+        self.shifts = tuple(0 if i % 2 == 0 else shift for i in range(depth))
+        self.shift = shift
+        self.blocks = nn.CellList([VisibleSwinBlock(dim, self.window, num_heads, mlp_ratio, eps)
+                                   for _ in range(depth)])
+        self.downsample = UnitPatchMerging(resolution, dim, eps) if downsample else None
+        self.unit = resolution[0] // units
+
+    def construct(self, x, coords):
+        index, same = window_geometry(coords, self.window, 0)
+        index_s, same_s = index, same
+        if self.shift:
+            index_s, same_s = window_geometry(coords, self.window, self.shift)
+        i = 0
+        for blk in self.blocks:
+            if self.shifts[i]:
+                x = blk(x, index_s, same_s)
+            else:
+                x = blk(x, index, same)
+            i += 1
+        if self.downsample is not None:
+            x = self.downsample(x, self.unit)
+        return x
+
+
+class VisibleSwinEncoder(nn.Cell):
+    """Upstream ``SwinTransformer`` of ``Swin/models_mim.py`` (see the torch twin); the geometry tables are
+    constants, not parameters."""
+
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, depths: Sequence[int],
+                 num_heads: Sequence[int], window_size: int, mlp_ratio: float, eps: float = _spec.LN_EPS):
+        super().__init__()
+        units = _spec.LOCALMIM_SWIN_UNITS
+        self.patch_embed = NormedPatchEmbed(img_size, patch_size, in_chans, embed_dim, eps)
+        grid = self.patch_embed.grid_size[0]
+        self.layers = nn.CellList([
+            VisibleSwinStage(embed_dim * 2 ** i, stage_resolution(self.patch_embed.img_size, patch_size, i),
+                             depths[i], num_heads[i], window_size, mlp_ratio, i < len(depths) - 1, eps, units)
+            for i in range(len(depths))])
+        self.norm = nn.CellList([swin_layer_norm(embed_dim * k, eps) for k in _spec.LOCALMIM_SWIN_DIMS])
+        gather, coords = _spec.localmim_swin_geometry(grid, len(depths), units)
+        self.gather = Tensor(gather)
+        self.coords = tuple(Tensor(c) for c in coords)
+
+    def construct(self, x, visible):
+        x = self.patch_embed(x)
+        x = ops.gather(x, ops.gather(self.gather, visible, 0).reshape(-1), 1)
+        latent = []
+        i = 0
+        for layer in self.layers:
+            x = layer(x, ops.gather(self.coords[i], visible, 0).reshape(-1, 2))
+            latent.append(self.norm[i](x))
+            i += 1
+        return latent
+
+
+class SwinMIMDecoder(nn.Cell):
+    """Upstream ``ViT_Decoder`` (see the torch twin)."""
+
+    def __init__(self, inp_dim: int, embed_dim: int, out_dim: int, num_patches: int, depth: int, num_heads: int,
+                 mlp_ratio: float):
+        super().__init__()
+        self.embed = _xavier_dense(inp_dim, embed_dim)
+        self.mask_token = _normal((1, 1, embed_dim), "mask_token")
+        self.pos_embed = Parameter(Tensor(_spec.sincos_pos_embed(embed_dim, int(num_patches ** .5), cls_token=False)),
+                                   name="pos_embed", requires_grad=False)
+        self.blocks = nn.CellList([Block(embed_dim, num_heads, mlp_ratio, True) for _ in range(depth)])
+        self.norm = layer_norm(embed_dim)
+        self.pred = _xavier_dense(embed_dim, out_dim)
+        self.units = _spec.LOCALMIM_SWIN_UNITS
+        self.unit = int(num_patches ** .5) // self.units
+        _xavier_dense_cells(self)
+
+    def construct(self, x, ids_restore):
+        x = self.embed(x)
+        b, n, d = x.shape
+        length = ids_restore.shape[1]
+        x = ops.concat((x, ops.broadcast_to(self.mask_token, (b, length - n, d))), axis=1)
+        x = ops.gather_elements(x, 1, ops.broadcast_to(ids_restore.expand_dims(-1), (b, length, d)))
+        u, w = self.units, self.unit
+        x = x.reshape(b, u, u, w, w, d).swapaxes(2, 3).reshape(b, length, d) + self.pos_embed
+        for blk in self.blocks:
+            x = blk(x)
+        return self.pred(self.norm(x))
+
+
+class LocalMIMSwin(nn.Cell):
+    """LocalMIM's Swin pretraining model (see ``torch_ref.mim.LocalMIMSwin``): same constructor and
+    ``construct(imgs, mask_ratio=0.75, noise=None, return_levels=False)``."""
+
+    def __init__(self, img_size: int = 224, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96,
+                 depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
+                 window_size: int = 7, mlp_ratio: float = 4.0, decoder_embed_dim: int = 256, decoder_depth: int = 1,
+                 decoder_num_heads: int = 16, target: str = "HOG", hog_nbins: int = 9, hog_bias: bool = False,
+                 norm_pix_loss: bool = True):
+        super().__init__()
+        _spec.check_localmim_swin(img_size, patch_size, depths, target)
+        self.encoder = VisibleSwinEncoder(img_size, patch_size, in_chans, embed_dim, depths, num_heads, window_size,
+                                          mlp_ratio)
+        _init_patch_embed(self.encoder.patch_embed)
+        _xavier_dense_cells(self.encoder)
+        units = _spec.LOCALMIM_SWIN_UNITS ** 2
+        self.decoder = nn.CellList([
+            SwinMIMDecoder(embed_dim * s, decoder_embed_dim // k,
+                           in_chans * (hog_nbins if target == "HOG" else p * p), units * t * t, decoder_depth,
+                           decoder_num_heads, mlp_ratio)
+            for s, k, t, p in zip(_spec.LOCALMIM_SWIN_DIMS, (2, 1, 1, 1), _spec.LOCALMIM_SWIN_SCALES,
+                                  _spec.LOCALMIM_SWIN_POOLS)])
+        self.hog_enc = None
+        if target == "HOG":
+            self.hog_enc = nn.CellList([HOGLayer(hog_nbins, k, hog_bias) for k in _spec.LOCALMIM_SWIN_POOLS])
+        self.target, self.norm_pix_loss = target, norm_pix_loss
+        self.units = units
+        self.scales = tuple(_spec.LOCALMIM_SWIN_SCALES)
+        self.pools = tuple(_spec.LOCALMIM_SWIN_POOLS)
+        self.order = Tensor(np.arange(units, dtype=np.float32))
+        self.orders = tuple(Tensor(np.arange(units * t * t, dtype=np.float32)) for t in self.scales)
+
+    def target_of(self, imgs, k: int):
+        """Target ``k`` (B, L_k, out_dim)."""
+        if self.target == "HOG":
+            return rgb_hog(self.hog_enc[k], imgs)
+        p = self.pools[k]
+        b, c, h, w = imgs.shape
+        x = imgs.reshape(b, c, h // p, p, w // p, p).transpose(0, 2, 4, 3, 5, 1).reshape(b, -1, p * p * c)
+        if self.norm_pix_loss:
+            mean = x.mean(-1, keep_dims=True)
+            var = ((x - mean) ** 2).sum(-1, keepdims=True) / (p * p * c - 1)
+            x = (x - mean) / (var + 1e-6) ** .5
+        return x
+
+    def set_epoch(self, epoch: int, total_epochs: int) -> None:
+        """Nothing: no epoch-dependent state (the engine's per-epoch hook)."""
+
+    def no_weight_decay(self) -> set[str]:
+        """Upstream's ``skip_list`` (``run_pretrain.py``): the bias tables and the mask tokens."""
+        return {p.name for p in self.get_parameters() if "position_bias" in p.name or "token" in p.name}
+
+    def construct(self, imgs, mask_ratio=0.75, noise=None, return_levels=False):
+        b = imgs.shape[0]
+        n_masked = _spec.localmim_swin_masked(mask_ratio, self.units)
+        if noise is None:
+            noise = ops.rand(b, self.units, dtype=ms.float32)
+        masked = ops.cast(ops.argsort(ops.argsort(noise[0], axis=-1), axis=-1) < n_masked, ms.float32)
+        visible = ops.argsort(masked * self.units + self.order, axis=-1)[:self.units - n_masked]
+        latent = self.encoder(imgs, visible)
+        levels = []
+        for k in range(len(latent)):
+            t = self.scales[k]
+            hidden = ops.broadcast_to(masked.reshape(-1, 1), (self.units, t * t)).reshape(-1)      # unit order
+            key = hidden * hidden.shape[0] + self.orders[k]
+            ids_restore = ops.broadcast_to(ops.argsort(ops.argsort(key, axis=-1), axis=-1).expand_dims(0),
+                                           (b, hidden.shape[0]))
+            pred = self.decoder[k](latent[k], ids_restore)
+            m = recal_mask(ops.broadcast_to(masked.expand_dims(0), (b, self.units)), float(t))
+            levels.append((((pred - self.target_of(imgs, k)) ** 2).mean(-1) * m).sum() / m.sum())
+        levels = ops.stack(levels)
         loss = levels.sum()
         if return_levels:
             return loss, levels
@@ -677,6 +904,11 @@ def fastmim_swin_base_patch4(**overrides: Any) -> PretrainSwin:
 def localmim_vit_base_patch16(**overrides: Any) -> LocalMIMViT:
     """LocalMIM ViT-B/16 pretraining model (see ``torch_ref.mim.localmim_vit_base_patch16``)."""
     return _tagged(LocalMIMViT(**{**_spec.LOCALMIM_VIT_BASE, **overrides}), "localmim_vit_base_patch16", overrides)
+
+
+def localmim_swin_base_patch4(**overrides: Any) -> LocalMIMSwin:
+    """LocalMIM Swin-B pretraining model (see ``torch_ref.mim.localmim_swin_base_patch4``)."""
+    return _tagged(LocalMIMSwin(**{**_spec.LOCALMIM_SWIN_BASE, **overrides}), "localmim_swin_base_patch4", overrides)
 
 
 def vit_base_patch16(num_classes: int = 1000, **overrides: Any) -> FinetuneViT:
@@ -742,4 +974,5 @@ from ._registry import registry  # noqa: E402
 registry.register_family("fastmim", MaskedAutoencoderViT)
 registry.register_family("fastmim_swin", PretrainSwin)
 registry.register_family("localmim", LocalMIMViT)
+registry.register_family("localmim_swin", LocalMIMSwin)
 registry.register_family("mim_vit", FinetuneViT)

@@ -14,12 +14,12 @@
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from ._registry import ModelCfg, get_model_cfg, register_cfgs
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .swin import infer_kwargs as swin_infer_kwargs, resize_bias_table
 from .vig import resize_bicubic, sincos_2d
 
@@ -37,9 +37,18 @@ LOCALMIM_VIT_BASE = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, n
                          decoder_embed_dim=256, decoder_depth=1, decoder_num_heads=8, hog_nbins=9, hog_bias=False)
 VIT_BASE_FINETUNE = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
                          global_pool=True, drop_path_rate=0.1)
+# README Swin-B (HOG): --model mim_swin_base_patch4_win7 --target HOG --hog_nbins 18 --hog_bias
+LOCALMIM_SWIN_BASE = dict(img_size=224, patch_size=4, embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32),
+                          window_size=7, mlp_ratio=4.0, decoder_embed_dim=128, decoder_depth=1, decoder_num_heads=4,
+                          target="HOG", hog_nbins=18, hog_bias=True, norm_pix_loss=False)
 LOCALMIM_SCALES = (4.0, 2.0, 1.0, 0.5)     # decoder k predicts at grid * scale[k]
 LOCALMIM_POOLS = (4, 8, 16, 32)            # HOG cell of target k (matches the grids for patch 16)
 FASTMIM_HOG = dict(nbins=9, pool=8)
+# LocalMIM Swin (Swin/models_mim.py): stage k's output (after its patch merging) feeds decoder k
+LOCALMIM_SWIN_UNITS = 7                    # the mask grid: 7 x 7 units, the last stage's tokens
+LOCALMIM_SWIN_DIMS = (2, 4, 8, 8)          # stage k's output width / embed_dim (norm.k, decoder k's input)
+LOCALMIM_SWIN_POOLS = (8, 16, 32, 32)      # HOG cell / pixel patch of target k
+LOCALMIM_SWIN_SCALES = (4, 2, 1, 1)        # the 7 x 7 mask upsampled by scale[k] for level k
 
 
 def is_pretraining(model_name: str) -> bool:
@@ -51,6 +60,52 @@ def is_pretraining(model_name: str) -> bool:
 def localmim_taps(depth: int) -> list[int]:
     """The blocks whose outputs the four decoders read, ``[1, 3, depth - 3, depth - 1]`` (0-indexed)."""
     return [1, 3, depth - 3, depth - 1]
+
+
+def localmim_swin_masked(mask_ratio: float, units: int = LOCALMIM_SWIN_UNITS ** 2) -> int:
+    """How many of the ``units`` mask units upstream masks: ``randperm(units) <= int(mask_ratio * units)`` masks the
+    ranks 0..int(r·n), one more than ``int(r·n)`` (37 of 49 at 0.75)."""
+    return min(units, int(mask_ratio * units) + 1)
+
+
+def check_localmim_swin(img_size: int, patch_size: int, depths: Sequence[int], target: str) -> None:
+    """Upstream's fixed geometry: four stages on a 56 x 56 grid of 4-px patches (224 px), whose last stage is the
+    7 x 7 mask grid and whose targets have cells of 8, 16, 32 and 32 px; a HOG or Pixel target."""
+    if target not in ("HOG", "Pixel"):
+        raise ConfigError(f"target must be 'HOG' or 'Pixel', not {target!r}")
+    if len(depths) != 4 or patch_size != 4 or img_size != 224:
+        raise ConfigError(f"LocalMIM Swin needs 4 stages of 4-px patches at 224 px (its 7 x 7 mask and target cells "
+                          f"are fixed), got {len(depths)} stages, patch {patch_size}, img_size {img_size}")
+
+
+def localmim_swin_geometry(grid: int, stages: int, units: int = LOCALMIM_SWIN_UNITS) -> tuple[np.ndarray, list]:
+    """The tables LocalMIM's visible-token Swin (GreenMIM's, ``Swin/models_mim.py``) indexes by the visible units.
+
+    Upstream orders the tokens unit by unit (the ``units x units`` mask grid row-major; inside a unit of side
+    ``w = grid / units`` row-major) and keeps the visible units' tokens. Returns ``(gather, coords)``:
+    ``gather`` (units², w²) int32, the row-major patch index of each unit's tokens (stage 0); ``coords[s]``
+    (units², w_s², 2) int32, the (row, col) upstream attaches to those tokens at stage ``s``. At stage 0 they are the
+    true positions. Quirk reproduced: after each patch merging (``PatchMerging.forward``) upstream takes the
+    *row-major* coordinates of the merged grid and selects them with the *unit-ordered* visibility mask, so at
+    stage ``s >= 1`` the token at unit-order position ``j`` gets ``divmod(j, grid_s)``, not its position; the window
+    groups and relative-position indices of those stages follow these coordinates (exact at 7 x 7, where unit order
+    is row-major)."""
+    if grid % units:
+        raise ValueError(f"the {grid} x {grid} token grid is not a multiple of the {units} x {units} mask grid")
+    n = units * units
+    coords = []
+    for s in range(stages):
+        side = grid >> s
+        w = side // units
+        u = np.arange(n)[:, None]
+        t = np.arange(w * w)[None, :]
+        if s == 0:
+            rows, cols = (u // units) * w + t // w, (u % units) * w + t % w
+            gather = (rows * side + cols).astype(np.int32)
+        else:
+            rows, cols = divmod(u * w * w + t, side)
+        coords.append(np.stack([rows, cols], -1).astype(np.int32))
+    return gather, coords
 
 
 def sincos_pos_embed(dim: int, grid: int, cls_token: bool = True) -> np.ndarray:
@@ -164,6 +219,26 @@ def infer_localmim_kwargs(shapes: Mapping[str, tuple]) -> dict:
     return kw
 
 
+def infer_localmim_swin_kwargs(shapes: Mapping[str, tuple]) -> dict:
+    """LocalMIM Swin constructor kwargs from a state's shapes (converter): the encoder's by the Swin rule
+    (:func:`specs.swin.infer_kwargs`), the decoder width and depth, the target (HOG: ``3 · nbins`` outputs at
+    level 0 and a ``hog_enc``; else pixels)."""
+    enc = swin_infer_kwargs({k[len("encoder."):]: v for k, v in shapes.items() if k.startswith("encoder.")})
+    if "depths" not in enc or "decoder.0.pred.weight" not in shapes:
+        raise KeyError("encoder.layers")            # not this layout (the converter tries the next model)
+    kw = {k: enc[k] for k in ("embed_dim", "depths", "num_heads", "window_size")}
+    heads = LOCALMIM_SWIN_BASE["decoder_num_heads"]
+    dec = shapes["decoder.1.embed.weight"][0]
+    kw.update(decoder_embed_dim=dec, decoder_num_heads=heads if dec % (2 * heads) == 0 else 1,
+              decoder_depth=sum(1 for k in shapes if re.fullmatch(r"decoder\.0\.blocks\.\d+\.attn\.qkv\.weight", k)))
+    hog = "hog_enc.0.conv.weight" in shapes
+    kw.update(target="HOG" if hog else "Pixel", hog_bias="hog_enc.0.conv.bias" in shapes,
+              norm_pix_loss=LOCALMIM_SWIN_BASE["norm_pix_loss"] if hog else True)
+    if hog:
+        kw["hog_nbins"] = shapes["decoder.0.pred.weight"][0] // 3
+    return kw
+
+
 def infer_finetune_kwargs(shapes: Mapping[str, tuple]) -> dict:
     """Fine-tune ViT kwargs from a state's shapes (converter): encoder, head size, global pool."""
     kw = _vit_kwargs(shapes, VIT_BASE_FINETUNE["num_heads"])
@@ -176,6 +251,8 @@ def infer_finetune_kwargs(shapes: Mapping[str, tuple]) -> dict:
 _FASTMIM_CODE = "ggjy/FastMIM.pytorch@d4eea0d mim_vit_pretrain.py (MaskedAutoencoderViT, mim_vit_base)"
 _FASTMIM_SWIN_CODE = "ggjy/FastMIM.pytorch@d4eea0d mim_swin_pretrain.py (PretrainSwin, mim_swin_base)"
 _LOCALMIM_CODE = "Haoqing-Wang/LocalMIM@314a6e5 ViT/models_mim.py (MaskedAutoencoderViT, MIM_vit_base_patch16)"
+_LOCALMIM_SWIN_CODE = ("Haoqing-Wang/LocalMIM@314a6e5 Swin/models_mim.py (MaskedAutoencoderSwin, "
+                       "mim_swin_base_patch4_win7)")
 _FINETUNE_CODE = ("ggjy/FastMIM.pytorch@d4eea0d models_vit.py, main_finetune.py; Haoqing-Wang/LocalMIM@314a6e5 "
                   "ViT/models_vit.py, ViT/run_finetune.py (vit_base_patch16, global_pool)")
 CFGS = [
@@ -196,6 +273,12 @@ CFGS = [
              input_size=(3, 224, 224), test_input_size=(3, 64, 64), min_input_size=(3, 64, 64),
              first_conv="patch_embed.proj", infer_kwargs=infer_localmim_kwargs,
              notes="LocalMIM ViT-B pretraining (hog_nbins 9); returns the loss"),
+    ModelCfg(name="localmim_swin_base_patch4", family="localmim_swin", paper=PAPERS["localmim"],
+             official_code=_LOCALMIM_SWIN_CODE, arch=dict(LOCALMIM_SWIN_BASE), task="mim_pretrain", num_classes=0,
+             input_size=(3, 224, 224), test_input_size=(3, 224, 224), min_input_size=(3, 224, 224),
+             first_conv="encoder.patch_embed.proj", infer_kwargs=infer_localmim_swin_kwargs,
+             notes="LocalMIM Swin-B pretraining (README flags: window 7, HOG, 18 bins, hog_bias); one mask per "
+                   "batch, visible tokens only (dense masked window attention); 224 px only; returns the loss"),
     ModelCfg(name="vit_base_patch16", family="mim_vit", paper=PAPERS["fastmim"], official_code=_FINETUNE_CODE,
              arch={k: v for k, v in VIT_BASE_FINETUNE.items()}, task="mim_finetune", input_size=(3, 224, 224),
              test_input_size=(3, 224, 224), min_input_size=(3, 224, 224), first_conv="patch_embed.proj",

@@ -225,10 +225,12 @@ from specs import swin as swin_spec  # noqa: E402
 from specs.swin import stage_resolution  # noqa: E402
 
 from .layers import PatchEmbed  # noqa: E402
-from .models.swin import BasicLayer, NormedPatchEmbed  # noqa: E402
+from .layers import Mlp  # noqa: E402
+from .models.swin import BasicLayer, NormedPatchEmbed, PatchMerging, WindowAttention  # noqa: E402
 from .models.vit import Block, VisionTransformer as _TimmViT  # noqa: E402
 
 __all__ += ["FastMIMBase", "MaskedAutoencoderViT", "MIMSwinEncoder", "PretrainSwin", "LocalMIMViT", "MAEDecoder",
+            "LocalMIMSwin", "VisibleSwinEncoder", "SwinMIMDecoder", "localmim_swin_base_patch4",
             "LayerNorm2d", "FinetuneViT", "fastmim_vit_base_patch16", "fastmim_swin_base_patch4",
             "localmim_vit_base_patch16", "vit_base_patch16", "load_pretrained", "load_official", "hog_c"]
 
@@ -537,6 +539,12 @@ class MAEDecoder(nn.Module):
         return x.flatten(2).transpose(1, 2)
 
 
+def rgb_hog(enc: HOGLayer, imgs: torch.Tensor) -> torch.Tensor:
+    """A LocalMIM HOG target: (B, h·w, 3·nbins), the R, G, B histograms of ``enc`` (upstream's ``HOG``)."""
+    feat = torch.cat([enc(imgs[:, c:c + 1]) for c in range(3)], 1)
+    return feat.flatten(2).transpose(1, 2)
+
+
 class LocalMIMViT(nn.Module):
     """LocalMIM's ViT pretraining model (paper §3.2; official ``ViT/models_mim.py::MaskedAutoencoderViT``).
 
@@ -568,9 +576,7 @@ class LocalMIMViT(nn.Module):
         self.hog_enc = nn.ModuleList([HOGLayer(hog_nbins, k, hog_bias) for k in _spec.LOCALMIM_POOLS])
 
     def hog(self, imgs: torch.Tensor, k: int) -> torch.Tensor:
-        """Target ``k``: (B, h·w, 3·nbins), the R, G, B histograms of ``hog_enc[k]``."""
-        feat = torch.cat([self.hog_enc[k](imgs[:, c:c + 1]) for c in range(3)], 1)
-        return feat.flatten(2).transpose(1, 2)
+        return rgb_hog(self.hog_enc[k], imgs)
 
     def forward_encoder(self, x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
         x = self.patch_embed(x) + self.pos_embed[:, 1:]
@@ -596,6 +602,228 @@ class LocalMIMViT(nn.Module):
         latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
         pred = [self.decoder[i](latent[i], ids_restore) for i in range(len(latent))]
         levels = self.forward_loss(imgs, pred, mask)
+        loss = levels.sum()
+        return (loss, levels) if return_levels else loss
+
+
+# ------------------------------------------------------------------------- LocalMIM Swin (Swin/models_mim.py)
+
+def window_geometry(coords: torch.Tensor, window: int, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upstream ``GroupingModule`` for the tokens at ``coords`` (N, 2): ``(index, same)`` (N, N), the
+    relative-position index of each pair in the same window (0 elsewhere) and whether the pair shares a window.
+    Windows are ``(coords + (window - shift) % window) // window``: the shifted partition without the cyclic roll."""
+    group = torch.div(coords + (window - shift) % window, window, rounding_mode="floor")
+    same = (group[:, None] == group[None]).all(-1)
+    rel = coords[:, None] - coords[None] + (window - 1)
+    index = rel[..., 0] * (2 * window - 1) + rel[..., 1]
+    return torch.where(same, index, 0), same
+
+
+class VisibleWindowAttention(WindowAttention):
+    """GreenMIM's window attention over the visible tokens (LocalMIM ``Swin/models_mim.py::WindowAttention``) in a
+    dense masked form: every visible token attends to every visible token, a pair in different windows with bias 0
+    and upstream's additive -100. Upstream packs the windows into groups (``group_windows``, a knapsack) or, for
+    few tokens, uses this same dense form ('masking' mode); the cross-window pairs it keeps get exp(-100) ≈ 4e-44
+    of a softmax weight either way, so both give the same output to float32 rounding (checked against the official
+    code in its 'grouping' stages). The ``relative_position_index`` buffer is kept for the keys (upstream: unused
+    in pretraining)."""
+
+    def forward(self, x: torch.Tensor, index: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        bias = self.relative_position_bias_table[index.reshape(-1)].reshape(n, n, -1) * same.unsqueeze(-1)
+        attn = attn + bias.permute(2, 0, 1).unsqueeze(0)
+        attn = attn + torch.where(same, 0.0, swin_spec.MASK_VALUE)
+        return self.proj((attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class VisibleSwinBlock(nn.Module):
+    """Upstream ``SwinTransformerBlock``: ``x + attn(norm1(x))``, ``x + mlp(norm2(x))`` on the visible tokens."""
+
+    def __init__(self, dim: int, window: int, num_heads: int, mlp_ratio: float, eps: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = VisibleWindowAttention(dim, (window, window), num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, index: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), index, same)
+        return x + self.mlp(self.norm2(x))
+
+
+class UnitPatchMerging(PatchMerging):
+    """Upstream ``PatchMerging`` on unit-ordered tokens: each unit's 2 x 2 neighbours concatenated in (dy, dx)
+    order ``(0,0), (0,1), (1,0), (1,1)`` (GreenMIM's; the Swin merge takes ``(0,0), (1,0), (0,1), (1,1)``)."""
+
+    def forward(self, x: torch.Tensor, unit: int) -> torch.Tensor:
+        b, n, c = x.shape
+        h = unit // 2
+        x = x.reshape(b, -1, h, 2, h, 2, c).permute(0, 1, 2, 4, 3, 5, 6).reshape(b, n // 4, 4 * c)
+        return self.reduction(self.norm(x))
+
+
+class VisibleSwinStage(nn.Module):
+    """Upstream ``BasicLayer`` (keys ``blocks``, ``downsample``): the window clamped to the grid as the official
+    block does (:func:`specs.swin.block_window`), shift ``window // 2`` in odd blocks unless clamped, one
+    :func:`window_geometry` per shift, then the unit-ordered merging."""
+
+    def __init__(self, dim: int, resolution: tuple[int, int], depth: int, num_heads: int, window_size: int,
+                 mlp_ratio: float, downsample: bool, eps: float, units: int):
+        super().__init__()
+        self.window, shift = swin_spec.block_window(resolution, window_size, window_size // 2)
+        self.shifts = [0 if i % 2 == 0 else shift for i in range(depth)]
+        self.blocks = nn.ModuleList([VisibleSwinBlock(dim, self.window, num_heads, mlp_ratio, eps)
+                                     for _ in range(depth)])
+        self.downsample = UnitPatchMerging(resolution, dim, eps) if downsample else None
+        self.unit = resolution[0] // units
+
+    def forward(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        geometry = {s: window_geometry(coords, self.window, s) for s in set(self.shifts)}
+        for blk, s in zip(self.blocks, self.shifts):
+            x = blk(x, *geometry[s])
+        return x if self.downsample is None else self.downsample(x, self.unit)
+
+
+class VisibleSwinEncoder(nn.Module):
+    """Upstream ``SwinTransformer`` of ``Swin/models_mim.py`` (keys ``patch_embed``, ``layers``, ``norm.k``):
+    the patch embedding, the visible units' tokens in unit order (:func:`specs.mim.localmim_swin_geometry`), the
+    four stages; returns each stage's output (after its merging) through ``norm.k`` (LayerNorm(dim · [2, 4, 8, 8]))."""
+
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, depths: Sequence[int],
+                 num_heads: Sequence[int], window_size: int, mlp_ratio: float, eps: float = _spec.LN_EPS):
+        super().__init__()
+        units = _spec.LOCALMIM_SWIN_UNITS
+        self.patch_embed = NormedPatchEmbed(img_size, patch_size, in_chans, embed_dim, eps)
+        grid = self.patch_embed.grid_size[0]
+        self.layers = nn.ModuleList([
+            VisibleSwinStage(embed_dim * 2 ** i, stage_resolution(self.patch_embed.img_size, patch_size, i),
+                             depths[i], num_heads[i], window_size, mlp_ratio, i < len(depths) - 1, eps, units)
+            for i in range(len(depths))])
+        self.norm = nn.ModuleList([nn.LayerNorm(embed_dim * k, eps=eps) for k in _spec.LOCALMIM_SWIN_DIMS])
+        gather, coords = _spec.localmim_swin_geometry(grid, len(depths), units)
+        self.register_buffer("gather", torch.from_numpy(gather).long(), persistent=False)
+        for i, c in enumerate(coords):
+            self.register_buffer(f"coords{i}", torch.from_numpy(c).long(), persistent=False)
+
+    def forward(self, x: torch.Tensor, visible: torch.Tensor) -> list[torch.Tensor]:
+        """``visible``: the visible units' indices, ascending."""
+        x = self.patch_embed(x)[:, self.gather[visible].reshape(-1)]
+        latent = []
+        for i, (layer, norm) in enumerate(zip(self.layers, self.norm)):
+            x = layer(x, getattr(self, f"coords{i}")[visible].reshape(-1, 2))
+            latent.append(norm(x))
+        return latent
+
+
+class SwinMIMDecoder(nn.Module):
+    """Upstream ``ViT_Decoder``: ``embed``, mask tokens placed by ``ids_restore`` (unit order), the tokens
+    reordered row-major, the fixed sin-cos ``pos_embed`` (no class row), ``depth`` blocks (qkv bias), ``norm``,
+    the Linear ``pred``; returns (B, L, out_dim)."""
+
+    def __init__(self, inp_dim: int, embed_dim: int, out_dim: int, num_patches: int, depth: int, num_heads: int,
+                 mlp_ratio: float):
+        super().__init__()
+        self.embed = nn.Linear(inp_dim, embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.from_numpy(_spec.sincos_pos_embed(embed_dim, int(num_patches ** .5),
+                                                                              cls_token=False)), requires_grad=False)
+        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, True) for _ in range(depth)])
+        self.norm = _LN(embed_dim)
+        self.pred = nn.Linear(embed_dim, out_dim)
+        self.units = _spec.LOCALMIM_SWIN_UNITS
+        self.unit = int(num_patches ** .5) // self.units
+        nn.init.normal_(self.mask_token, std=.02)
+        _xavier_linears(self)
+
+    def forward(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        b, n, d = x.shape
+        length = ids_restore.shape[1]
+        x = torch.cat([x, self.mask_token.expand(b, length - n, d)], dim=1)
+        x = torch.gather(x, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d))
+        u, w = self.units, self.unit
+        x = x.reshape(b, u, u, w, w, d).transpose(2, 3).reshape(b, length, d) + self.pos_embed
+        for blk in self.blocks:
+            x = blk(x)
+        return self.pred(self.norm(x))
+
+
+class LocalMIMSwin(nn.Module):
+    """LocalMIM's Swin pretraining model (paper §3.2; official ``Swin/models_mim.py::MaskedAutoencoderSwin``, after
+    GreenMIM). ``forward(imgs, mask_ratio=0.75, noise=None, return_levels=False)``:
+
+    - one mask for the whole batch over the 7 x 7 grid of 32-px units: the ``int(mask_ratio·49) + 1`` units of
+      smallest ``noise[0]`` (``noise`` (B, 49), drawn U[0, 1) when None) are masked, 37 of 49 at 0.75, as
+      upstream's ``randperm(49) <= int(0.75·49)`` (whose per-sample copies the encoder reduces to ``mask[:1]``);
+    - :class:`VisibleSwinEncoder` on the visible units only; stage ``k``'s output feeds decoder ``k``
+      (:class:`SwinMIMDecoder`, width ``decoder_embed_dim // [2, 1, 1, 1][k]``) at grid 28, 14, 7, 7;
+    - target ``k``: the R, G, B ``HOGLayer(hog_nbins, [8, 16, 32, 32][k], hog_bias)`` or, with ``target='Pixel'``,
+      the patchified pixels of side ``[8, 16, 32, 32][k]`` ((p, q, c) order; per-patch normalised with the
+      unbiased variance and eps 1e-6 when ``norm_pix_loss``);
+    - ``levels[k] = Σ mean_d(pred − target)² · M / Σ M`` with the mask upsampled by ``[4, 2, 1, 1][k]``,
+      ``loss = Σ levels``.
+
+    The image must be 224 px of 4-px patches (upstream hard-codes the 7 x 7 units and the targets' cells)."""
+
+    def __init__(self, img_size: int = 224, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96,
+                 depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
+                 window_size: int = 7, mlp_ratio: float = 4.0, decoder_embed_dim: int = 256, decoder_depth: int = 1,
+                 decoder_num_heads: int = 16, target: str = "HOG", hog_nbins: int = 9, hog_bias: bool = False,
+                 norm_pix_loss: bool = True):
+        super().__init__()
+        _spec.check_localmim_swin(img_size, patch_size, depths, target)
+        self.encoder = VisibleSwinEncoder(img_size, patch_size, in_chans, embed_dim, depths, num_heads, window_size,
+                                          mlp_ratio)
+        _init_patch_embed(self.encoder.patch_embed)
+        _xavier_linears(self.encoder)
+        units = _spec.LOCALMIM_SWIN_UNITS ** 2
+        self.decoder = nn.ModuleList([
+            SwinMIMDecoder(embed_dim * s, decoder_embed_dim // k,
+                           in_chans * (hog_nbins if target == "HOG" else p * p), units * t * t, decoder_depth,
+                           decoder_num_heads, mlp_ratio)
+            for s, k, t, p in zip(_spec.LOCALMIM_SWIN_DIMS, (2, 1, 1, 1), _spec.LOCALMIM_SWIN_SCALES,
+                                  _spec.LOCALMIM_SWIN_POOLS)])
+        if target == "HOG":
+            self.hog_enc = nn.ModuleList([HOGLayer(hog_nbins, k, hog_bias) for k in _spec.LOCALMIM_SWIN_POOLS])
+        self.target, self.norm_pix_loss = target, norm_pix_loss
+
+    def target_of(self, imgs: torch.Tensor, k: int) -> torch.Tensor:
+        """Target ``k`` (B, L_k, out_dim)."""
+        if self.target == "HOG":
+            return rgb_hog(self.hog_enc[k], imgs)
+        p = _spec.LOCALMIM_SWIN_POOLS[k]
+        b, c, h, w = imgs.shape
+        x = torch.einsum("nchpwq->nhwpqc", imgs.reshape(b, c, h // p, p, w // p, p)).reshape(b, -1, p * p * c)
+        if self.norm_pix_loss:
+            x = (x - x.mean(-1, keepdim=True)) / (x.var(-1, keepdim=True) + 1e-6) ** .5
+        return x
+
+    def no_weight_decay(self) -> set[str]:
+        """Upstream's ``skip_list`` (``run_pretrain.py``): the bias tables and the mask tokens."""
+        return {n for n, _ in self.named_parameters() if "position_bias" in n or "token" in n}
+
+    def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None,
+                return_levels: bool = False):
+        b = imgs.shape[0]
+        units = _spec.LOCALMIM_SWIN_UNITS ** 2
+        if noise is None:
+            noise = torch.rand(b, units)
+        n_masked = _spec.localmim_swin_masked(mask_ratio, units)
+        masked = torch.argsort(torch.argsort(noise[0])) < n_masked
+        visible = torch.argsort(masked.long() * units + torch.arange(units))[:units - n_masked]
+        latent = self.encoder(imgs, visible)
+        levels = []
+        for k, (x, decoder) in enumerate(zip(latent, self.decoder)):
+            t = _spec.LOCALMIM_SWIN_SCALES[k]
+            hidden = masked.repeat_interleave(t * t)                        # unit order
+            key = hidden.long() * hidden.numel() + torch.arange(hidden.numel())
+            ids_restore = torch.argsort(torch.argsort(key)).unsqueeze(0).expand(b, -1)
+            pred = decoder(x, ids_restore)
+            m = recal_mask(masked.float().unsqueeze(0).expand(b, -1), float(t))
+            levels.append((((pred - self.target_of(imgs, k)) ** 2).mean(-1) * m).sum() / m.sum())
+        levels = torch.stack(levels)
         loss = levels.sum()
         return (loss, levels) if return_levels else loss
 
@@ -647,6 +875,12 @@ def localmim_vit_base_patch16(**overrides: Any) -> LocalMIMViT:
     return LocalMIMViT(**{**_spec.LOCALMIM_VIT_BASE, **overrides})
 
 
+def localmim_swin_base_patch4(**overrides: Any) -> LocalMIMSwin:
+    """LocalMIM ``mim_swin_base_patch4_win7`` with the README's Swin-B flags (HOG, 18 bins, ``hog_bias``);
+    ``overrides`` use upstream's names (``target='Pixel', norm_pix_loss=True`` for the pixel model)."""
+    return LocalMIMSwin(**{**_spec.LOCALMIM_SWIN_BASE, **overrides})
+
+
 def vit_base_patch16(num_classes: int = 1000, **overrides: Any) -> FinetuneViT:
     """MAE ``models_vit.vit_base_patch16`` as both fine-tune scripts build it (global pool, drop path 0.1)."""
     return FinetuneViT(num_classes, **{**_spec.VIT_BASE_FINETUNE, **overrides})
@@ -696,4 +930,5 @@ from ._registry import registry  # noqa: E402
 registry.register_family("fastmim", MaskedAutoencoderViT)
 registry.register_family("fastmim_swin", PretrainSwin)
 registry.register_family("localmim", LocalMIMViT)
+registry.register_family("localmim_swin", LocalMIMSwin)
 registry.register_family("mim_vit", FinetuneViT)

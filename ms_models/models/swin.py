@@ -24,9 +24,9 @@ from .._registry import registry
 from ..layers import DropPath, Identity, Mlp, PatchEmbed, dense, refresh_graph, torch_init_dense, trunc_normal
 
 
-def layer_norm(dim: int) -> nn.LayerNorm:
-    """The official ``nn.LayerNorm(dim)``: eps 1e-5 over the last axis."""
-    return nn.LayerNorm((dim,), epsilon=LN_EPS)
+def layer_norm(dim: int, eps: float = LN_EPS) -> nn.LayerNorm:
+    """The official ``nn.LayerNorm(dim)``: eps 1e-5 (or ``eps``) over the last axis."""
+    return nn.LayerNorm((dim,), epsilon=eps)
 
 
 def window_partition(x, window: int):
@@ -115,11 +115,11 @@ class SwinTransformerBlock(nn.Cell):
 class PatchMerging(nn.Cell):
     """2 x 2 neighbours in the official order, LayerNorm(4C), bias-free ``reduction`` to 2C."""
 
-    def __init__(self, input_resolution: tuple[int, int], dim: int):
+    def __init__(self, input_resolution: tuple[int, int], dim: int, eps: float = LN_EPS):
         super().__init__()
         self.input_resolution = input_resolution
         self.reduction = dense(4 * dim, 2 * dim, bias=False)
-        self.norm = layer_norm(4 * dim)
+        self.norm = layer_norm(4 * dim, eps)
 
     def construct(self, x):
         h, w = self.input_resolution
@@ -151,9 +151,10 @@ class BasicLayer(nn.Cell):
 class NormedPatchEmbed(PatchEmbed):
     """The official Swin ``PatchEmbed``: the shared patch conv, then LayerNorm over the tokens."""
 
-    def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int):
+    def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int,
+                 eps: float = LN_EPS):
         super().__init__(img_size, patch_size, in_chans, embed_dim)
-        self.norm = layer_norm(embed_dim)
+        self.norm = layer_norm(embed_dim, eps)
 
     def construct(self, x):
         return self.norm(super().construct(x))

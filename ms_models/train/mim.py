@@ -35,7 +35,7 @@ from mindspore import nn
 from specs.schedules import lr_per_varying_step, scaled_lr
 
 from ..context import execution_mode
-from ..mim import FastMIMBase, LocalMIMViT
+from ..mim import FastMIMBase, LocalMIMSwin, LocalMIMViT
 
 
 class MimObjective(nn.Cell):
@@ -63,11 +63,14 @@ class ObjectiveLoss(nn.Cell):
 
 def noise_shape(model: nn.Cell, batch: int) -> tuple[int, int]:
     """The shape of the ``noise`` a pretraining model masks with: FastMIM one value per ``block_size`` block
-    (``block_masking``), LocalMIM one per patch (``random_masking``)."""
+    (``block_masking``), LocalMIM's ViT one per patch (``random_masking``), LocalMIM's Swin one per 32-px unit
+    (its first row masks the whole batch)."""
     if isinstance(model, FastMIMBase):
         return batch, (getattr(model, "input_side", model.img_size) // model.block_size) ** 2
     if isinstance(model, LocalMIMViT):
         return batch, model.patch_embed.num_patches
+    if isinstance(model, LocalMIMSwin):
+        return batch, model.units
     raise TypeError(f"{type(model).__name__} is not a masked-image-modeling pretraining model")
 
 

@@ -322,7 +322,8 @@ def test_registry_builds_and_loads_but_classification_sweeps_skip(tmp_path):
     import ms_models
     import torch_ref
     from specs import get_model_cfg, list_cfgs
-    pretrain = ["fastmim_swin_base_patch4", "fastmim_vit_base_patch16", "localmim_vit_base_patch16"]
+    pretrain = ["fastmim_swin_base_patch4", "fastmim_vit_base_patch16", "localmim_swin_base_patch4",
+                "localmim_vit_base_patch16"]
     assert torch_ref.list_models(task="mim_pretrain") == ms_models.list_models(task="mim_pretrain") == pretrain
     assert torch_ref.list_models(task="mim_finetune") == ["vit_base_patch16"]
     for name in pretrain + ["vit_base_patch16"]:

@@ -26,7 +26,7 @@ from specs import get_model_cfg
 from specs.errors import CheckpointError, ConfigError
 from torch_ref import mim as t_mim
 
-from helpers import ROOT
+from helpers import ROOT, write_tree
 
 DEMO = ROOT / "configs" / "demo"
 ENCODER = {"img_size": 64, "patch_size": 16, "embed_dim": 32, "depth": 8, "num_heads": 2}
@@ -41,7 +41,8 @@ PRETRAIN = {
 }
 MODEL = {"fastmim_swin": "fastmim_swin_base_patch4"}     # the other recipes' own model
 NOISE = {"fastmim_vit_base_patch16": 16, "localmim_vit_base_patch16": 16,      # one value per 16-px block / patch
-         "fastmim_swin_base_patch4": 4}                                          # per 32-px block
+         "fastmim_swin_base_patch4": 4,                                          # per 32-px block
+         "localmim_swin_base_patch4": 49}                                        # per 32-px unit at 224 px
 RUN = ["train.epochs=2", "data.batch_size=128", "data.workers=1"]
 
 
@@ -75,13 +76,7 @@ def test_pretraining_run_lowers_the_loss_and_writes_no_best(pretrained):
     assert Image.open(out / "curves.png").size[0] == 8 * 90     # two panels (no accuracy panel), 8 in at 90 dpi
 
 
-@pytest.mark.slow
-def test_val_loss_is_the_torch_twins_loss_from_the_converted_checkpoint(pretrained, tmp_path):
-    """``last.ckpt`` converted with ``convert ms2torch`` loads strictly into the torch twin under the official keys
-    (the layout the official fine-tune scripts read), and that model's loss on the val split, masked with the noise
-    the engine's validation draws (``default_rng((seed, rank, batch))``), is the recorded ``val_loss`` within 1e-4
-    of its value (float32; the HOG bins are compared through the same noise and images, no tolerance widened)."""
-    cfg, out = pretrained
+def _val_loss_is_the_torch_twins(cfg, out, tmp_path) -> None:
     name = cfg.model.name
     dst = convert_file(name, out / "last.ckpt", tmp_path / "pretrain.pth", direction="ms2torch")
     tm = torch_ref.create_model(name, **cfg.model.kwargs)
@@ -96,6 +91,33 @@ def test_val_loss_is_the_torch_twins_loss_from_the_converted_checkpoint(pretrain
     loss = float((out_t[0] if isinstance(out_t, tuple) else out_t).item())
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert abs(last["val_loss"] - loss) <= 1e-4 * abs(loss)
+
+
+@pytest.mark.slow
+def test_val_loss_is_the_torch_twins_loss_from_the_converted_checkpoint(pretrained, tmp_path):
+    """``last.ckpt`` converted with ``convert ms2torch`` loads strictly into the torch twin under the official keys
+    (the layout the official fine-tune scripts read), and that model's loss on the val split, masked with the noise
+    the engine's validation draws (``default_rng((seed, rank, batch))``), is the recorded ``val_loss`` within 1e-4
+    of its value (float32; the HOG bins are compared through the same noise and images, no tolerance widened)."""
+    _val_loss_is_the_torch_twins(*pretrained, tmp_path)
+
+
+@pytest.mark.slow
+def test_localmim_swin_pretrains_in_the_engine(tmp_path):
+    """LocalMIM's Swin (224 px only) on a small image folder, two epochs of three steps: the run's train and val
+    losses are finite, its checkpoint converts to the official layout, and the torch twin's loss on the val images
+    with the validation's noise (whose first row masks the batch) is the recorded ``val_loss``."""
+    root = write_tree(tmp_path / "data", {"train": {"a": 12, "b": 12}, "val": {"a": 8, "b": 8}}, size=(240, 240))
+    kwargs = {**SWIN, "decoder_embed_dim": 32, "decoder_num_heads": 2, "hog_nbins": 9}
+    cfg = _cfg("localmim_pretrain_digits.yaml", [
+        "train.epochs=2", "data.batch_size=8", "data.val_batch_size=16", "data.workers=1", f"data.dir={root}",
+        "data.image_size=224", "model.name=localmim_swin_base_patch4", f"model.kwargs={json.dumps(kwargs)}"])
+    out = tmp_path / "run"
+    train(cfg, out)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"]) for r in records)
+    _val_loss_is_the_torch_twins(cfg, out, tmp_path)
 
 
 @pytest.mark.slow
@@ -181,6 +203,7 @@ def test_noise_shapes_follow_each_masking_rule():
     small = {**PRETRAIN["localmim"][1], "patch_size": 8}
     assert noise_shape(create_model("localmim_vit_base_patch16", **small), 3) == (3, 64)
     assert noise_shape(create_model("fastmim_swin_base_patch4", **PRETRAIN["fastmim_swin"][1]), 2) == (2, 4)
+    assert noise_shape(create_model("localmim_swin_base_patch4", **SWIN), 3) == (3, 49)     # 7 x 7 units of 32 px
     fastmim_p = create_model("fastmim_vit_base_patch16", **PRETRAIN["fastmim"][1])
     fastmim_p.set_input_size(128)                               # FastMIM-P: 8 x 8 blocks of 16 px
     assert noise_shape(fastmim_p, 5) == (5, 64)

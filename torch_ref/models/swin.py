@@ -107,11 +107,11 @@ class PatchMerging(nn.Module):
     """2 x 2 neighbours concatenated in the official order (``x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2],
     x[1::2, 1::2]``, here as one reshape/permute), LayerNorm(4C), ``reduction`` to 2C without bias (section 3.1)."""
 
-    def __init__(self, input_resolution: tuple[int, int], dim: int):
+    def __init__(self, input_resolution: tuple[int, int], dim: int, eps: float = LN_EPS):
         super().__init__()
         self.input_resolution = input_resolution
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
-        self.norm = nn.LayerNorm(4 * dim, eps=LN_EPS)
+        self.norm = nn.LayerNorm(4 * dim, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = self.input_resolution
@@ -141,9 +141,10 @@ class BasicLayer(nn.Module):
 class NormedPatchEmbed(PatchEmbed):
     """The official Swin ``PatchEmbed``: the shared patch conv, then LayerNorm over the tokens (``patch_norm``)."""
 
-    def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int):
+    def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int,
+                 eps: float = LN_EPS):
         super().__init__(img_size, patch_size, in_chans, embed_dim)
-        self.norm = nn.LayerNorm(embed_dim, eps=LN_EPS)
+        self.norm = nn.LayerNorm(embed_dim, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(super().forward(x))
