@@ -247,7 +247,9 @@ from .models.vit import Block, VisionTransformer as _TimmViT, layer_norm  # noqa
 __all__ += ["FastMIMBase", "MaskedAutoencoderViT", "MIMSwinEncoder", "PretrainSwin", "LocalMIMViT", "MAEDecoder",
             "LocalMIMSwin", "VisibleSwinEncoder", "SwinMIMDecoder", "localmim_swin_base_patch4",
             "LayerNorm2d", "FinetuneViT", "fastmim_vit_base_patch16", "fastmim_swin_base_patch4",
-            "localmim_vit_base_patch16", "vit_base_patch16", "load_pretrained", "load_official", "hog_c"]
+            "localmim_vit_base_patch16", "vit_base_patch16", "load_pretrained", "load_official", "hog_c",
+            "fastmim_swin_large_patch4", "localmim_vit_small_patch16", "localmim_vit_large_patch16",
+            "localmim_swin_base_patch4_win14", "localmim_swin_large_patch4_win14"]
 
 
 def hog_c(imgs: Tensor, levels: Tensor, pool: int = 8, norm_pix_loss: bool = True) -> Tensor:
@@ -909,6 +911,33 @@ def localmim_vit_base_patch16(**overrides: Any) -> LocalMIMViT:
 def localmim_swin_base_patch4(**overrides: Any) -> LocalMIMSwin:
     """LocalMIM Swin-B pretraining model (see ``torch_ref.mim.localmim_swin_base_patch4``)."""
     return _tagged(LocalMIMSwin(**{**_spec.LOCALMIM_SWIN_BASE, **overrides}), "localmim_swin_base_patch4", overrides)
+
+
+def fastmim_swin_large_patch4(**overrides: Any) -> PretrainSwin:
+    """FastMIM Swin-L pretraining model (see ``torch_ref.mim.fastmim_swin_large_patch4``)."""
+    return _tagged(PretrainSwin(**{**_spec.FASTMIM_SWIN_LARGE, **overrides}), "fastmim_swin_large_patch4", overrides)
+
+
+def localmim_vit_small_patch16(**overrides: Any) -> LocalMIMViT:
+    """LocalMIM ViT-S/16 pretraining model (see ``torch_ref.mim.localmim_vit_small_patch16``)."""
+    return _tagged(LocalMIMViT(**{**_spec.LOCALMIM_VIT_SMALL, **overrides}), "localmim_vit_small_patch16", overrides)
+
+
+def localmim_vit_large_patch16(**overrides: Any) -> LocalMIMViT:
+    """LocalMIM ViT-L/16 pretraining model (see ``torch_ref.mim.localmim_vit_large_patch16``)."""
+    return _tagged(LocalMIMViT(**{**_spec.LOCALMIM_VIT_LARGE, **overrides}), "localmim_vit_large_patch16", overrides)
+
+
+def localmim_swin_base_patch4_win14(**overrides: Any) -> LocalMIMSwin:
+    """LocalMIM Swin-B window-14 pretraining model (see ``torch_ref.mim.localmim_swin_base_patch4_win14``)."""
+    return _tagged(LocalMIMSwin(**{**_spec.LOCALMIM_SWIN_BASE_WIN14, **overrides}), "localmim_swin_base_patch4_win14",
+                   overrides)
+
+
+def localmim_swin_large_patch4_win14(**overrides: Any) -> LocalMIMSwin:
+    """LocalMIM Swin-L window-14 pretraining model (see ``torch_ref.mim.localmim_swin_large_patch4_win14``)."""
+    return _tagged(LocalMIMSwin(**{**_spec.LOCALMIM_SWIN_LARGE_WIN14, **overrides}),
+                   "localmim_swin_large_patch4_win14", overrides)
 
 
 def vit_base_patch16(num_classes: int = 1000, **overrides: Any) -> FinetuneViT:

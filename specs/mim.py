@@ -41,6 +41,16 @@ VIT_BASE_FINETUNE = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, n
 LOCALMIM_SWIN_BASE = dict(img_size=224, patch_size=4, embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32),
                           window_size=7, mlp_ratio=4.0, decoder_embed_dim=128, decoder_depth=1, decoder_num_heads=4,
                           target="HOG", hog_nbins=18, hog_bias=True, norm_pix_loss=False)
+# the other upstream sizes: MIM_vit_small_patch16 (no README recipe: the constructor's 9 bins, no bias),
+# MIM_vit_large_patch16 with the README ViT-L flags (--hog_nbins 18 --hog_bias), mim_swin_base_patch4_win14,
+# mim_swin_large_patch4_win14 with the README Swin-L flags (HOG, 18 bins, hog_bias), and FastMIM's mim_swin_large
+# with the Swin-B README flags (no Swin-L recipe upstream; its decoder_num_heads=16 reaches the encoder's **kwargs
+# and is ignored: the decoder keeps decoder_embed_dim // 32 heads)
+LOCALMIM_VIT_SMALL = dict(LOCALMIM_VIT_BASE, embed_dim=384, num_heads=6)
+LOCALMIM_VIT_LARGE = dict(LOCALMIM_VIT_BASE, embed_dim=1024, depth=24, num_heads=16, hog_nbins=18, hog_bias=True)
+LOCALMIM_SWIN_BASE_WIN14 = dict(LOCALMIM_SWIN_BASE, window_size=14)
+LOCALMIM_SWIN_LARGE_WIN14 = dict(LOCALMIM_SWIN_BASE, embed_dim=192, num_heads=(6, 12, 24, 48), window_size=14)
+FASTMIM_SWIN_LARGE = dict(FASTMIM_SWIN_BASE, embed_dim=192, num_heads=(6, 12, 24, 48))
 LOCALMIM_SCALES = (4.0, 2.0, 1.0, 0.5)     # decoder k predicts at grid * scale[k]
 LOCALMIM_POOLS = (4, 8, 16, 32)            # HOG cell of target k (matches the grids for patch 16)
 FASTMIM_HOG = dict(nbins=9, pool=8)
@@ -249,10 +259,9 @@ def infer_finetune_kwargs(shapes: Mapping[str, tuple]) -> dict:
 
 # ---------------------------------------------------------------- registry entries (not classification sweeps)
 _FASTMIM_CODE = "ggjy/FastMIM.pytorch@d4eea0d mim_vit_pretrain.py (MaskedAutoencoderViT, mim_vit_base)"
-_FASTMIM_SWIN_CODE = "ggjy/FastMIM.pytorch@d4eea0d mim_swin_pretrain.py (PretrainSwin, mim_swin_base)"
-_LOCALMIM_CODE = "Haoqing-Wang/LocalMIM@314a6e5 ViT/models_mim.py (MaskedAutoencoderViT, MIM_vit_base_patch16)"
-_LOCALMIM_SWIN_CODE = ("Haoqing-Wang/LocalMIM@314a6e5 Swin/models_mim.py (MaskedAutoencoderSwin, "
-                       "mim_swin_base_patch4_win7)")
+_FASTMIM_SWIN_CODE = "ggjy/FastMIM.pytorch@d4eea0d mim_swin_pretrain.py (PretrainSwin, {})"
+_LOCALMIM_CODE = "Haoqing-Wang/LocalMIM@314a6e5 ViT/models_mim.py (MaskedAutoencoderViT, {})"
+_LOCALMIM_SWIN_CODE = "Haoqing-Wang/LocalMIM@314a6e5 Swin/models_mim.py (MaskedAutoencoderSwin, {})"
 _FINETUNE_CODE = ("ggjy/FastMIM.pytorch@d4eea0d models_vit.py, main_finetune.py; Haoqing-Wang/LocalMIM@314a6e5 "
                   "ViT/models_vit.py, ViT/run_finetune.py (vit_base_patch16, global_pool)")
 CFGS = [
@@ -263,22 +272,55 @@ CFGS = [
              notes="FastMIM ViT-B pretraining (README flags: 128 px, block 16, decoder 256 x 1, HOG); returns "
                    "(loss, pred, mask)"),
     ModelCfg(name="fastmim_swin_base_patch4", family="fastmim_swin", paper=PAPERS["fastmim"],
-             official_code=_FASTMIM_SWIN_CODE, arch=dict(FASTMIM_SWIN_BASE), task="mim_pretrain", num_classes=0,
+             official_code=_FASTMIM_SWIN_CODE.format("mim_swin_base"), arch=dict(FASTMIM_SWIN_BASE),
+             task="mim_pretrain", num_classes=0,
              input_size=(3, 128, 128), test_input_size=(3, 64, 64), min_input_size=(3, 64, 64),
              first_conv="encoder.patch_embed.proj", infer_kwargs=infer_fastmim_swin_kwargs,
              notes="FastMIM Swin-B pretraining (README flags: 128 px, window 4, block 32, decoder 256 x 4, HOG); "
                    "input must be img_size (the official PatchEmbed asserts it); returns (loss, pred, mask)"),
     ModelCfg(name="localmim_vit_base_patch16", family="localmim", paper=PAPERS["localmim"],
-             official_code=_LOCALMIM_CODE, arch=dict(LOCALMIM_VIT_BASE), task="mim_pretrain", num_classes=0,
+             official_code=_LOCALMIM_CODE.format("MIM_vit_base_patch16"), arch=dict(LOCALMIM_VIT_BASE),
+             task="mim_pretrain", num_classes=0,
              input_size=(3, 224, 224), test_input_size=(3, 64, 64), min_input_size=(3, 64, 64),
              first_conv="patch_embed.proj", infer_kwargs=infer_localmim_kwargs,
              notes="LocalMIM ViT-B pretraining (hog_nbins 9); returns the loss"),
     ModelCfg(name="localmim_swin_base_patch4", family="localmim_swin", paper=PAPERS["localmim"],
-             official_code=_LOCALMIM_SWIN_CODE, arch=dict(LOCALMIM_SWIN_BASE), task="mim_pretrain", num_classes=0,
+             official_code=_LOCALMIM_SWIN_CODE.format("mim_swin_base_patch4_win7"),
+             arch=dict(LOCALMIM_SWIN_BASE), task="mim_pretrain", num_classes=0,
              input_size=(3, 224, 224), test_input_size=(3, 224, 224), min_input_size=(3, 224, 224),
              first_conv="encoder.patch_embed.proj", infer_kwargs=infer_localmim_swin_kwargs,
              notes="LocalMIM Swin-B pretraining (README flags: window 7, HOG, 18 bins, hog_bias); one mask per "
                    "batch, visible tokens only (dense masked window attention); 224 px only; returns the loss"),
+    ModelCfg(name="fastmim_swin_large_patch4", family="fastmim_swin", paper=PAPERS["fastmim"],
+             official_code=_FASTMIM_SWIN_CODE.format("mim_swin_large"), arch=dict(FASTMIM_SWIN_LARGE),
+             task="mim_pretrain", num_classes=0, input_size=(3, 128, 128), test_input_size=(3, 64, 64),
+             min_input_size=(3, 64, 64), first_conv="encoder.patch_embed.proj", infer_kwargs=infer_fastmim_swin_kwargs,
+             notes="FastMIM Swin-L pretraining with the Swin-B README flags (upstream gives no Swin-L recipe; its "
+                   "decoder_num_heads=16 is ignored upstream, the decoder has 8 heads); returns (loss, pred, mask)"),
+    ModelCfg(name="localmim_vit_small_patch16", family="localmim", paper=PAPERS["localmim"],
+             official_code=_LOCALMIM_CODE.format("MIM_vit_small_patch16"), arch=dict(LOCALMIM_VIT_SMALL),
+             task="mim_pretrain", num_classes=0, input_size=(3, 224, 224), test_input_size=(3, 64, 64),
+             min_input_size=(3, 64, 64), first_conv="patch_embed.proj", infer_kwargs=infer_localmim_kwargs,
+             notes="LocalMIM ViT-S pretraining (the constructor's hog_nbins 9; no README recipe); returns the loss"),
+    ModelCfg(name="localmim_vit_large_patch16", family="localmim", paper=PAPERS["localmim"],
+             official_code=_LOCALMIM_CODE.format("MIM_vit_large_patch16"), arch=dict(LOCALMIM_VIT_LARGE),
+             task="mim_pretrain", num_classes=0, input_size=(3, 224, 224), test_input_size=(3, 64, 64),
+             min_input_size=(3, 64, 64), first_conv="patch_embed.proj", infer_kwargs=infer_localmim_kwargs,
+             notes="LocalMIM ViT-L pretraining (README flags: hog_nbins 18, hog_bias); returns the loss"),
+    ModelCfg(name="localmim_swin_base_patch4_win14", family="localmim_swin", paper=PAPERS["localmim"],
+             official_code=_LOCALMIM_SWIN_CODE.format("mim_swin_base_patch4_win14"),
+             arch=dict(LOCALMIM_SWIN_BASE_WIN14), task="mim_pretrain", num_classes=0, input_size=(3, 224, 224),
+             test_input_size=(3, 224, 224), min_input_size=(3, 224, 224), first_conv="encoder.patch_embed.proj",
+             infer_kwargs=infer_localmim_swin_kwargs,
+             notes="LocalMIM Swin-B pretraining with window 14 (the Swin-B README target flags); 224 px only; "
+                   "returns the loss"),
+    ModelCfg(name="localmim_swin_large_patch4_win14", family="localmim_swin", paper=PAPERS["localmim"],
+             official_code=_LOCALMIM_SWIN_CODE.format("mim_swin_large_patch4_win14"),
+             arch=dict(LOCALMIM_SWIN_LARGE_WIN14), task="mim_pretrain", num_classes=0, input_size=(3, 224, 224),
+             test_input_size=(3, 224, 224), min_input_size=(3, 224, 224), first_conv="encoder.patch_embed.proj",
+             infer_kwargs=infer_localmim_swin_kwargs,
+             notes="LocalMIM Swin-L pretraining (README flags: window 14, HOG, 18 bins, hog_bias); 224 px only; "
+                   "returns the loss"),
     ModelCfg(name="vit_base_patch16", family="mim_vit", paper=PAPERS["fastmim"], official_code=_FINETUNE_CODE,
              arch={k: v for k, v in VIT_BASE_FINETUNE.items()}, task="mim_finetune", input_size=(3, 224, 224),
              test_input_size=(3, 224, 224), min_input_size=(3, 224, 224), first_conv="patch_embed.proj",

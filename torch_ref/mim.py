@@ -232,7 +232,9 @@ from .models.vit import Block, VisionTransformer as _TimmViT  # noqa: E402
 __all__ += ["FastMIMBase", "MaskedAutoencoderViT", "MIMSwinEncoder", "PretrainSwin", "LocalMIMViT", "MAEDecoder",
             "LocalMIMSwin", "VisibleSwinEncoder", "SwinMIMDecoder", "localmim_swin_base_patch4",
             "LayerNorm2d", "FinetuneViT", "fastmim_vit_base_patch16", "fastmim_swin_base_patch4",
-            "localmim_vit_base_patch16", "vit_base_patch16", "load_pretrained", "load_official", "hog_c"]
+            "localmim_vit_base_patch16", "vit_base_patch16", "load_pretrained", "load_official", "hog_c",
+            "fastmim_swin_large_patch4", "localmim_vit_small_patch16", "localmim_vit_large_patch16",
+            "localmim_swin_base_patch4_win14", "localmim_swin_large_patch4_win14"]
 
 _LN = partial(nn.LayerNorm, eps=_spec.LN_EPS)
 
@@ -879,6 +881,32 @@ def localmim_swin_base_patch4(**overrides: Any) -> LocalMIMSwin:
     """LocalMIM ``mim_swin_base_patch4_win7`` with the README's Swin-B flags (HOG, 18 bins, ``hog_bias``);
     ``overrides`` use upstream's names (``target='Pixel', norm_pix_loss=True`` for the pixel model)."""
     return LocalMIMSwin(**{**_spec.LOCALMIM_SWIN_BASE, **overrides})
+
+
+def fastmim_swin_large_patch4(**overrides: Any) -> PretrainSwin:
+    """FastMIM ``mim_swin_large`` (embed 192, heads 6-48) with the Swin-B README flags; upstream's
+    ``decoder_num_heads=16`` is swallowed by the encoder's ``**kwargs``, so the decoder keeps 256 // 32 heads."""
+    return PretrainSwin(**{**_spec.FASTMIM_SWIN_LARGE, **overrides})
+
+
+def localmim_vit_small_patch16(**overrides: Any) -> LocalMIMViT:
+    """LocalMIM ``MIM_vit_small_patch16`` (embed 384, 6 heads; 9 bins, no README recipe)."""
+    return LocalMIMViT(**{**_spec.LOCALMIM_VIT_SMALL, **overrides})
+
+
+def localmim_vit_large_patch16(**overrides: Any) -> LocalMIMViT:
+    """LocalMIM ``MIM_vit_large_patch16`` with the README ViT-L flags (18 bins, ``hog_bias``)."""
+    return LocalMIMViT(**{**_spec.LOCALMIM_VIT_LARGE, **overrides})
+
+
+def localmim_swin_base_patch4_win14(**overrides: Any) -> LocalMIMSwin:
+    """LocalMIM ``mim_swin_base_patch4_win14`` with the Swin-B README target flags (HOG, 18 bins, ``hog_bias``)."""
+    return LocalMIMSwin(**{**_spec.LOCALMIM_SWIN_BASE_WIN14, **overrides})
+
+
+def localmim_swin_large_patch4_win14(**overrides: Any) -> LocalMIMSwin:
+    """LocalMIM ``mim_swin_large_patch4_win14`` with the README Swin-L flags (HOG, 18 bins, ``hog_bias``)."""
+    return LocalMIMSwin(**{**_spec.LOCALMIM_SWIN_LARGE_WIN14, **overrides})
 
 
 def vit_base_patch16(num_classes: int = 1000, **overrides: Any) -> FinetuneViT:

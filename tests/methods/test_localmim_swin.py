@@ -17,6 +17,13 @@ LayerNorm weights ``1 + 0.1 N``, the rest ``0.05 N``, rounded to multiples of 1/
 its own ``decoder.k.pred`` entries. ``imgs`` (2, 3, 224, 224) are dyadic ``k/256`` in [-2, 2.5); ``<t>/loss`` and
 ``<t>/levels`` (the four level losses as ``forward_loss`` sums them) the official eval-mode outputs at
 ``mask_ratio=0.75``; ``<t>/mask`` the 7 x 7 mask; ``latent{k}`` the encoder's four outputs (shared by both).
+
+``tests/data/mim_official_localmim_swin_win14.npz``: the same official class, stand-in and patch with
+``window_size=14`` (``mim_swin_base_patch4_win14``'s window; the rest of the small HOG config as above), loaded with
+the HOG state above but for the bias tables (27² rows in stages 0-2, 13² in stage 3, where the block clamps the
+window to the 7 x 7 grid; seeded normals ``0.05 N`` rounded to 1/512, ``default_rng(14)``) and the fresh index
+buffers, all stored as ``sd/<key>``; ``loss``, ``levels``, ``mask`` and ``latent{k}`` as above. Stage 2 (14 x 14)
+is one unshifted window there, where the window-7 model shifts.
 """
 from __future__ import annotations
 
@@ -53,15 +60,21 @@ def official_state(target: str) -> dict[str, np.ndarray]:
     return state
 
 
-def build(framework: str, target: str, load: bool = True):
+W14 = np.load(DATA / "mim_official_localmim_swin_win14.npz")
+W14_STATE = {**official_state("hog"), **{k[len("sd/"):]: v for k, v in W14.items() if k.startswith("sd/")}}
+
+
+def build(framework: str, target: str, load: bool = True, factory: str = "localmim_swin_base_patch4",
+          state: dict[str, np.ndarray] | None = None):
     module = t_mim if framework == "torch" else ms_mim
-    model = module.localmim_swin_base_patch4(**SMALL, **TARGETS[target])
+    model = getattr(module, factory)(**SMALL, **TARGETS[target])
     if not load:
         return model
+    state = official_state(target) if state is None else state
     if framework == "torch":
-        model.load_state_dict({k: torch.from_numpy(v) for k, v in official_state(target).items()}, strict=True)
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
         return model.eval()
-    assign_ms_state(model, torch_to_ms(official_state(target), ms_mim._name_map(model)))
+    assign_ms_state(model, torch_to_ms(state, ms_mim._name_map(model)))
     model.set_train(False)
     return model
 
@@ -123,6 +136,33 @@ def test_mindspore_matches_official(any_mode):
     latent = model.encoder(Tensor(IMGS), Tensor(VISIBLE.astype(np.int32)))
     for k in range(4):
         assert rel_err(D[f"latent{k}"], latent[k].asnumpy()) < LATENT_TOL["mindspore"]
+
+
+def test_window_14_matches_official(any_mode):
+    """``localmim_swin_base_patch4_win14`` on the small config: fresh index buffers of the clamped windows (27 x 27
+    tables in stages 0-2, 13 x 13 in stage 3), then the official loss, levels and latents in torch and MindSpore."""
+    tm = build("torch", "hog", factory="localmim_swin_base_patch4_win14", state=W14_STATE)
+    mm = build("mindspore", "hog", factory="localmim_swin_base_patch4_win14", state=W14_STATE)
+    ms_state, nm = dict(mm.parameters_and_names()), ms_mim._name_map(mm)
+    fresh = t_mim.localmim_swin_base_patch4_win14(**SMALL, **TARGETS["hog"]).state_dict()
+    for k in (k for k in W14_STATE if k.endswith("relative_position_index")):
+        assert W14_STATE[k].shape == ((14 * 14,) * 2 if ".layers.3." not in k else (49, 49))
+        np.testing.assert_array_equal(fresh[k].numpy(), W14_STATE[k])
+        np.testing.assert_array_equal(ms_state[nm.torch_to_ms[k]].asnumpy(), W14_STATE[k])
+    loss, levels = run_torch(tm)
+    assert rel_err(W14["loss"], loss) < TOL["torch"] and rel_err(W14["levels"], levels) < TOL["torch"]
+    loss, levels = mm(Tensor(IMGS), 0.75, Tensor(NOISE), True)
+    assert rel_err(W14["loss"], loss.asnumpy()) < TOL["mindspore"]
+    assert rel_err(W14["levels"], levels.asnumpy()) < TOL["mindspore"]
+    np.testing.assert_array_equal(W14["mask"], D["hog/mask"])
+    with torch.no_grad():
+        t_latent = tm.encoder(torch.from_numpy(IMGS), torch.from_numpy(VISIBLE))
+    m_latent = mm.encoder(Tensor(IMGS), Tensor(VISIBLE.astype(np.int32)))
+    for k in range(4):
+        assert rel_err(W14[f"latent{k}"], t_latent[k].numpy()) < LATENT_TOL["torch"]
+        assert rel_err(W14[f"latent{k}"], m_latent[k].asnumpy()) < LATENT_TOL["mindspore"]
+        # the window matters: window 7's latents are 0.7 % (stage 0) to 14 % away here (observed)
+        assert rel_err(D[f"latent{k}"], t_latent[k].numpy()) > 100 * LATENT_TOL["torch"]
 
 
 def test_upstream_coordinates_after_merging_are_reproduced():

@@ -36,10 +36,18 @@ multiples of 1/512 (a smaller file); ``mask`` is the official ``encoder.mim_bloc
 (``img_size=128``: its own fresh ``pos_embed``, kept as ``fresh_pos_embed``) with the other ``fastmim/sd`` entries,
 run on the 64-px ``imgs`` tiled 2 x 2 with injected noise (2, 64) (8 x 8 blocks of 16 px): ``loss``, ``pred``,
 ``mask``.
+
+``tests/data/mim_official_sizes.json``: the ``state_dict()`` shapes and the (trainable) parameter counts of the
+official constructors of the other registered sizes, built at full size with the same stand-in: LocalMIM's
+``MIM_vit_small_patch16``, ``MIM_vit_large_patch16(hog_nbins=18, hog_bias=True)``,
+``mim_swin_base_patch4_win14`` and ``mim_swin_large_patch4_win14`` (``target='HOG', hog_nbins=18, hog_bias=True``),
+and FastMIM's ``mim_swin_large`` with the Swin-B README flags (``img_size=128, window_size=4, block_size=32,
+decoder_embed_dim=256, decoder_depth=4, norm_pix_loss=True, mim_loss='HOG'``).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import pickle
 
 import mindspore as ms
@@ -58,6 +66,7 @@ from ms_models.context import execution_mode
 from specs.errors import CheckpointError, ConfigError, KeyMismatchError
 
 D = {**np.load(DATA / "mim_official_models.npz"), **np.load(DATA / "mim_official_swin.npz")}
+SIZES = json.loads((DATA / "mim_official_sizes.json").read_text())["models"]
 IMGS = D["imgs"]
 P128 = np.load(DATA / "mim_official_fastmim_128.npz")
 SWIN_ENC = dict(img_size=64, embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), decoder_embed_dim=32,
@@ -316,14 +325,37 @@ def test_fine_tune_model_defaults():
     assert pre.patch_embed.img_size == (128, 128) and pre.decoder_pred.out_features == 108
 
 
+@pytest.mark.parametrize("name", sorted(SIZES))
+def test_registered_sizes_are_the_official_constructors(name):
+    """The other upstream sizes, registered with their README flags: state-dict shapes (buffers included) and
+    parameter counts of the official constructors in torch, the trainable count and the full name map in
+    MindSpore (all built without weights). Their numerics are the shared classes' (the window-14 Swin is checked
+    against the official code in ``test_localmim_swin.py``)."""
+    import ms_models
+    import torch_ref
+    from mindspore.nn.utils import no_init_parameters
+    manifest = SIZES[name]
+    with torch.device("meta"):
+        tm = torch_ref.create_model(name)
+    assert {k: list(v.shape) for k, v in tm.state_dict().items()} == manifest["shapes"]
+    assert sum(p.numel() for p in tm.parameters()) == manifest["params"]
+    assert sum(p.numel() for p in tm.parameters() if p.requires_grad) == manifest["trainable"]
+    with no_init_parameters():
+        mm = ms_models.create_model(name)
+    assert sum(int(np.prod(p.shape)) for p in mm.trainable_params()) == manifest["trainable"]
+    nm = ms_mim._name_map(mm)
+    assert set(nm.torch_to_ms) == set(manifest["shapes"]) and not nm.ms_only
+
+
 def test_registry_builds_and_loads_but_classification_sweeps_skip(tmp_path):
     """``create_model(name, checkpoint=..., **overrides)`` in both frameworks (the official file, strictly); the
     default listings (what the registry-driven sweeps iterate) hold classification models only."""
     import ms_models
     import torch_ref
     from specs import get_model_cfg, list_cfgs
-    pretrain = ["fastmim_swin_base_patch4", "fastmim_vit_base_patch16", "localmim_swin_base_patch4",
-                "localmim_vit_base_patch16"]
+    pretrain = ["fastmim_swin_base_patch4", "fastmim_swin_large_patch4", "fastmim_vit_base_patch16",
+                "localmim_swin_base_patch4", "localmim_swin_base_patch4_win14", "localmim_swin_large_patch4_win14",
+                "localmim_vit_base_patch16", "localmim_vit_large_patch16", "localmim_vit_small_patch16"]
     assert torch_ref.list_models(task="mim_pretrain") == ms_models.list_models(task="mim_pretrain") == pretrain
     assert torch_ref.list_models(task="mim_finetune") == ["vit_base_patch16"]
     for name in pretrain + ["vit_base_patch16"]:
