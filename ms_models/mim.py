@@ -240,8 +240,8 @@ from specs.errors import CheckpointError, ConfigError  # noqa: E402
 
 from .layers import GELU, Mlp, PatchEmbed  # noqa: E402
 from .layers.patch_embed import check_img_size  # noqa: E402
-from .models.swin import (BasicLayer, NormedPatchEmbed, PatchMerging, WindowAttention,  # noqa: E402
-                          layer_norm as swin_layer_norm)
+from .models.swin import (BasicLayer, NormedPatchEmbed, PatchMerging, SwinTransformer,  # noqa: E402
+                          WindowAttention, layer_norm as swin_layer_norm)
 from .models.vit import Block, VisionTransformer as _TimmViT, layer_norm  # noqa: E402
 
 __all__ += ["FastMIMBase", "MaskedAutoencoderViT", "MIMSwinEncoder", "PretrainSwin", "LocalMIMViT", "MAEDecoder",
@@ -249,7 +249,8 @@ __all__ += ["FastMIMBase", "MaskedAutoencoderViT", "MIMSwinEncoder", "PretrainSw
             "LayerNorm2d", "FinetuneViT", "fastmim_vit_base_patch16", "fastmim_swin_base_patch4",
             "localmim_vit_base_patch16", "vit_base_patch16", "load_pretrained", "load_official", "hog_c",
             "fastmim_swin_large_patch4", "localmim_vit_small_patch16", "localmim_vit_large_patch16",
-            "localmim_swin_base_patch4_win14", "localmim_swin_large_patch4_win14"]
+            "localmim_swin_base_patch4_win14", "localmim_swin_large_patch4_win14", "FinetuneSwin",
+            "swin_base_patch4_win7", "swin_base_patch4_win14", "swin_large_patch4_win14"]
 
 
 def hog_c(imgs: Tensor, levels: Tensor, pool: int = 8, norm_pix_loss: bool = True) -> Tensor:
@@ -887,6 +888,34 @@ class FinetuneViT(_TimmViT):
         return x if pre_logits else self.head(x)
 
 
+class FinetuneSwin(SwinTransformer):
+    """LocalMIM's fine-tune Swin: eps 1e-6 but in ``norm2``, the final ``norm`` after the pooling (see
+    ``torch_ref.mim.FinetuneSwin``)."""
+
+    output_fmt = "NC"
+
+    def __init__(self, num_classes: int = 1000, eps: float = _spec.LN_EPS, **kwargs: Any):
+        super().__init__(num_classes, eps=eps, **kwargs)
+        self.norm = self.fc_norm
+        del self.fc_norm
+
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return swin_spec.group_matcher(coarse, final_norm=None)
+
+    def forward_features(self, x):
+        x = self.patch_embed(x)
+        for layer in self.layers:
+            x = layer(x)
+        return self.norm(x.mean(1))
+
+    def forward_head(self, x, pre_logits: bool = False):
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+
 def _tagged(model, factory: str, kwargs: dict):
     model.mim_factory, model.build_kwargs = factory, dict(kwargs)   # the torch twin for the name map
     return model
@@ -946,6 +975,24 @@ def vit_base_patch16(num_classes: int = 1000, **overrides: Any) -> FinetuneViT:
                    {"num_classes": num_classes, **overrides})
 
 
+def swin_base_patch4_win7(num_classes: int = 1000, **overrides: Any) -> FinetuneSwin:
+    """LocalMIM's fine-tune Swin-B, window 7 (see ``torch_ref.mim.swin_base_patch4_win7``)."""
+    return _tagged(FinetuneSwin(num_classes, **{**_spec.LOCALMIM_SWIN_BASE_FINETUNE, **overrides}),
+                   "swin_base_patch4_win7", {"num_classes": num_classes, **overrides})
+
+
+def swin_base_patch4_win14(num_classes: int = 1000, **overrides: Any) -> FinetuneSwin:
+    """LocalMIM's fine-tune Swin-B, window 14 (see ``torch_ref.mim.swin_base_patch4_win14``)."""
+    return _tagged(FinetuneSwin(num_classes, **{**_spec.LOCALMIM_SWIN_BASE_WIN14_FINETUNE, **overrides}),
+                   "swin_base_patch4_win14", {"num_classes": num_classes, **overrides})
+
+
+def swin_large_patch4_win14(num_classes: int = 1000, **overrides: Any) -> FinetuneSwin:
+    """LocalMIM's fine-tune Swin-L, window 14 (see ``torch_ref.mim.swin_large_patch4_win14``)."""
+    return _tagged(FinetuneSwin(num_classes, **{**_spec.LOCALMIM_SWIN_LARGE_FINETUNE, **overrides}),
+                   "swin_large_patch4_win14", {"num_classes": num_classes, **overrides})
+
+
 def _name_map(model):
     """The converter's computed torch <-> MindSpore name map of ``model`` (its torch twin built on the meta device;
     needs torch, imported here only): a model of this module by its factory, any other registered model (a Swin
@@ -964,7 +1011,7 @@ def _name_map(model):
             return model_name_map(model)
         factory = cfg.name
     kwargs = dict(getattr(model, "build_kwargs", {}))
-    if factory == "vit_base_patch16":
+    if isinstance(model, (FinetuneViT, FinetuneSwin)):
         kwargs["num_classes"] = model.num_classes
     with torch.device("meta"):
         twin = getattr(tm, factory)(**kwargs)
@@ -990,11 +1037,17 @@ def load_pretrained(model: nn.Cell, path: str | os.PathLike) -> tuple[list[str],
     :func:`convert.api.mim_torch_state`); returns ``(missing, unexpected)`` in torch key names."""
     from convert.api import mim_torch_state
     nm = _name_map(model)
-    state = _spec.finetune_state(mim_torch_state(path), nm.torch_shapes, model.patch_embed.num_patches)
+    state = mim_torch_state(path)
+    state = (_spec.localmim_swin_finetune_state(state) if isinstance(model, FinetuneSwin)
+             else _spec.finetune_state(state, nm.torch_shapes, model.patch_embed.num_patches))
     missing, unexpected = _spec.split_keys(state, nm.torch_shapes, str(path))
-    params = {nm.torch_to_ms[k]: Parameter(Tensor(np.array(v)), name=nm.torch_to_ms[k])
-              for k, v in state.items() if k in nm.torch_to_ms}
-    ms.load_param_into_net(model, params, strict_load=False)
+    # set each parameter directly: load_param_into_net(strict_load=False) retries unmatched names with a prefix
+    # removed ('patch_embed.norm.gamma' -> 'norm.gamma'), which loads the wrong tensor into a missing ``norm``
+    params = dict(model.parameters_and_names())
+    for k, v in state.items():
+        if k in nm.torch_to_ms:
+            param = params[nm.torch_to_ms[k]]
+            param.set_data(Tensor(np.asarray(v), param.dtype))
     return missing, unexpected
 
 
@@ -1005,3 +1058,4 @@ registry.register_family("fastmim_swin", PretrainSwin)
 registry.register_family("localmim", LocalMIMViT)
 registry.register_family("localmim_swin", LocalMIMSwin)
 registry.register_family("mim_vit", FinetuneViT)
+registry.register_family("mim_swin", FinetuneSwin)

@@ -51,6 +51,13 @@ LOCALMIM_VIT_LARGE = dict(LOCALMIM_VIT_BASE, embed_dim=1024, depth=24, num_heads
 LOCALMIM_SWIN_BASE_WIN14 = dict(LOCALMIM_SWIN_BASE, window_size=14)
 LOCALMIM_SWIN_LARGE_WIN14 = dict(LOCALMIM_SWIN_BASE, embed_dim=192, num_heads=(6, 12, 24, 48), window_size=14)
 FASTMIM_SWIN_LARGE = dict(FASTMIM_SWIN_BASE, embed_dim=192, num_heads=(6, 12, 24, 48))
+# LocalMIM's fine-tune Swin (Swin/models_swin.py swin_base_patch4_win7 / _win14, swin_large_patch4_win14) with the
+# README fine-tune --drop_path (Swin-B 0.1, Swin-L 0.3)
+_SWIN_B, _SWIN_L = dict(embed_dim=128, num_heads=(4, 8, 16, 32)), dict(embed_dim=192, num_heads=(6, 12, 24, 48))
+LOCALMIM_SWIN_BASE_FINETUNE = dict(img_size=224, patch_size=4, depths=(2, 2, 18, 2), window_size=7,
+                                   drop_path_rate=0.1, **_SWIN_B)
+LOCALMIM_SWIN_BASE_WIN14_FINETUNE = dict(LOCALMIM_SWIN_BASE_FINETUNE, window_size=14)
+LOCALMIM_SWIN_LARGE_FINETUNE = dict(LOCALMIM_SWIN_BASE_FINETUNE, window_size=14, drop_path_rate=0.3, **_SWIN_L)
 LOCALMIM_SCALES = (4.0, 2.0, 1.0, 0.5)     # decoder k predicts at grid * scale[k]
 LOCALMIM_POOLS = (4, 8, 16, 32)            # HOG cell of target k (matches the grids for patch 16)
 FASTMIM_HOG = dict(nbins=9, pool=8)
@@ -169,6 +176,13 @@ def finetune_state(checkpoint_model: Mapping[str, np.ndarray], model_shapes: Map
             if v.shape[1] == heads and v.shape[0] != rows:
                 state[k] = resize_bias_table(v, rows, "simmim")
     return {k: v for k, v in state.items() if k.rsplit(".", 1)[-1] not in REINIT_BUFFERS}
+
+
+def localmim_swin_finetune_state(checkpoint_model: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """LocalMIM ``Swin/run_finetune.py`` on ``checkpoint['model']``: the keys containing ``'encoder.'``, their first
+    8 characters cut; nothing resized or dropped (the fine-tune Swin has the pretraining window), so the geometry
+    buffers load and the decoders and HOG filters are not even reported."""
+    return {k[8:]: v for k, v in checkpoint_model.items() if "encoder." in k}
 
 
 def split_keys(state: Mapping[str, np.ndarray], model_shapes: Mapping[str, tuple],
@@ -321,6 +335,17 @@ CFGS = [
              infer_kwargs=infer_localmim_swin_kwargs,
              notes="LocalMIM Swin-L pretraining (README flags: window 14, HOG, 18 bins, hog_bias); 224 px only; "
                    "returns the loss"),
+    *[ModelCfg(name=name, family="mim_swin", paper=PAPERS["localmim"],
+               official_code=f"Haoqing-Wang/LocalMIM@314a6e5 Swin/models_swin.py ({name}), Swin/run_finetune.py",
+               arch=dict(arch), task="mim_finetune", input_size=(3, 224, 224), test_input_size=(3, 224, 224),
+               min_input_size=(3, 224, 224), first_conv="patch_embed.proj", classifier=("head",),
+               interpolation="bicubic", infer_kwargs=swin_infer_kwargs,
+               notes=f"LocalMIM's fine-tune Swin (final norm after the pooling, eps 1e-6 but norm2): "
+                     f"mim.load_pretrained from a LocalMIM Swin pretraining file; {note}")
+      for name, arch, note in (
+          ("swin_base_patch4_win7", LOCALMIM_SWIN_BASE_FINETUNE, "README Swin-B, drop path 0.1"),
+          ("swin_base_patch4_win14", LOCALMIM_SWIN_BASE_WIN14_FINETUNE, "window 14, drop path 0.1"),
+          ("swin_large_patch4_win14", LOCALMIM_SWIN_LARGE_FINETUNE, "README Swin-L, drop path 0.3"))],
     ModelCfg(name="vit_base_patch16", family="mim_vit", paper=PAPERS["fastmim"], official_code=_FINETUNE_CODE,
              arch={k: v for k, v in VIT_BASE_FINETUNE.items()}, task="mim_finetune", input_size=(3, 224, 224),
              test_input_size=(3, 224, 224), min_input_size=(3, 224, 224), first_conv="patch_embed.proj",

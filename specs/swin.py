@@ -231,19 +231,20 @@ def no_weight_decay(names: Sequence[str]) -> set[str]:
     return {n for n in names if n == "absolute_pos_embed" or "relative_position_bias_table" in n}
 
 
-def group_matcher(coarse: bool = False) -> Matcher:
+def group_matcher(coarse: bool = False, final_norm: str | None = "fc_norm") -> Matcher:
     """FastMIM's layer-wise lr decay (``util/lr_decay.py`` ``get_layer_id_for_swin``) in timm's matcher form: stem
     ``patch_embed``, one group per block (``layers.i.blocks.j``), each stage's ``downsample`` joining that stage's
     last block, ``head`` last; coarse: one group per stage. ``fc_norm`` joins the last block (timm's rule for the
     final norm; the project's head group holds only what ``forward_head`` runs), where FastMIM gives it the head's
-    layer (lr scale 1 instead of ``layer_decay``)."""
+    layer (lr scale 1 instead of ``layer_decay``). ``final_norm=None``: no such rule, the final norm is left to the
+    head's group (LocalMIM's fine-tune Swin, whose ``norm`` runs in the head after the pooling; its
+    ``get_swin_layer`` gives it the head's layer too)."""
+    tail = [(rf"^{final_norm}\.", (MATCH_PREV_GROUP,))] if final_norm else []
     if coarse:
-        return dict(stem=r"^absolute_pos_embed|patch_embed",
-                    blocks=[(r"^layers\.(\d+)\.", None), (r"^fc_norm\.", (MATCH_PREV_GROUP,))])
+        return dict(stem=r"^absolute_pos_embed|patch_embed", blocks=[(r"^layers\.(\d+)\.", None)] + tail)
     return dict(stem=r"^absolute_pos_embed|patch_embed",
                 blocks=[(r"^layers\.(\d+)\.blocks\.(\d+)\.", None),
-                        (r"^layers\.(\d+)\.downsample\.", (MATCH_PREV_GROUP,)),
-                        (r"^fc_norm\.", (MATCH_PREV_GROUP,))])
+                        (r"^layers\.(\d+)\.downsample\.", (MATCH_PREV_GROUP,))] + tail)
 
 
 def _cfg(name: str) -> ModelCfg:

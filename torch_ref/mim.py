@@ -226,7 +226,8 @@ from specs.swin import stage_resolution  # noqa: E402
 
 from .layers import PatchEmbed  # noqa: E402
 from .layers import Mlp  # noqa: E402
-from .models.swin import BasicLayer, NormedPatchEmbed, PatchMerging, WindowAttention  # noqa: E402
+from .models.swin import (BasicLayer, NormedPatchEmbed, PatchMerging, SwinTransformer,  # noqa: E402
+                          WindowAttention)
 from .models.vit import Block, VisionTransformer as _TimmViT  # noqa: E402
 
 __all__ += ["FastMIMBase", "MaskedAutoencoderViT", "MIMSwinEncoder", "PretrainSwin", "LocalMIMViT", "MAEDecoder",
@@ -234,7 +235,8 @@ __all__ += ["FastMIMBase", "MaskedAutoencoderViT", "MIMSwinEncoder", "PretrainSw
             "LayerNorm2d", "FinetuneViT", "fastmim_vit_base_patch16", "fastmim_swin_base_patch4",
             "localmim_vit_base_patch16", "vit_base_patch16", "load_pretrained", "load_official", "hog_c",
             "fastmim_swin_large_patch4", "localmim_vit_small_patch16", "localmim_vit_large_patch16",
-            "localmim_swin_base_patch4_win14", "localmim_swin_large_patch4_win14"]
+            "localmim_swin_base_patch4_win14", "localmim_swin_large_patch4_win14", "FinetuneSwin",
+            "swin_base_patch4_win7", "swin_base_patch4_win14", "swin_large_patch4_win14"]
 
 _LN = partial(nn.LayerNorm, eps=_spec.LN_EPS)
 
@@ -860,6 +862,39 @@ class FinetuneViT(_TimmViT):
         return x if pre_logits else self.head(x)
 
 
+class FinetuneSwin(SwinTransformer):
+    """LocalMIM's fine-tune Swin (``Swin/models_swin.py`` ``SwinTransformer``, microsoft's layout): the project's
+    Swin (same keys but the final norm's) with ``norm_layer`` eps 1e-6 in every LayerNorm but the blocks' ``norm2``
+    (a plain ``nn.LayerNorm``: 1e-5), and the final ``norm`` applied after the average pooling:
+    ``forward_features(x)`` is ``norm(mean of the last-stage tokens)`` (B, C). Layer decay is upstream's
+    ``util/lr_decay.py`` ``get_swin_layer`` (``norm`` and ``head`` share the last layer); ``no_weight_decay()`` is
+    upstream's ``{'absolute_pos_embed'}``, a parameter this model does not have, so the bias tables decay as
+    ``run_finetune.py`` has it (the 1-D tensors and biases do not: the engine's rule, upstream's too)."""
+
+    output_fmt = "NC"
+
+    def __init__(self, num_classes: int = 1000, eps: float = _spec.LN_EPS, **kwargs: Any):
+        super().__init__(num_classes, eps=eps, **kwargs)
+        self.norm = self.fc_norm
+        del self.fc_norm
+
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return swin_spec.group_matcher(coarse, final_norm=None)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)
+        for layer in self.layers:
+            x = layer(x)
+        return self.norm(x.mean(dim=1))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+
 def fastmim_vit_base_patch16(**overrides: Any) -> MaskedAutoencoderViT:
     """FastMIM ViT-B/16 pretraining model with the README flags (128 px, 6 heads as upstream, decoder 256 × 1,
     HOG, ``norm_pix_loss``); ``overrides`` use the upstream constructor names."""
@@ -914,6 +949,21 @@ def vit_base_patch16(num_classes: int = 1000, **overrides: Any) -> FinetuneViT:
     return FinetuneViT(num_classes, **{**_spec.VIT_BASE_FINETUNE, **overrides})
 
 
+def swin_base_patch4_win7(num_classes: int = 1000, **overrides: Any) -> FinetuneSwin:
+    """LocalMIM ``swin_base_patch4_win7`` with the README Swin-B fine-tune ``--drop_path 0.1``."""
+    return FinetuneSwin(num_classes, **{**_spec.LOCALMIM_SWIN_BASE_FINETUNE, **overrides})
+
+
+def swin_base_patch4_win14(num_classes: int = 1000, **overrides: Any) -> FinetuneSwin:
+    """LocalMIM ``swin_base_patch4_win14`` (window 14; drop path 0.1 as the Swin-B command)."""
+    return FinetuneSwin(num_classes, **{**_spec.LOCALMIM_SWIN_BASE_WIN14_FINETUNE, **overrides})
+
+
+def swin_large_patch4_win14(num_classes: int = 1000, **overrides: Any) -> FinetuneSwin:
+    """LocalMIM ``swin_large_patch4_win14`` with the README Swin-L fine-tune ``--drop_path 0.3``."""
+    return FinetuneSwin(num_classes, **{**_spec.LOCALMIM_SWIN_LARGE_FINETUNE, **overrides})
+
+
 def _read_model_state(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """``checkpoint['model']`` of an official file, read with ``weights_only=True`` (``argparse.Namespace`` is the
     one allow-listed class; :func:`convert.io.read_checkpoint`); a plain state dict is accepted too."""
@@ -936,7 +986,8 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> tuple[list[str
     registered Swin (FastMIM's ``swin_base_patch4_window7_224``): ``checkpoint['model']``, ``head.*`` dropped when
     its shape differs, an ``encoder.`` prefix stripped, ``pos_embed`` resized bicubically, Swin bias tables of
     another window resampled and the geometry buffers dropped (:func:`specs.mim.finetune_state`), then a non-strict
-    load. Returns ``(missing, unexpected)`` (torch key names). Upstream then redraws the head
+    load. A :class:`FinetuneSwin` follows LocalMIM's ``Swin/run_finetune.py`` instead
+    (:func:`specs.mim.localmim_swin_finetune_state`: the ``encoder.`` keys only, nothing resized or dropped). Returns ``(missing, unexpected)`` (torch key names). Upstream then redraws the head
     (``trunc_normal_(std=2e-5)``, random): not done here. A ``.ckpt`` / ``.safetensors`` file in MindSpore names
     (an engine checkpoint) is renamed first (:func:`convert.api.mim_torch_state`, which imports MindSpore)."""
     from convert.io import file_format
@@ -946,7 +997,8 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> tuple[list[str
     else:
         from convert.api import mim_torch_state
         state = mim_torch_state(path)
-    state = _spec.finetune_state(state, shapes, model.patch_embed.num_patches)
+    state = (_spec.localmim_swin_finetune_state(state) if isinstance(model, FinetuneSwin)
+             else _spec.finetune_state(state, shapes, model.patch_embed.num_patches))
     missing, unexpected = _spec.split_keys(state, shapes, str(path))
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items() if k in shapes},
                           strict=False)
@@ -960,3 +1012,4 @@ registry.register_family("fastmim_swin", PretrainSwin)
 registry.register_family("localmim", LocalMIMViT)
 registry.register_family("localmim_swin", LocalMIMSwin)
 registry.register_family("mim_vit", FinetuneViT)
+registry.register_family("mim_swin", FinetuneSwin)

@@ -84,11 +84,12 @@ class SwinTransformerBlock(nn.Cell):
     """(Shifted-)window attention and MLP, pre-norm residuals (see the torch reference)."""
 
     def __init__(self, dim: int, input_resolution: tuple[int, int], num_heads: int, window_size: int = 7,
-                 shift_size: int = 0, mlp_ratio: float = MLP_RATIO, qkv_bias: bool = True, drop_path: float = 0.0):
+                 shift_size: int = 0, mlp_ratio: float = MLP_RATIO, qkv_bias: bool = True, drop_path: float = 0.0,
+                 eps: float = LN_EPS):
         super().__init__()
         self.input_resolution = input_resolution
         self.window_size, self.shift_size = block_window(input_resolution, window_size, shift_size)
-        self.norm1 = layer_norm(dim)
+        self.norm1 = layer_norm(dim, eps)
         self.attn = WindowAttention(dim, to_2tuple(self.window_size), num_heads, qkv_bias)
         self.drop_path = DropPath(drop_path)
         self.norm2 = layer_norm(dim)
@@ -133,12 +134,12 @@ class BasicLayer(nn.Cell):
 
     def __init__(self, dim: int, input_resolution: tuple[int, int], depth: int, num_heads: int, window_size: int,
                  mlp_ratio: float = MLP_RATIO, qkv_bias: bool = True, drop_path: Sequence[float] = (),
-                 downsample: bool = False):
+                 downsample: bool = False, eps: float = LN_EPS):
         super().__init__()
         self.blocks = nn.CellList([
             SwinTransformerBlock(dim, input_resolution, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2,
-                                 mlp_ratio, qkv_bias, drop_path[i] if drop_path else 0.0) for i in range(depth)])
-        self.downsample = PatchMerging(input_resolution, dim) if downsample else None
+                                 mlp_ratio, qkv_bias, drop_path[i] if drop_path else 0.0, eps) for i in range(depth)])
+        self.downsample = PatchMerging(input_resolution, dim, eps) if downsample else None
 
     def construct(self, x):
         for blk in self.blocks:
@@ -168,18 +169,18 @@ class SwinTransformer(nn.Cell):
     def __init__(self, num_classes: int = 1000, img_size: int | tuple[int, int] = 224, patch_size: int = 4,
                  embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
                  window_size: int = 7, mlp_ratio: float = MLP_RATIO, qkv_bias: bool = True, drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0):
+                 drop_path_rate: float = 0.0, eps: float = LN_EPS):
         super().__init__()
         self.num_classes, self.drop_rate, self.window_size = num_classes, drop_rate, window_size
         self.num_features = self.head_hidden_size = int(embed_dim * 2 ** (len(depths) - 1))
-        self.patch_embed = NormedPatchEmbed(img_size, patch_size, 3, embed_dim)
+        self.patch_embed = NormedPatchEmbed(img_size, patch_size, 3, embed_dim, eps)
         self.img_size = self.patch_embed.img_size
         dpr = drop_path_rates(drop_path_rate, sum(depths))
         self.layers = nn.CellList([
             BasicLayer(int(embed_dim * 2 ** i), stage_resolution(self.img_size, patch_size, i), depths[i],
                        num_heads[i], window_size, mlp_ratio, qkv_bias, dpr[sum(depths[:i]):sum(depths[:i + 1])],
-                       downsample=i < len(depths) - 1) for i in range(len(depths))])
-        self.fc_norm = layer_norm(self.num_features)
+                       downsample=i < len(depths) - 1, eps=eps) for i in range(len(depths))])
+        self.fc_norm = layer_norm(self.num_features, eps)
         self.head_drop = nn.Dropout(p=drop_rate)
         self.head = dense(self.num_features, num_classes) if num_classes > 0 else Identity()
 

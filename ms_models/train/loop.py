@@ -136,14 +136,15 @@ def build_model(cfg: Config, notes: list[str] | None = None) -> ms.nn.Cell:
 def load_finetune_encoder(model: ms.nn.Cell, path: str | os.PathLike) -> str:
     """FastMIM ``main_finetune.py`` / LocalMIM ``run_finetune.py`` with ``--finetune``: the pretrained encoder
     through :func:`ms_models.mim.load_pretrained`, upstream's check that only the head (and ``fc_norm`` with global
-    pooling, always for a Swin) and the re-initialised Swin geometry buffers are missing (a one-line error
+    pooling, always for FastMIM's Swin; LocalMIM's fine-tune Swin: its ``norm``, where upstream does not check) and
+    the re-initialised Swin geometry buffers are missing (a one-line error
     otherwise), and the head redrawn with ``trunc_normal_(std=2e-5)`` (timm's bounds are +-2 absolute, so in effect
     a plain normal). Returns a line for the log."""
     from mindspore.common.initializer import Normal, initializer
-    from ..mim import load_pretrained
+    from ..mim import FinetuneSwin, load_pretrained
     missing, unexpected = load_pretrained(model, path)
-    allowed = {"head.weight", "head.bias"} | ({"fc_norm.weight", "fc_norm.bias"}
-                                              if getattr(model, "global_pool", True) else set())
+    final_norm = "norm" if isinstance(model, FinetuneSwin) else "fc_norm" if getattr(model, "global_pool", True) else ""
+    allowed = {"head.weight", "head.bias"} | ({f"{final_norm}.weight", f"{final_norm}.bias"} if final_norm else set())
     extra = [k for k in missing if k not in allowed and k.rsplit(".", 1)[-1] not in REINIT_BUFFERS]
     if extra:
         raise CheckpointError(f"{path}: not a pretrained encoder of this model: {len(extra)} key(s) missing beyond "

@@ -24,6 +24,15 @@ the HOG state above but for the bias tables (27² rows in stages 0-2, 13² in st
 window to the 7 x 7 grid; seeded normals ``0.05 N`` rounded to 1/512, ``default_rng(14)``) and the fresh index
 buffers, all stored as ``sd/<key>``; ``loss``, ``levels``, ``mask`` and ``latent{k}`` as above. Stage 2 (14 x 14)
 is one unshifted window there, where the window-7 model shifts.
+
+``tests/data/mim_official_localmim_swin_finetune.npz``: LocalMIM's fine-tune ``Swin/models_swin.py``
+``SwinTransformer`` as ``swin_base_patch4_win7`` builds it (LayerNorm eps 1e-6) but for ``embed_dim=8,
+depths=[2, 2, 2, 2], num_heads=[1, 1, 2, 2], num_classes=10, drop_path_rate=0``, initialised from the HOG state
+above by ``Swin/run_finetune.py``'s ``--finetune`` lines (``missing`` / ``unexpected``: its
+``load_state_dict(strict=False)`` message), then ``norm`` and ``head`` set to seeded values (``sd/<key>``, in place of
+upstream's random head); ``features`` / ``logits`` its eval-mode ``forward_features`` / ``forward`` on ``imgs``;
+``group_*``: ``Swin/util/lr_decay.py::param_groups_lrd(model, 1.0, 0.05, layer_decay=0.9,
+model.no_weight_decay())`` as ``run_finetune.py`` calls it, per parameter (lr scale and weight decay).
 """
 from __future__ import annotations
 
@@ -60,6 +69,8 @@ def official_state(target: str) -> dict[str, np.ndarray]:
     return state
 
 
+FT = np.load(DATA / "mim_official_localmim_swin_finetune.npz")
+FT_KW = dict(num_classes=10, embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), drop_path_rate=0.0)
 W14 = np.load(DATA / "mim_official_localmim_swin_win14.npz")
 W14_STATE = {**official_state("hog"), **{k[len("sd/"):]: v for k, v in W14.items() if k.startswith("sd/")}}
 
@@ -235,3 +246,43 @@ def test_official_file_fine_tunes_a_swin_through_load_pretrained(tmp_path):
     assert ms_mim.load_pretrained(mm, path) == (missing, unexpected)
     np.testing.assert_array_equal(mm.layers[1].downsample.reduction.weight.asnumpy(),
                                   official["encoder.layers.1.downsample.reduction.weight"])
+
+
+def test_finetune_swin_loads_like_run_finetune_and_matches_official(tmp_path, any_mode):
+    """LocalMIM's fine-tune Swin (``swin_base_patch4_win7``) from the official pretraining file through
+    ``load_pretrained``: upstream's missing (head, ``norm``, the shift masks the pretraining model lacks) and
+    unexpected (the four ``norm.k``) lists, the encoder loaded; with the oracle's ``norm`` and head, the official
+    pooled features and logits in both frameworks."""
+    path = tmp_path / "checkpoint-399.pth"
+    torch.save({"model": {k: torch.from_numpy(v) for k, v in official_state("hog").items()}, "epoch": 399}, path)
+    head = {k[len("sd/"):]: v for k, v in FT.items() if k.startswith("sd/")}
+    tm = t_mim.swin_base_patch4_win7(**FT_KW)
+    missing, unexpected = t_mim.load_pretrained(tm, path)
+    assert sorted(missing) == list(FT["missing"]) and sorted(unexpected) == list(FT["unexpected"])
+    tm.load_state_dict({k: torch.from_numpy(v) for k, v in head.items()}, strict=False)
+    with torch.no_grad():
+        x = torch.from_numpy(IMGS)
+        assert rel_err(FT["features"], tm.eval().forward_features(x).numpy()) < LATENT_TOL["torch"]
+        assert rel_err(FT["logits"], tm(x).numpy()) < LATENT_TOL["torch"]
+    mm = ms_mim.swin_base_patch4_win7(**FT_KW)
+    assert ms_mim.load_pretrained(mm, path) == (missing, unexpected)
+    ms_state, nm = dict(mm.parameters_and_names()), ms_mim._name_map(mm)
+    for k, v in head.items():
+        ms_state[nm.torch_to_ms[k]].set_data(Tensor(v))
+    mm.set_train(False)
+    assert rel_err(FT["features"], mm.forward_features(Tensor(IMGS)).asnumpy()) < LATENT_TOL["mindspore"]
+    assert rel_err(FT["logits"], mm(Tensor(IMGS)).asnumpy()) < LATENT_TOL["mindspore"]
+
+
+def test_finetune_swin_param_groups_are_upstreams():
+    """The engine's groups with ``layer_decay`` 0.9 give every parameter the lr scale and weight decay of upstream's
+    ``param_groups_lrd`` run on the official model: ``norm`` with the head (scale 1), each ``downsample`` with its
+    stage's last block, the bias tables decayed (upstream's list names only ``absolute_pos_embed``)."""
+    mm = ms_mim.swin_base_patch4_win7(**FT_KW)
+    to_torch = ms_mim._name_map(mm).ms_to_torch
+    ours = {to_torch[n]: (g["lr_scale"], g["weight_decay"]) for g in param_groups(mm, 0.05, 0.9) for n in g["names"]}
+    theirs = {n: (s, w) for n, s, w in zip(FT["group_names"], FT["group_lr_scale"], FT["group_weight_decay"])}
+    assert ours.keys() == theirs.keys()
+    for n, (scale, wd) in theirs.items():
+        assert ours[n][0] == pytest.approx(scale, rel=1e-12) and ours[n][1] == wd, n
+    assert theirs["norm.weight"][0] == 1.0 and theirs["layers.0.blocks.0.attn.relative_position_bias_table"][1] > 0

@@ -41,8 +41,10 @@ run on the 64-px ``imgs`` tiled 2 x 2 with injected noise (2, 64) (8 x 8 blocks 
 official constructors of the other registered sizes, built at full size with the same stand-in: LocalMIM's
 ``MIM_vit_small_patch16``, ``MIM_vit_large_patch16(hog_nbins=18, hog_bias=True)``,
 ``mim_swin_base_patch4_win14`` and ``mim_swin_large_patch4_win14`` (``target='HOG', hog_nbins=18, hog_bias=True``),
-and FastMIM's ``mim_swin_large`` with the Swin-B README flags (``img_size=128, window_size=4, block_size=32,
-decoder_embed_dim=256, decoder_depth=4, norm_pix_loss=True, mim_loss='HOG'``).
+FastMIM's ``mim_swin_large`` with the Swin-B README flags (``img_size=128, window_size=4, block_size=32,
+decoder_embed_dim=256, decoder_depth=4, norm_pix_loss=True, mim_loss='HOG'``), and LocalMIM's fine-tune
+``Swin/models_swin.py`` ``swin_base_patch4_win7``, ``swin_base_patch4_win14`` and ``swin_large_patch4_win14``
+(``num_classes=1000`` and the README's ``--drop_path``).
 """
 from __future__ import annotations
 
@@ -327,7 +329,7 @@ def test_fine_tune_model_defaults():
 
 @pytest.mark.parametrize("name", sorted(SIZES))
 def test_registered_sizes_are_the_official_constructors(name):
-    """The other upstream sizes, registered with their README flags: state-dict shapes (buffers included) and
+    """The other upstream sizes and LocalMIM's fine-tune Swins, registered with their README flags: state-dict shapes (buffers included) and
     parameter counts of the official constructors in torch, the trainable count and the full name map in
     MindSpore (all built without weights). Their numerics are the shared classes' (the window-14 Swin is checked
     against the official code in ``test_localmim_swin.py``)."""
@@ -357,8 +359,9 @@ def test_registry_builds_and_loads_but_classification_sweeps_skip(tmp_path):
                 "localmim_swin_base_patch4", "localmim_swin_base_patch4_win14", "localmim_swin_large_patch4_win14",
                 "localmim_vit_base_patch16", "localmim_vit_large_patch16", "localmim_vit_small_patch16"]
     assert torch_ref.list_models(task="mim_pretrain") == ms_models.list_models(task="mim_pretrain") == pretrain
-    assert torch_ref.list_models(task="mim_finetune") == ["vit_base_patch16"]
-    for name in pretrain + ["vit_base_patch16"]:
+    finetune = ["swin_base_patch4_win7", "swin_base_patch4_win14", "swin_large_patch4_win14", "vit_base_patch16"]
+    assert torch_ref.list_models(task="mim_finetune") == ms_models.list_models(task="mim_finetune") == finetune
+    for name in pretrain + finetune:
         assert name not in torch_ref.list_models() + ms_models.list_models() + list_cfgs()
         assert name in torch_ref.list_models(task=None)
     assert get_model_cfg("fastmim_vit_base_patch16").arch["num_heads"] == 6

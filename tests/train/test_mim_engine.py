@@ -106,7 +106,8 @@ def test_val_loss_is_the_torch_twins_loss_from_the_converted_checkpoint(pretrain
 def test_localmim_swin_pretrains_in_the_engine(tmp_path):
     """LocalMIM's Swin (224 px only) on a small image folder, two epochs of three steps: the run's train and val
     losses are finite, its checkpoint converts to the official layout, and the torch twin's loss on the val images
-    with the validation's noise (whose first row masks the batch) is the recorded ``val_loss``."""
+    with the validation's noise (whose first row masks the batch) is the recorded ``val_loss``; LocalMIM's fine-tune
+    Swin built by the engine with ``model.mim_finetune`` takes the checkpoint's encoder as ``run_finetune.py``."""
     root = write_tree(tmp_path / "data", {"train": {"a": 12, "b": 12}, "val": {"a": 8, "b": 8}}, size=(240, 240))
     kwargs = {**SWIN, "decoder_embed_dim": 32, "decoder_num_heads": 2, "hog_nbins": 9}
     cfg = _cfg("localmim_pretrain_digits.yaml", [
@@ -118,6 +119,22 @@ def test_localmim_swin_pretrains_in_the_engine(tmp_path):
     assert [r["epoch"] for r in records] == [0, 1]
     assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"]) for r in records)
     _val_loss_is_the_torch_twins(cfg, out, tmp_path)
+    # LocalMIM's fine-tuning (README: run_finetune.py --model swin_base_patch4_win7 --finetune): every encoder tensor
+    # of last.ckpt exactly; new are the head, the final norm and the shift masks the pretraining model has not
+    ft = _cfg("mim_finetune_digits.yaml", ["model.name=swin_base_patch4_win7", f"model.kwargs={json.dumps(SWIN)}",
+                                           "model.mim_finetune=true", f"model.pretrained={out / 'last.ckpt'}",
+                                           "data.image_size=224"])
+    notes: list[str] = []
+    params = {p.name: p.asnumpy() for p in build_model(ft, notes).get_parameters()}
+    source = read_checkpoint(out / "last.ckpt")
+    new = {"head.weight", "head.bias", "norm.gamma", "norm.beta"} | {k for k in params if k.endswith("attn_mask")}
+    assert len(new) == 4 + 3 and "layers.0.blocks.0.attn.relative_position_index" in params
+    for k in set(params) - new:
+        np.testing.assert_array_equal(params[k], source["encoder." + k], err_msg=k)
+    masks = {k for k in new if k.endswith("attn_mask")}
+    reported = set(notes[0].split("newly initialised: ")[1].split("; ")[0].split(", "))
+    assert reported == {"head.weight", "head.bias", "norm.weight", "norm.bias"} | masks
+    assert 0 < params["head.weight"].std() < 1e-4
 
 
 @pytest.mark.slow

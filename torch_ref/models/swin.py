@@ -6,7 +6,8 @@ attn.relative_position_bias_table, attn.relative_position_index, attn.qkv, attn.
 ``layers.i.blocks.j.attn_mask`` (shifted blocks only), ``layers.i.downsample.{reduction, norm}`` (patch merging at
 the END of stages 0..2, not timm >= 0.9's start of the next stage), ``fc_norm``, ``head``. Both buffers are
 persistent as upstream: ``relative_position_index`` int64 (:func:`specs.relpos.relative_position_index`),
-``attn_mask`` float32 (:func:`specs.swin.shifted_window_mask`). Pre-norm blocks (LayerNorm eps 1e-5, exact GELU),
+``attn_mask`` float32 (:func:`specs.swin.shifted_window_mask`). Pre-norm blocks (LayerNorm eps 1e-5, or ``eps``
+for every norm but the blocks' ``norm2``; exact GELU),
 W-MSA / SW-MSA alternating (shift ``window // 2`` in odd blocks, cyclic roll, the official -100 mask), the window
 clamped to the grid when the grid is no larger (:func:`specs.swin.block_window`), global average pooling after
 ``fc_norm``, ``drop_path_rate`` rising linearly over all blocks.
@@ -74,14 +75,17 @@ class WindowAttention(nn.Module):
 
 class SwinTransformerBlock(nn.Module):
     """``x + attn(norm1(x))`` over (shifted) windows, then ``x + mlp(norm2(x))`` (section 3.1, eq. 3); the shift
-    is a cyclic roll by ``-shift`` before and ``+shift`` after the window attention (section 3.2)."""
+    is a cyclic roll by ``-shift`` before and ``+shift`` after the window attention (section 3.2). ``eps`` is
+    ``norm1``'s; ``norm2`` keeps torch's default 1e-5 (LocalMIM's ``models_swin.py`` builds it as a plain
+    ``nn.LayerNorm(dim)`` whatever its ``norm_layer``)."""
 
     def __init__(self, dim: int, input_resolution: tuple[int, int], num_heads: int, window_size: int = 7,
-                 shift_size: int = 0, mlp_ratio: float = MLP_RATIO, qkv_bias: bool = True, drop_path: float = 0.0):
+                 shift_size: int = 0, mlp_ratio: float = MLP_RATIO, qkv_bias: bool = True, drop_path: float = 0.0,
+                 eps: float = LN_EPS):
         super().__init__()
         self.input_resolution = input_resolution
         self.window_size, self.shift_size = block_window(input_resolution, window_size, shift_size)
-        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = WindowAttention(dim, to_2tuple(self.window_size), num_heads, qkv_bias)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
@@ -125,12 +129,12 @@ class BasicLayer(nn.Module):
 
     def __init__(self, dim: int, input_resolution: tuple[int, int], depth: int, num_heads: int, window_size: int,
                  mlp_ratio: float = MLP_RATIO, qkv_bias: bool = True, drop_path: Sequence[float] = (),
-                 downsample: bool = False):
+                 downsample: bool = False, eps: float = LN_EPS):
         super().__init__()
         self.blocks = nn.ModuleList([
             SwinTransformerBlock(dim, input_resolution, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2,
-                                 mlp_ratio, qkv_bias, drop_path[i] if drop_path else 0.0) for i in range(depth)])
-        self.downsample = PatchMerging(input_resolution, dim) if downsample else None
+                                 mlp_ratio, qkv_bias, drop_path[i] if drop_path else 0.0, eps) for i in range(depth)])
+        self.downsample = PatchMerging(input_resolution, dim, eps) if downsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for blk in self.blocks:
@@ -160,18 +164,18 @@ class SwinTransformer(nn.Module):
     def __init__(self, num_classes: int = 1000, img_size: int | tuple[int, int] = 224, patch_size: int = 4,
                  embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
                  window_size: int = 7, mlp_ratio: float = MLP_RATIO, qkv_bias: bool = True, drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0):
+                 drop_path_rate: float = 0.0, eps: float = LN_EPS):
         super().__init__()
         self.num_classes, self.drop_rate, self.window_size = num_classes, drop_rate, window_size
         self.num_features = self.head_hidden_size = int(embed_dim * 2 ** (len(depths) - 1))
-        self.patch_embed = NormedPatchEmbed(img_size, patch_size, 3, embed_dim)
+        self.patch_embed = NormedPatchEmbed(img_size, patch_size, 3, embed_dim, eps)
         self.img_size = self.patch_embed.img_size
         dpr = drop_path_rates(drop_path_rate, sum(depths))
         self.layers = nn.ModuleList([
             BasicLayer(int(embed_dim * 2 ** i), stage_resolution(self.img_size, patch_size, i), depths[i],
                        num_heads[i], window_size, mlp_ratio, qkv_bias, dpr[sum(depths[:i]):sum(depths[:i + 1])],
-                       downsample=i < len(depths) - 1) for i in range(len(depths))])
-        self.fc_norm = nn.LayerNorm(self.num_features, eps=LN_EPS)
+                       downsample=i < len(depths) - 1, eps=eps) for i in range(len(depths))])
+        self.fc_norm = nn.LayerNorm(self.num_features, eps=eps)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = self._classifier(num_classes)
         for m in self.modules():      # official _init_weights: Linear trunc-normal 0.02, zero bias (conv: torch's)
