@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -305,36 +306,6 @@ CFGS = [
              first_conv="encoder.patch_embed.proj", infer_kwargs=infer_localmim_swin_kwargs,
              notes="LocalMIM Swin-B pretraining (README flags: window 7, HOG, 18 bins, hog_bias); one mask per "
                    "batch, visible tokens only (dense masked window attention); 224 px only; returns the loss"),
-    ModelCfg(name="fastmim_swin_large_patch4", family="fastmim_swin", paper=PAPERS["fastmim"],
-             official_code=_FASTMIM_SWIN_CODE.format("mim_swin_large"), arch=dict(FASTMIM_SWIN_LARGE),
-             task="mim_pretrain", num_classes=0, input_size=(3, 128, 128), test_input_size=(3, 64, 64),
-             min_input_size=(3, 64, 64), first_conv="encoder.patch_embed.proj", infer_kwargs=infer_fastmim_swin_kwargs,
-             notes="FastMIM Swin-L pretraining with the Swin-B README flags (upstream gives no Swin-L recipe; its "
-                   "decoder_num_heads=16 is ignored upstream, the decoder has 8 heads); returns (loss, pred, mask)"),
-    ModelCfg(name="localmim_vit_small_patch16", family="localmim", paper=PAPERS["localmim"],
-             official_code=_LOCALMIM_CODE.format("MIM_vit_small_patch16"), arch=dict(LOCALMIM_VIT_SMALL),
-             task="mim_pretrain", num_classes=0, input_size=(3, 224, 224), test_input_size=(3, 64, 64),
-             min_input_size=(3, 64, 64), first_conv="patch_embed.proj", infer_kwargs=infer_localmim_kwargs,
-             notes="LocalMIM ViT-S pretraining (the constructor's hog_nbins 9; no README recipe); returns the loss"),
-    ModelCfg(name="localmim_vit_large_patch16", family="localmim", paper=PAPERS["localmim"],
-             official_code=_LOCALMIM_CODE.format("MIM_vit_large_patch16"), arch=dict(LOCALMIM_VIT_LARGE),
-             task="mim_pretrain", num_classes=0, input_size=(3, 224, 224), test_input_size=(3, 64, 64),
-             min_input_size=(3, 64, 64), first_conv="patch_embed.proj", infer_kwargs=infer_localmim_kwargs,
-             notes="LocalMIM ViT-L pretraining (README flags: hog_nbins 18, hog_bias); returns the loss"),
-    ModelCfg(name="localmim_swin_base_patch4_win14", family="localmim_swin", paper=PAPERS["localmim"],
-             official_code=_LOCALMIM_SWIN_CODE.format("mim_swin_base_patch4_win14"),
-             arch=dict(LOCALMIM_SWIN_BASE_WIN14), task="mim_pretrain", num_classes=0, input_size=(3, 224, 224),
-             test_input_size=(3, 224, 224), min_input_size=(3, 224, 224), first_conv="encoder.patch_embed.proj",
-             infer_kwargs=infer_localmim_swin_kwargs,
-             notes="LocalMIM Swin-B pretraining with window 14 (the Swin-B README target flags); 224 px only; "
-                   "returns the loss"),
-    ModelCfg(name="localmim_swin_large_patch4_win14", family="localmim_swin", paper=PAPERS["localmim"],
-             official_code=_LOCALMIM_SWIN_CODE.format("mim_swin_large_patch4_win14"),
-             arch=dict(LOCALMIM_SWIN_LARGE_WIN14), task="mim_pretrain", num_classes=0, input_size=(3, 224, 224),
-             test_input_size=(3, 224, 224), min_input_size=(3, 224, 224), first_conv="encoder.patch_embed.proj",
-             infer_kwargs=infer_localmim_swin_kwargs,
-             notes="LocalMIM Swin-L pretraining (README flags: window 14, HOG, 18 bins, hog_bias); 224 px only; "
-                   "returns the loss"),
     *[ModelCfg(name=name, family="mim_swin", paper=PAPERS["localmim"],
                official_code=f"Haoqing-Wang/LocalMIM@314a6e5 Swin/models_swin.py ({name}), Swin/run_finetune.py",
                arch=dict(arch), task="mim_finetune", input_size=(3, 224, 224), test_input_size=(3, 224, 224),
@@ -353,4 +324,22 @@ CFGS = [
              notes="MAE-style fine-tune ViT-B/16 (global pool, drop path 0.1) for FastMIM / LocalMIM "
                    "checkpoints: mim.load_pretrained"),
 ]
+# the other upstream sizes (the constants above): the base model's cfg with their constructor and arch
+_BY_NAME = {c.name: c for c in CFGS}
+CFGS += [replace(_BY_NAME[base], name=name, official_code=_BY_NAME[base].official_code.rsplit(", ", 1)[0]
+                 + f", {upstream})", arch=dict(arch), notes=notes)
+         for name, base, upstream, arch, notes in (
+             ("fastmim_swin_large_patch4", "fastmim_swin_base_patch4", "mim_swin_large", FASTMIM_SWIN_LARGE,
+              "FastMIM Swin-L pretraining with the Swin-B README flags (upstream gives no Swin-L recipe; its "
+              "decoder_num_heads=16 is ignored upstream, the decoder has 8 heads); returns (loss, pred, mask)"),
+             ("localmim_vit_small_patch16", "localmim_vit_base_patch16", "MIM_vit_small_patch16", LOCALMIM_VIT_SMALL,
+              "LocalMIM ViT-S pretraining (the constructor's hog_nbins 9; no README recipe); returns the loss"),
+             ("localmim_vit_large_patch16", "localmim_vit_base_patch16", "MIM_vit_large_patch16", LOCALMIM_VIT_LARGE,
+              "LocalMIM ViT-L pretraining (README flags: hog_nbins 18, hog_bias); returns the loss"),
+             ("localmim_swin_base_patch4_win14", "localmim_swin_base_patch4", "mim_swin_base_patch4_win14",
+              LOCALMIM_SWIN_BASE_WIN14, "LocalMIM Swin-B pretraining with window 14 (the Swin-B README target "
+              "flags); 224 px only; returns the loss"),
+             ("localmim_swin_large_patch4_win14", "localmim_swin_base_patch4", "mim_swin_large_patch4_win14",
+              LOCALMIM_SWIN_LARGE_WIN14, "LocalMIM Swin-L pretraining (README flags: window 14, HOG, 18 bins, "
+              "hog_bias); 224 px only; returns the loss"))]
 register_cfgs(CFGS)
