@@ -7,7 +7,11 @@ Per call (one micro-batch), following timm ``train.py`` (``loss / accum_steps``,
 ``all_finite``, ``ops.clip_by_global_norm``, ``nn.DistributedGradReducer``):
 
 1. ``loss = loss_fn(network(images), targets)``; gradients of ``loss * scale / accumulate`` in one forward and
-   backward, then unscaled (``scale`` = the loss scaler's value; 1 without loss scaling).
+   backward, then unscaled (``scale`` = the loss scaler's value; 1 without loss scaling). The scaling is
+   :func:`scale_loss` / :func:`unscale_grads`, not the scaler's own ``scale`` / ``unscale``: those are
+   ``jit`` functions whose compile cache is keyed on ``id()`` of the scale Parameter, so in PyNative a new
+   scaler whose Parameter takes a freed one's address runs the old graph with the old scale (seen in CI: a
+   step unscaled by the previous test's 1024 instead of 65536). The scaler keeps its state and ``adjust``.
 2. With ``accumulate = k > 1`` the gradients are summed into ``grad_accum.*`` buffers; every k-th call uses the sum
    (= the mean gradient over the k micro-batches) and zeroes the buffers. ``k`` is a Parameter
    (``grad_accum.every``, from 1 to the built ``accumulate``): :meth:`TrainStep.set_accumulate` changes it without
@@ -52,8 +56,8 @@ from specs.errors import ConfigError
 
 from .distill import resize_batch
 
-__all__ = ["TrainStep", "build_train_network", "check_amp_level", "AMP_LEVELS", "LOSS_SCALE_FACTOR",
-           "LOSS_SCALE_WINDOW"]
+__all__ = ["TrainStep", "build_train_network", "check_amp_level", "scale_loss", "unscale_grads", "AMP_LEVELS",
+           "LOSS_SCALE_FACTOR", "LOSS_SCALE_WINDOW"]
 
 LOSS_SCALE_FACTOR = 2          # dynamic loss scale: torch GradScaler's growth/backoff (MindSpore's default too)
 LOSS_SCALE_WINDOW = 2000       # finite updates before the scale grows (torch GradScaler growth_interval)
@@ -63,6 +67,7 @@ _update_ema = ops.MultitypeFuncGraph("update_ema")
 _accumulate = ops.MultitypeFuncGraph("accumulate")
 _reset = ops.MultitypeFuncGraph("reset")
 _snapshot = ops.MultitypeFuncGraph("snapshot")
+_hyper_map = ops.HyperMap()
 
 
 @_update_ema.register("Tensor", "Tensor", "Tensor")
@@ -83,6 +88,21 @@ def _reset_one(accum):
 @_snapshot.register("Tensor")
 def _snapshot_one(param):
     return param * 1
+
+
+def _multiply_one(factor, value):
+    return value * factor.astype(value.dtype)
+
+
+def scale_loss(scale: Tensor, loss: Tensor) -> Tensor:
+    """``loss * scale``: ``amp.LossScaler.scale``'s math, inline in the caller's graph (module docstring, 1.)."""
+    return _multiply_one(scale, loss)
+
+
+def unscale_grads(scale: Tensor, grads: tuple) -> tuple:
+    """Every gradient times ``1 / scale``: ``amp.LossScaler.unscale``'s math (``Reciprocal``), inline in the
+    caller's graph (module docstring, 1.)."""
+    return _hyper_map(ops.partial(_multiply_one, ops.reciprocal(scale)), grads)
 
 
 def data_parallel() -> bool:
@@ -219,7 +239,7 @@ class TrainStep(nn.Cell):
         return self._scaled(self.loss_fn(logits, targets, teacher_logits).astype(ms.float32))
 
     def _scaled(self, loss):
-        scaled = loss if self.scaler is None else self.scaler.scale(loss)
+        scaled = loss if self.scaler is None else scale_loss(self.loss_scale_value, loss)
         if self.accumulate > 1:
             scaled = scaled / self.accum_every.astype(scaled.dtype)
         return scaled, loss
@@ -273,7 +293,7 @@ class TrainStep(nn.Cell):
         if self.has_running and not forward_ok:
             loss = ops.depend(loss, self.hyper_map(ops.assign, self.running, before))
         if self.scaler is not None:
-            grads = self.scaler.unscale(grads)
+            grads = unscale_grads(self.loss_scale_value, grads)
         if self.accumulate == 1:
             return ops.depend(loss, self._update(grads, forward_ok))
         loss = ops.depend(loss, self.hyper_map(_accumulate, self.accum, grads))

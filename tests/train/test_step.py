@@ -6,12 +6,13 @@ the EMA of scheduled parameters; the registry test trains the light models (one 
 GRAPH_MODE steps."""
 from __future__ import annotations
 
+import gc
 
 import mindspore as ms
 import numpy as np
 import pytest
 import torch_ref
-from mindspore import nn
+from mindspore import nn, ops
 from mindspore.context import ParallelMode
 
 import ms_models
@@ -144,6 +145,39 @@ def test_dynamic_loss_scale_skips_an_overflowing_step(any_mode):
     _run(step, x, y)
     np.testing.assert_allclose(_weights(model)[0], w - 0.5 * (0.9 * moments[0] + gw), rtol=1e-5, atol=1e-6)
     assert float(step.loss_scale_value.asnumpy()) == 2.0 ** 15
+
+
+def _scaled_grads(value: float, x: ms.Tensor) -> tuple[float, float, list[np.ndarray], int]:
+    """A fresh scale Parameter and linear model: ``scale_loss`` inside the gradient, ``unscale_grads`` after it;
+    returns (scaled loss, loss, unscaled gradients, id of the Parameter), which is freed on return."""
+    scale = ms.Parameter(ms.Tensor(value, ms.float32), name="loss_scale.value")
+    model = nn.Dense(IN, 1)
+
+    def forward(images):
+        loss = model(images).sum()
+        return step_module.scale_loss(scale, loss), loss
+
+    (scaled, loss), grads = ops.value_and_grad(forward, None, model.trainable_params(), has_aux=True)(x)
+    unscaled = [g.asnumpy() for g in step_module.unscale_grads(scale, grads)]
+    return float(scaled.asnumpy()), float(loss.asnumpy()), unscaled, id(scale)
+
+
+def test_loss_scaling_uses_each_new_scalers_value(pynative_mode):
+    """Scale Parameters created and freed one after another (as by train steps built in one process) take each
+    other's addresses; scaling the loss inside the gradient and unscaling the gradients must still use the current
+    value (MindSpore's ``amp`` scalers' own ``scale``/``unscale`` fail this: ``step.py``'s module docstring)."""
+    x = ms.Tensor(np.ones((2, IN), np.float32))
+    seen, reused = {}, 0
+    for i in range(24):
+        value = 2.0 ** (i % 11)
+        scaled, loss, (weight_grad, bias_grad), address = _scaled_grads(value, x)
+        gc.collect()
+        assert scaled == pytest.approx(value * loss, rel=1e-6)
+        np.testing.assert_array_equal(weight_grad, np.full((1, IN), 2.0, np.float32))    # d sum(x w^T + b) / dw
+        np.testing.assert_array_equal(bias_grad, [2.0])
+        reused += seen.get(address, value) != value
+        seen[address] = value
+    assert reused > 0       # the case this test is about happened
 
 
 # --- VanillaNet-5: BN statistics, set_epoch in the compiled step, EMA -----------------------------------------
