@@ -39,7 +39,10 @@ from specs.errors import ConfigError
 
 LIGHT = [n for n in torch_ref.list_models() if not is_heavy(n)]
 FAMILIES = smallest_per_family(LIGHT)
-CASES = [(n, "sgd") for n in FAMILIES] + [(n, "adamw") for n in FAMILIES]
+# BiMLP-S compiles for about 200 s per case on 2 cores: the suite runs it with AdamW only (its recipe's optimizer,
+# configs/bimlp; its step layers and clip kinks are shared alike under either optimizer, and SGD's update is checked
+# on every other family). TRAIN_PARITY_ALL runs both.
+CASES = [(n, "sgd") for n in FAMILIES if n != "bimlp_s"] + [(n, "adamw") for n in FAMILIES]
 if os.environ.get("TRAIN_PARITY_ALL"):
     CASES = [(n, o) for n in LIGHT for o in ("sgd", "adamw")]
 # Open defects, not tolerances: on AVX-512 CPUs one case fails at update 2, reproducibly and at commits that passed
