@@ -906,10 +906,7 @@ class FinetuneSwin(SwinTransformer):
         return swin_spec.group_matcher(coarse, final_norm=None)
 
     def forward_features(self, x):
-        x = self.patch_embed(x)
-        for layer in self.layers:
-            x = layer(x)
-        return self.norm(x.mean(1))
+        return self.norm(self.forward_tokens(x).mean(1))
 
     def forward_head(self, x, pre_logits: bool = False):
         x = self.head_drop(x)

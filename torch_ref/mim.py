@@ -885,10 +885,7 @@ class FinetuneSwin(SwinTransformer):
         return swin_spec.group_matcher(coarse, final_norm=None)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x)
-        for layer in self.layers:
-            x = layer(x)
-        return self.norm(x.mean(dim=1))
+        return self.norm(self.forward_tokens(x).mean(dim=1))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(x)

@@ -201,11 +201,15 @@ class SwinTransformer(nn.Cell):
         """FastMIM's layer-wise decay layers (:func:`specs.swin.group_matcher`)."""
         return group_matcher(coarse)
 
-    def forward_features(self, x):
+    def forward_tokens(self, x):
+        """The last stage's tokens (B, L, C): patch embedding and the four stages."""
         x = self.patch_embed(x)
         for layer in self.layers:
             x = layer(x)
-        return self.fc_norm(x)
+        return x
+
+    def forward_features(self, x):
+        return self.fc_norm(self.forward_tokens(x))
 
     def forward_head(self, x, pre_logits: bool = False):
         x = self.head_drop(x.mean(axis=1))

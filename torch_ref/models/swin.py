@@ -202,11 +202,15 @@ class SwinTransformer(nn.Module):
         """FastMIM's layer-wise decay layers (:func:`specs.swin.group_matcher`)."""
         return group_matcher(coarse)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's tokens (B, L, C): patch embedding and the four stages."""
         x = self.patch_embed(x)
         for layer in self.layers:
             x = layer(x)
-        return self.fc_norm(x)
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc_norm(self.forward_tokens(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(x.mean(dim=1))
