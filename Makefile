@@ -18,7 +18,7 @@ demo: $(STAMP)
 # one process: two pytest-xdist workers ran out of the machine's 24 GiB (each grows to 11-13 GB over the suite), and
 # on the subset they took 11 minutes where one process takes about 6 (both frameworks already use both cores)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=20 tests
+	$(BIN)/python -m pytest -q --durations=50 tests
 
 # a representative subset for iteration (tests/conftest.py: --fast); `make test` stays the whole suite
 test-fast: $(STAMP)
